@@ -1,0 +1,56 @@
+# Tidelog — every set-up step lives here, so a fresh Debian machine needs nothing beforehand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+NODE_DIR := tests/e2e/node
+DATA_DIR ?= ./data
+LISTEN ?= 127.0.0.1:9092
+PYTEST_ARGS ?=
+
+.PHONY: help run test test-all lint bench system-deps node-deps venv clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed  ## create the virtualenv and install Tidelog with its test tools
+
+run: $(VENV)/.installed  ## start the embedded broker on 127.0.0.1:9092 (data in ./data)
+	$(VENV)/bin/tidelog run --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd-server, kcat, node)
+	@missing=""; \
+	for p in etcd-server kcat nodejs npm; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json
+	cd $(NODE_DIR) && npm install --silent --no-audit --no-fund
+	touch $@
+
+node-deps: $(NODE_DIR)/node_modules/.installed  ## npm-install the node clients (kafkajs) into tests/e2e/node
+
+lint: $(VENV)/.installed  ## ruff and mypy --strict on brokers, storage, metadata
+	$(VENV)/bin/ruff check brokers storage metadata tests bench
+	$(VENV)/bin/mypy
+
+test: system-deps node-deps $(VENV)/.installed lint  ## the fast suite (everything but tests marked slow)
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-all: system-deps node-deps $(VENV)/.installed lint  ## every test, slow fault-injection suites included
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed  ## run the benchmarks (figures go in docs/benchmarks.md)
+	$(PY) bench/produce_consume.py
+
+clean:  ## remove the virtualenv, node modules and local data
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(DATA_DIR)

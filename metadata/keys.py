@@ -1,0 +1,90 @@
+"""Every metadata key is built and parsed here, and nowhere else.
+
+Layout (one prefix per cluster)::
+
+    /tidelog/{cluster}/brokers/{broker_id}                  broker registration (leased)
+    /tidelog/{cluster}/bookies/{bookie_id}                  bookie registration (leased)
+    /tidelog/{cluster}/topics/{name}                        topic: id, partitions, configs
+    /tidelog/{cluster}/partitions/{topic_id}/{partition}    managed-log state (ledgers, epoch, start offset)
+    /tidelog/{cluster}/owners/{topic_id}/{partition}        partition ownership (leased)
+    /tidelog/{cluster}/segments/{topic_id}/{partition}/{base_offset:020d}   one key per segment
+    /tidelog/{cluster}/ledgers/{ledger_id:020d}             ledger metadata
+    /tidelog/{cluster}/counters/{name}                      id allocators (ledger ids, producer ids)
+    /tidelog/{cluster}/controller                           controller election (leased)
+    /tidelog/{cluster}/config/broker                        cluster-wide broker config overrides
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key builder for one cluster."""
+
+    cluster: str = "tidelog"
+
+    @property
+    def root(self) -> str:
+        return f"/tidelog/{self.cluster}/"
+
+    # --- membership -------------------------------------------------------------------------
+    def brokers_prefix(self) -> str:
+        return f"{self.root}brokers/"
+
+    def broker(self, broker_id: int) -> str:
+        return f"{self.brokers_prefix()}{broker_id}"
+
+    def bookies_prefix(self) -> str:
+        return f"{self.root}bookies/"
+
+    def bookie(self, bookie_id: str) -> str:
+        return f"{self.bookies_prefix()}{bookie_id}"
+
+    def controller(self) -> str:
+        return f"{self.root}controller"
+
+    # --- topics and partitions ----------------------------------------------------------------
+    def topics_prefix(self) -> str:
+        return f"{self.root}topics/"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topics_prefix()}{name}"
+
+    def topic_name(self, key: str) -> str:
+        return key[len(self.topics_prefix()) :]
+
+    def partitions_prefix(self, topic_id: str) -> str:
+        return f"{self.root}partitions/{topic_id}/"
+
+    def partition(self, topic_id: str, partition: int) -> str:
+        return f"{self.partitions_prefix(topic_id)}{partition}"
+
+    def owner(self, topic_id: str, partition: int) -> str:
+        return f"{self.root}owners/{topic_id}/{partition}"
+
+    def owners_prefix(self) -> str:
+        return f"{self.root}owners/"
+
+    def segments_prefix(self, topic_id: str, partition: int) -> str:
+        return f"{self.root}segments/{topic_id}/{partition}/"
+
+    def segment(self, topic_id: str, partition: int, base_offset: int) -> str:
+        return f"{self.segments_prefix(topic_id, partition)}{base_offset:020d}"
+
+    # --- ledgers and counters -----------------------------------------------------------------
+    def ledgers_prefix(self) -> str:
+        return f"{self.root}ledgers/"
+
+    def ledger(self, ledger_id: int) -> str:
+        return f"{self.ledgers_prefix()}{ledger_id:020d}"
+
+    def ledger_id(self, key: str) -> int:
+        return int(key[len(self.ledgers_prefix()) :])
+
+    def counter(self, name: str) -> str:
+        return f"{self.root}counters/{name}"
+
+    def broker_config(self) -> str:
+        return f"{self.root}config/broker"

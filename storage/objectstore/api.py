@@ -1,0 +1,61 @@
+"""The ObjectStore seam: immutable objects under string keys (S3's shape, create-only writes).
+
+Implementations over obstore: S3 (any S3 endpoint), local directory, memory. One contract suite in
+tests/contract runs against each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ObjectStoreError(Exception):
+    """Base class of object store errors."""
+
+
+class ObjectNotFound(ObjectStoreError):
+    """No object at that key."""
+
+
+class ObjectExists(ObjectStoreError):
+    """A create-only put found an object at that key already."""
+
+
+class ObjectStoreUnavailable(ObjectStoreError):
+    """The store cannot be reached right now (retriable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    key: str
+    size: int
+
+
+class ObjectStore(Protocol):
+    """Immutable objects. Segment objects are written with ``if_absent=True`` and never overwritten."""
+
+    async def put(self, key: str, data: bytes | memoryview, if_absent: bool = True) -> None:
+        """Store ``data``; with ``if_absent`` raise ObjectExists when the key is taken."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The whole object; raises ObjectNotFound."""
+        ...
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end of the object); raises ObjectNotFound."""
+        ...
+
+    async def head(self, key: str) -> ObjectMeta | None: ...
+
+    async def list(self, prefix: str) -> list[ObjectMeta]:
+        """Objects whose key starts with ``prefix``, sorted by key."""
+        ...
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Delete the objects; keys that do not exist are ignored."""
+        ...
+
+    async def close(self) -> None: ...
