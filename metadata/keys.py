@@ -12,6 +12,7 @@ Layout (one prefix per cluster)::
     /tidelog/{cluster}/counters/{name}                      id allocators (ledger ids, producer ids)
     /tidelog/{cluster}/controller                           controller election (leased)
     /tidelog/{cluster}/config/broker                        cluster-wide broker config overrides
+    /tidelog/{cluster}/cluster_id                           the cluster id reported to clients
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class Keys:
 
     def counter(self, name: str) -> str:
         return f"{self.root}counters/{name}"
+
+    def cluster_id(self) -> str:
+        return f"{self.root}cluster_id"
 
     def broker_config(self) -> str:
         return f"{self.root}config/broker"

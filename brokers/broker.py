@@ -1,0 +1,141 @@
+"""The broker: one process's view of the cluster — topics, the partition logs it owns, producer ids."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+
+from brokers.config import BrokerConfig
+from brokers.log.manager import LogManager
+from brokers.log.partition import LogConfig
+from brokers.topics import TopicError, TopicRegistry
+from metadata.api import Lease, MetadataStore, VersionConflict
+from metadata.keys import Keys
+from metadata.models import BrokerRecord, TopicRecord, decode_int, encode_int
+from storage.ledger.api import LedgerClient, LedgerError
+
+log = logging.getLogger(__name__)
+PRODUCER_ID_BLOCK = 1000
+
+
+class Broker:
+    """Holds the broker's collaborators; handlers reach everything through it."""
+
+    def __init__(self, config: BrokerConfig, store: MetadataStore, ledgers: LedgerClient) -> None:
+        self.config = config
+        self.store = store
+        self.keys = Keys(config.cluster)
+        self.ledgers = ledgers
+        self.topics = TopicRegistry(store, self.keys)
+        self.logs = LogManager(
+            store,
+            self.keys,
+            ledgers,
+            LogConfig(
+                rollover_bytes=config.ledger_rollover_bytes,
+                rollover_ms=config.ledger_rollover_ms,
+                tail_cache_bytes=config.tail_cache_bytes,
+            ),
+        )
+        self.cluster_id = ""
+        self._lease: Lease | None = None
+        self._pid_next = 0
+        self._pid_end = 0
+        self._pid_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Load cluster identity and topics, and register this broker under a lease."""
+        self.cluster_id = await self._cluster_id()
+        await self.topics.load()
+        for topic in self.topics.all():
+            await self.ensure_loaded(topic)
+        self._lease = await self.store.lease(10.0)
+        host, port = self.config.advertised
+        await self.store.put(
+            self.keys.broker(self.config.node_id),
+            BrokerRecord(self.config.node_id, host, port).encode(),
+            lease=self._lease.id,
+        )
+
+    async def _cluster_id(self) -> str:
+        key = self.keys.cluster_id()
+        found = await self.store.get(key)
+        if found is not None:
+            return found.value.decode()
+        new = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        try:
+            await self.store.put(key, new.encode(), expected_version=0)
+        except VersionConflict:
+            found = await self.store.get(key)
+            if found is None:
+                raise RuntimeError("cluster id vanished while being created") from None
+            return found.value.decode()
+        return new
+
+    async def stop(self) -> None:
+        """Close every owned log cleanly, then leave the cluster."""
+        await self.logs.close()
+        for task in list(self._background):
+            task.cancel()
+        if self._lease is not None:
+            await self._lease.revoke()
+            self._lease = None
+
+    # --- producer ids ------------------------------------------------------------------------
+    async def allocate_producer_id(self) -> int:
+        """A cluster-unique producer id, taken from blocks reserved in metadata by compare-and-swap."""
+        async with self._pid_lock:
+            if self._pid_next >= self._pid_end:
+                key = self.keys.counter("producer_id")
+                while True:
+                    found = await self.store.get(key)
+                    start = decode_int(found.value) if found else 0
+                    try:
+                        await self.store.put(
+                            key, encode_int(start + PRODUCER_ID_BLOCK), expected_version=found.version if found else 0
+                        )
+                    except VersionConflict:
+                        continue
+                    self._pid_next, self._pid_end = start, start + PRODUCER_ID_BLOCK
+                    break
+            pid = self._pid_next
+            self._pid_next += 1
+            return pid
+
+    # --- topics ------------------------------------------------------------------------------
+    async def topic_for_produce_or_fetch(self, name: str) -> TopicRecord | None:
+        """The topic, auto-creating it when the broker allows that."""
+        topic = self.topics.get(name)
+        if topic is None and self.config.auto_create_topics:
+            try:
+                topic = await self.topics.create(
+                    name, self.config.num_partitions, self.config.default_replication_factor, {}
+                )
+            except TopicError:
+                topic = self.topics.get(name)
+        return topic
+
+    async def ensure_loaded(self, topic: TopicRecord) -> None:
+        """Take over every partition of ``topic`` (embedded mode owns them all)."""
+        for p in range(topic.partitions):
+            if self.logs.loaded(topic.topic_id, p) is None:
+                await self.logs.get(topic.topic_id, p)
+
+    async def delete_topic(self, name: str) -> TopicRecord:
+        """Delete a topic: metadata first, then its logs; its ledgers are deleted in the background."""
+        topic, ledger_ids = await self.topics.delete(name)
+        ledger_ids = sorted(set(ledger_ids) | set(await self.logs.drop_topic(topic.topic_id)))
+        task = asyncio.create_task(self._delete_ledgers(ledger_ids))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return topic
+
+    async def _delete_ledgers(self, ledger_ids: list[int]) -> None:
+        for ledger_id in ledger_ids:
+            try:
+                await self.ledgers.delete_ledger(ledger_id)
+            except LedgerError as e:
+                log.warning("could not delete ledger %d: %s", ledger_id, e)

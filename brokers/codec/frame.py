@@ -1,0 +1,88 @@
+"""Length-prefixed Kafka frames and request/response headers — sans-io: bytes in, bytes out.
+
+No asyncio here (a test enforces it): the server feeds bytes in and writes out what this returns.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+_SIZE = struct.Struct(">i")
+_HEADER_FIXED = struct.Struct(">hhi")
+
+
+class FrameError(Exception):
+    """The byte stream is not valid Kafka framing; the connection must be closed."""
+
+
+class FrameTooLarge(FrameError):
+    """A length prefix larger than the configured maximum request size (or negative)."""
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames (without their 4-byte length prefix)."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self._max = max_frame_bytes
+        self._buf = bytearray()
+        self._need = -1
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add received bytes; return every frame now complete. Raises FrameTooLarge."""
+        self._buf += data
+        frames: list[bytes] = []
+        buf = self._buf
+        pos = 0
+        while True:
+            if self._need < 0:
+                if len(buf) - pos < 4:
+                    break
+                (size,) = _SIZE.unpack_from(buf, pos)
+                if size < 0 or size > self._max:
+                    raise FrameTooLarge(f"frame of {size} bytes (limit {self._max})")
+                self._need = size
+                pos += 4
+            if len(buf) - pos < self._need:
+                break
+            with memoryview(buf) as view:
+                frames.append(bytes(view[pos : pos + self._need]))
+            pos += self._need
+            self._need = -1
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """The fixed start of every request header: enough to answer even an unsupported version."""
+
+    api_key: int
+    api_version: int
+    correlation_id: int
+
+
+def peek_request_head(frame: bytes) -> RequestHead:
+    """Read api key, version and correlation id (the first 8 bytes of any request header)."""
+    if len(frame) < _HEADER_FIXED.size:
+        raise FrameError(f"request of {len(frame)} bytes is shorter than a request header")
+    api_key, api_version, correlation_id = _HEADER_FIXED.unpack_from(frame, 0)
+    return RequestHead(api_key, api_version, correlation_id)
+
+
+def encode_response(correlation_id: int, flexible_header: bool, body: bytes | bytearray) -> list[bytes]:
+    """Frame a response: size, correlation id, (empty tagged fields for header v1), body.
+
+    Returned as a list of buffers for ``writelines`` so the body is not copied again.
+    """
+    head_len = 5 if flexible_header else 4
+    prefix = _SIZE.pack(head_len + len(body)) + _SIZE.pack(correlation_id)
+    if flexible_header:
+        prefix += b"\x00"
+    return [prefix, bytes(body) if isinstance(body, bytearray) else body]

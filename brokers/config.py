@@ -1,0 +1,170 @@
+"""Broker settings and topic config definitions, with Kafka's names where Kafka has one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
+
+
+class ConfigError(ValueError):
+    """A setting that does not parse or is out of range; the message names it."""
+
+
+def _bool(v: str) -> bool:
+    low = v.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{v!r} is not a boolean")
+
+
+def _positive(v: str) -> int:
+    n = int(v)
+    if n <= 0:
+        raise ValueError(f"{v} is not positive")
+    return n
+
+
+def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
+    """HOST:PORT with a port in 0..65535; raises ConfigError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what} {value!r} is not HOST:PORT")
+    try:
+        n = int(port)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r}: port {port!r} is not a number") from None
+    if not 0 <= n <= 65535:
+        raise ConfigError(f"{what} {value!r}: port {n} is out of range")
+    return host.strip("[]"), n
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Everything a broker process is configured with."""
+
+    data_dir: str = "./data"
+    host: str = "127.0.0.1"
+    port: int = 9092
+    advertised_host: str = ""
+    advertised_port: int = 0
+    node_id: int = 0
+    cluster: str = "tidelog"
+    auto_create_topics: bool = field(default=True, metadata={"key": "auto.create.topics.enable"})
+    num_partitions: int = field(default=1, metadata={"key": "num.partitions", "parse": _positive})
+    default_replication_factor: int = field(
+        default=1, metadata={"key": "default.replication.factor", "parse": _positive}
+    )
+    message_max_bytes: int = field(default=1048588, metadata={"key": "message.max.bytes", "parse": _positive})
+    socket_request_max_bytes: int = field(
+        default=100 * 1024 * 1024, metadata={"key": "socket.request.max.bytes", "parse": _positive}
+    )
+    ledger_rollover_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"key": "ledger.rollover.bytes", "parse": _positive}
+    )
+    ledger_rollover_ms: int = field(
+        default=4 * 3600 * 1000, metadata={"key": "ledger.rollover.ms", "parse": _positive}
+    )
+    tail_cache_bytes: int = field(
+        default=32 * 1024 * 1024, metadata={"key": "tail.cache.bytes.per.partition", "parse": _positive}
+    )
+    fetch_max_bytes: int = field(default=55 * 1024 * 1024, metadata={"key": "fetch.max.bytes", "parse": _positive})
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        return (self.advertised_host or self.host, self.advertised_port or self.port)
+
+    def with_overrides(self, pairs: Iterable[str]) -> BrokerConfig:
+        """Apply ``key=value`` settings (Kafka-style names); raises ConfigError naming the bad one."""
+        by_key = {f.metadata["key"]: f for f in fields(self) if "key" in f.metadata}
+        changes: dict[str, object] = {}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            key = key.strip()
+            if not sep:
+                raise ConfigError(f"config {pair!r} is not key=value")
+            f = by_key.get(key)
+            if f is None:
+                raise ConfigError(f"unknown config {key!r}; known: {', '.join(sorted(by_key))}")
+            parse: Callable[[str], object] = f.metadata.get("parse") or (_bool if f.type == "bool" else int)
+            try:
+                changes[f.name] = parse(raw)
+            except ValueError as e:
+                raise ConfigError(f"config {key}={raw!r}: {e}") from None
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def broker_configs(self) -> dict[str, str]:
+        """Broker configs as DescribeConfigs reports them (Kafka names, string values)."""
+        out = {
+            "broker.id": str(self.node_id),
+            "node.id": str(self.node_id),
+            "listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "advertised.listeners": "PLAINTEXT://{}:{}".format(*self.advertised),
+            "log.dirs": self.data_dir,
+        }
+        for f in fields(self):
+            if "key" in f.metadata:
+                value = getattr(self, f.name)
+                out[f.metadata["key"]] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+
+# Topic configs Kafka clients and tools set; the default value is what DescribeConfigs reports.
+TOPIC_CONFIG_DEFAULTS: dict[str, str] = {
+    "cleanup.policy": "delete",
+    "compression.type": "producer",
+    "delete.retention.ms": "86400000",
+    "file.delete.delay.ms": "60000",
+    "flush.messages": "9223372036854775807",
+    "flush.ms": "9223372036854775807",
+    "index.interval.bytes": "4096",
+    "local.retention.bytes": "-2",
+    "local.retention.ms": "-2",
+    "max.compaction.lag.ms": "9223372036854775807",
+    "max.message.bytes": "1048588",
+    "message.timestamp.after.max.ms": "9223372036854775807",
+    "message.timestamp.before.max.ms": "9223372036854775807",
+    "message.timestamp.type": "CreateTime",
+    "min.cleanable.dirty.ratio": "0.5",
+    "min.compaction.lag.ms": "0",
+    "min.insync.replicas": "1",
+    "preallocate": "false",
+    "remote.storage.enable": "false",
+    "retention.bytes": "-1",
+    "retention.ms": "604800000",
+    "segment.bytes": "1073741824",
+    "segment.index.bytes": "10485760",
+    "segment.jitter.ms": "0",
+    "segment.ms": "604800000",
+    "unclean.leader.election.enable": "false",
+}
+_ENUMS = {
+    "cleanup.policy": {"delete", "compact", "compact,delete", "delete,compact"},
+    "compression.type": {"producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"},
+    "message.timestamp.type": {"CreateTime", "LogAppendTime"},
+    "preallocate": {"true", "false"},
+    "remote.storage.enable": {"true", "false"},
+    "unclean.leader.election.enable": {"true", "false"},
+}
+
+
+def validate_topic_configs(configs: dict[str, str | None]) -> dict[str, str]:
+    """Check names and values of topic configs; returns the set ones. Raises ConfigError."""
+    out: dict[str, str] = {}
+    for key, value in configs.items():
+        if key not in TOPIC_CONFIG_DEFAULTS:
+            raise ConfigError(f"unknown topic config {key!r}")
+        if value is None:
+            continue
+        allowed = _ENUMS.get(key)
+        if allowed is not None:
+            if value not in allowed:
+                raise ConfigError(f"invalid value {value!r} for {key}; allowed: {sorted(allowed)}")
+        else:
+            try:
+                float(value)
+            except ValueError:
+                raise ConfigError(f"invalid value {value!r} for {key}: not a number") from None
+        out[key] = value
+    return out

@@ -1,0 +1,66 @@
+"""What every handler module shares: the request context and version-tolerant response building."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from dataclasses import dataclass, fields
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kio.index import load_payload_module
+from kio.static.constants import EntityType
+
+if TYPE_CHECKING:
+    from brokers.broker import Broker
+
+T = TypeVar("T")
+NO_THROTTLE = datetime.timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """One request as a handler sees it."""
+
+    broker: Broker
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+    peer: str
+    after: asyncio.Future[None] | None = None
+    """Produce only: resolves once the previous produce on this connection handed its entries over."""
+    produced: asyncio.Future[None] | None = None
+    """Produce only: to resolve once this request's entries are handed to the logs."""
+
+    async def in_order(self) -> None:
+        """Produce only: wait for the previous produce request on this connection to be appended."""
+        if self.after is not None and not self.after.done():
+            await asyncio.shield(self.after)
+
+    def appended(self) -> None:
+        """Produce only: let the next produce request on this connection append."""
+        if self.produced is not None and not self.produced.done():
+            self.produced.set_result(None)
+
+
+@cache
+def response_module(api_key: int, version: int) -> ModuleType:
+    """kio's module of response classes for one API version."""
+    return load_payload_module(api_key, version, EntityType.response)
+
+
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
+def make(cls: type[T], **values: Any) -> T:
+    """Build a kio entity, dropping fields this version of it does not have."""
+    names = _field_names(cls)  # type: ignore[arg-type]  # classes are hashable
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def ms(value: int) -> datetime.timedelta:
+    return datetime.timedelta(milliseconds=value)

@@ -1,0 +1,143 @@
+"""Fetch (1): batches from the tail cache or ledgers; long-poll woken by high-watermark events.
+
+Sessions (KIP-227) are not kept: every answer carries session id 0, which tells clients to send
+full fetch requests. v13+ name topics by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.log.partition import LogError, PartitionLog
+
+API_KEY = 1
+MIN_VERSION = 4
+MAX_VERSION = 16
+
+
+class _Part:
+    __slots__ = ("error", "hw", "index", "log", "max_bytes", "offset", "records", "start")
+
+    def __init__(self, index: int, offset: int, max_bytes: int) -> None:
+        self.index = index
+        self.offset = offset
+        self.max_bytes = max_bytes
+        self.log: PartitionLog | None = None
+        self.error = ErrorCode.none
+        self.records: list[memoryview] = []
+        self.hw = -1
+        self.start = -1
+
+
+async def handle(ctx: RequestContext, request: Any) -> Any:
+    broker = ctx.broker
+    by_id = ctx.api_version >= 13
+    plan: list[tuple[Any, list[_Part]]] = []
+    for ft in request.topics:
+        topic = broker.topics.by_id(str(ft.topic_id)) if by_id else broker.topics.get(ft.topic)
+        parts = [_Part(p.partition, p.fetch_offset, p.partition_max_bytes) for p in ft.partitions]
+        plan.append((ft.topic_id if by_id else ft.topic, parts))
+        for part in parts:
+            if topic is None:
+                part.error = ErrorCode.unknown_topic_id if by_id else ErrorCode.unknown_topic_or_partition
+            elif not 0 <= part.index < topic.partitions:
+                part.error = ErrorCode.unknown_topic_or_partition
+            else:
+                part.log = await broker.logs.get(topic.topic_id, part.index)
+    max_total = min(request.max_bytes if request.max_bytes > 0 else broker.config.fetch_max_bytes,
+                    broker.config.fetch_max_bytes)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + request.max_wait.total_seconds()
+    while True:
+        waiter: asyncio.Future[None] = loop.create_future()
+        total = await _read_all(plan, max_total, waiter)
+        remaining = deadline - loop.time()
+        if total >= max(request.min_bytes, 1) or remaining <= 0 or _any_error(plan):
+            _discard(plan, waiter)
+            break
+        try:
+            await asyncio.wait_for(waiter, remaining)
+        except TimeoutError:
+            pass
+        finally:
+            _discard(plan, waiter)
+    return _response(ctx, plan)
+
+
+def _any_error(plan: list[tuple[Any, list[_Part]]]) -> bool:
+    return any(p.error != ErrorCode.none for _t, parts in plan for p in parts)
+
+
+def _discard(plan: list[tuple[Any, list[_Part]]], waiter: asyncio.Future[None]) -> None:
+    for _t, parts in plan:
+        for p in parts:
+            if p.log is not None:
+                p.log.discard_waiter(waiter)
+
+
+async def _read_all(plan: list[tuple[Any, list[_Part]]], max_total: int, waiter: asyncio.Future[None]) -> int:
+    total = 0
+    for _t, parts in plan:
+        for part in parts:
+            plog = part.log
+            if plog is None:
+                continue
+            budget = min(part.max_bytes, max_total - total)
+            if budget <= 0 and total > 0:
+                part.records = []
+                part.hw, part.start = plog.high_watermark, plog.log_start_offset
+                continue
+            try:
+                result = await plog.read(part.offset, max(budget, 1))
+            except LogError as e:
+                part.error = e.code
+                part.hw, part.start = plog.high_watermark, plog.log_start_offset
+                continue
+            part.records = result.batches
+            part.hw, part.start = result.high_watermark, result.log_start_offset
+            size = sum(len(b) for b in result.batches)
+            total += size
+            if not size:
+                plog.add_waiter(waiter)
+    return total
+
+
+def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> Any:
+    mod = response_module(API_KEY, ctx.api_version)
+    by_id = ctx.api_version >= 13
+    responses = []
+    for topic_ref, parts in plan:
+        datas = []
+        for p in parts:
+            records = b"".join(p.records) if p.records else None
+            datas.append(
+                make(
+                    mod.PartitionData,
+                    partition_index=p.index,
+                    error_code=p.error,
+                    high_watermark=p.hw,
+                    last_stable_offset=p.hw,
+                    log_start_offset=p.start,
+                    aborted_transactions=None,
+                    preferred_read_replica=-1,
+                    records=records if records is not None else b"",
+                )
+            )
+        if by_id:
+            responses.append(
+                make(mod.FetchableTopicResponse, topic_id=topic_ref or uuid.UUID(int=0), partitions=tuple(datas))
+            )
+        else:
+            responses.append(make(mod.FetchableTopicResponse, topic=topic_ref, partitions=tuple(datas)))
+    return make(
+        mod.FetchResponse,
+        throttle_time=NO_THROTTLE,
+        error_code=ErrorCode.none,
+        session_id=0,
+        responses=tuple(responses),
+    )

@@ -1,0 +1,74 @@
+"""Tail cache: the newest entries of one partition, in memory, bounded by bytes."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+
+class TailCache:
+    """Recent record batches by offset; appended in offset order, evicted oldest first."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self._budget = budget_bytes
+        self._firsts: list[int] = []
+        self._lasts: list[int] = []
+        self._data: list[memoryview] = []
+        self._head = 0
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._firsts) - self._head
+
+    @property
+    def first_offset(self) -> int | None:
+        return self._firsts[self._head] if len(self) else None
+
+    def add(self, first: int, last: int, batches: memoryview) -> None:
+        """Add an entry's batches; entries must arrive in offset order."""
+        if self._lasts and first <= self._lasts[-1]:
+            self.clear()
+        self._firsts.append(first)
+        self._lasts.append(last)
+        self._data.append(batches)
+        self._bytes += len(batches)
+        while self._bytes > self._budget and len(self) > 1:
+            self._bytes -= len(self._data[self._head])
+            self._data[self._head] = memoryview(b"")
+            self._head += 1
+        if self._head > 1024 and self._head * 2 > len(self._firsts):
+            del self._firsts[: self._head], self._lasts[: self._head], self._data[: self._head]
+            self._head = 0
+
+    def read(self, offset: int, max_bytes: int, below: int) -> list[memoryview] | None:
+        """Batches from the entry holding ``offset`` on, up to ``max_bytes`` (at least one entry),
+        only entries ending before ``below``. None if ``offset`` is not cached."""
+        if not len(self) or offset < self._firsts[self._head]:
+            return None
+        i = bisect_right(self._firsts, offset, self._head) - 1
+        if i < self._head or self._lasts[i] < offset:
+            return None
+        out: list[memoryview] = []
+        total = 0
+        while i < len(self._firsts) and self._lasts[i] < below:
+            data = self._data[i]
+            if out and total + len(data) > max_bytes:
+                break
+            out.append(data)
+            total += len(data)
+            i += 1
+        return out
+
+    def truncate_after(self, offset: int) -> None:
+        """Drop entries at or past ``offset`` (after a failed write)."""
+        while len(self) and self._lasts[-1] >= offset:
+            self._bytes -= len(self._data[-1])
+            self._firsts.pop()
+            self._lasts.pop()
+            self._data.pop()
+
+    def clear(self) -> None:
+        self._firsts.clear()
+        self._lasts.clear()
+        self._data.clear()
+        self._head = 0
+        self._bytes = 0

@@ -1,0 +1,63 @@
+"""The partition logs this broker owns, loaded on first use."""
+
+from __future__ import annotations
+
+import asyncio
+
+from brokers.log.partition import LogConfig, PartitionLog
+from metadata.api import MetadataStore
+from metadata.keys import Keys
+from storage.ledger.api import LedgerClient
+
+
+class LogManager:
+    def __init__(self, store: MetadataStore, keys: Keys, ledgers: LedgerClient, config: LogConfig) -> None:
+        self._store = store
+        self._keys = keys
+        self._ledgers = ledgers
+        self.config = config
+        self._logs: dict[tuple[str, int], PartitionLog] = {}
+        self._loading: dict[tuple[str, int], asyncio.Task[PartitionLog]] = {}
+        self.generation = 0
+        """Changes whenever a log is loaded or dropped (its epoch is then new)."""
+
+    def loaded(self, topic_id: str, partition: int) -> PartitionLog | None:
+        """The log if it is already loaded (no I/O)."""
+        return self._logs.get((topic_id, partition))
+
+    async def get(self, topic_id: str, partition: int) -> PartitionLog:
+        """The partition's log, taking it over (recovering its tail) on first use."""
+        key = (topic_id, partition)
+        found = self._logs.get(key)
+        if found is not None:
+            return found
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._load(key))
+            self._loading[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, key: tuple[str, int]) -> PartitionLog:
+        try:
+            plog = PartitionLog(self._store, self._keys, self._ledgers, key[0], key[1], self.config)
+            await plog.load()
+            self._logs[key] = plog
+            self.generation += 1
+            return plog
+        finally:
+            self._loading.pop(key, None)
+
+    async def drop_topic(self, topic_id: str) -> list[int]:
+        """Close and forget a topic's logs; returns the ledger ids they held (for deletion)."""
+        ledger_ids: list[int] = []
+        for key in [k for k in self._logs if k[0] == topic_id]:
+            plog = self._logs.pop(key)
+            self.generation += 1
+            await plog.close()
+            ledger_ids.extend(ref.ledger_id for ref in plog.ledgers)
+        return ledger_ids
+
+    async def close(self) -> None:
+        logs, self._logs = self._logs, {}
+        for plog in logs.values():
+            await plog.close()

@@ -1,0 +1,92 @@
+"""Idempotent-producer state of one partition: the last five batches' sequences per producer."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from kio.schema.errors import ErrorCode
+
+from brokers.codec.batch import BatchHeader
+from metadata.models import ProducerSnapshotEntry
+
+MAX_CACHED_BATCHES = 5
+MAX_PRODUCERS = 10_000
+_SEQ_MOD = 0x80000000
+
+
+class ProducerStateError(Exception):
+    """A batch the producer state refuses; carries the Kafka error code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Producer:
+    epoch: int
+    batches: deque[tuple[int, int, int, int]]  # first_seq, last_seq, first_offset, last_offset
+
+
+class ProducerTable:
+    """Sequence checks as Kafka does them: duplicates answered with their first offset, gaps refused."""
+
+    def __init__(self, snapshot: tuple[ProducerSnapshotEntry, ...] = ()) -> None:
+        self._producers: dict[int, _Producer] = {}
+        for entry in snapshot:
+            self._producers[entry.producer_id] = _Producer(
+                entry.epoch, deque(entry.batches, maxlen=MAX_CACHED_BATCHES)
+            )
+
+    def check(self, head: BatchHeader) -> int | None:
+        """None if ``head`` may be appended; its original first offset if it is a retried duplicate.
+
+        Raises ProducerStateError for stale epochs and out-of-order sequences.
+        """
+        if head.producer_id < 0 or head.base_sequence < 0:
+            return None
+        state = self._producers.get(head.producer_id)
+        if state is None:
+            return None  # an unknown producer (new, or its state expired): accept, as Kafka does
+        if head.producer_epoch < state.epoch:
+            raise ProducerStateError(
+                ErrorCode.invalid_producer_epoch,
+                f"producer {head.producer_id} epoch {head.producer_epoch} is older than {state.epoch}",
+            )
+        if head.producer_epoch > state.epoch:
+            if head.base_sequence != 0:
+                raise ProducerStateError(
+                    ErrorCode.out_of_order_sequence_number,
+                    f"new epoch {head.producer_epoch} must start at sequence 0, got {head.base_sequence}",
+                )
+            return None
+        for first_seq, last_seq, first_offset, _last_offset in state.batches:
+            if first_seq == head.base_sequence and last_seq == head.last_sequence:
+                return first_offset
+        if state.batches:
+            expected = (state.batches[-1][1] + 1) % _SEQ_MOD
+            if head.base_sequence != expected:
+                raise ProducerStateError(
+                    ErrorCode.out_of_order_sequence_number,
+                    f"producer {head.producer_id}: sequence {head.base_sequence}, expected {expected}",
+                )
+        return None
+
+    def record(self, head: BatchHeader, first_offset: int, last_offset: int) -> None:
+        """Remember an appended batch."""
+        if head.producer_id < 0:
+            return
+        state = self._producers.get(head.producer_id)
+        if state is None or head.producer_epoch > state.epoch:
+            if state is None and len(self._producers) >= MAX_PRODUCERS:
+                self._producers.pop(next(iter(self._producers)))
+            state = _Producer(head.producer_epoch, deque(maxlen=MAX_CACHED_BATCHES))
+            self._producers[head.producer_id] = state
+        if head.base_sequence >= 0:
+            state.batches.append((head.base_sequence, head.last_sequence, first_offset, last_offset))
+
+    def snapshot(self) -> tuple[ProducerSnapshotEntry, ...]:
+        return tuple(
+            ProducerSnapshotEntry(pid, p.epoch, tuple(p.batches)) for pid, p in self._producers.items()
+        )

@@ -1,0 +1,185 @@
+"""The Kafka listener: frames in, handler calls, responses out in request order per connection.
+
+Requests on one connection are handled concurrently (pipelining) but answered in order; produce
+requests additionally hand their entries to the logs in arrival order (``RequestContext.after``).
+A malformed frame, an unknown API or an unsupported version closes only its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from typing import Any
+
+from kio.index import load_request_schema, load_response_schema
+from kio.serial import entity_reader, entity_writer
+
+from brokers.broker import Broker
+from brokers.codec.frame import FrameDecoder, FrameError, RequestHead, encode_response, peek_request_head
+from brokers.handlers import api_versions
+from brokers.handlers.base import RequestContext
+from brokers.handlers.registry import HANDLERS
+
+log = logging.getLogger(__name__)
+API_VERSIONS = 18
+PRODUCE = 0
+_READ_CHUNK = 1 << 18
+
+
+class CloseConnection(Exception):
+    """The request cannot be answered; the connection is closed after earlier responses are sent."""
+
+
+def encode_body(body: Any) -> bytes:
+    buf = io.BytesIO()
+    entity_writer(type(body))(buf, body)
+    return buf.getvalue()
+
+
+class KafkaServer:
+    """Accepts Kafka clients on one listener."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        self._server = await asyncio.start_server(self._serve, host, port, limit=_READ_CHUNK)
+        sock = self._server.sockets[0]
+        bound: int = sock.getsockname()[1]
+        return bound
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        peer = "{}:{}".format(*writer.get_extra_info("peername", ("?", 0))[:2])
+        decoder = FrameDecoder(self.broker.config.socket_request_max_bytes)
+        pending: asyncio.Queue[asyncio.Future[list[bytes] | None] | None] = asyncio.Queue()
+        out = asyncio.create_task(self._write_loop(pending, writer, peer))
+        last_produce: asyncio.Future[None] | None = None
+        try:
+            while not out.done():
+                data = await reader.read(_READ_CHUNK)
+                if not data:
+                    break
+                for frame in decoder.feed(data):
+                    head = peek_request_head(frame)
+                    after = last_produce
+                    if head.api_key == PRODUCE:
+                        last_produce = asyncio.get_running_loop().create_future()
+                    fut = asyncio.ensure_future(self._handle(frame, head, peer, after, last_produce))
+                    await pending.put(fut)
+        except FrameError as e:
+            log.warning("closing %s: %s", peer, e)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            await pending.put(None)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await out
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _write_loop(
+        self,
+        pending: asyncio.Queue[asyncio.Future[list[bytes] | None] | None],
+        writer: asyncio.StreamWriter,
+        peer: str,
+    ) -> None:
+        while True:
+            fut = await pending.get()
+            if fut is None:
+                return
+            try:
+                buffers = await fut
+            except CloseConnection as e:
+                log.warning("closing %s: %s", peer, e)
+                writer.close()
+                return
+            if buffers is not None:
+                writer.writelines(buffers)
+                await writer.drain()
+
+    async def _handle(
+        self,
+        frame: bytes,
+        head: RequestHead,
+        peer: str,
+        after: asyncio.Future[None] | None,
+        produced: asyncio.Future[None] | None,
+    ) -> list[bytes] | None:
+        try:
+            return await self._dispatch(frame, head, peer, after, produced if head.api_key == PRODUCE else None)
+        finally:
+            if head.api_key == PRODUCE and produced is not None and not produced.done():
+                produced.set_result(None)
+
+    async def _dispatch(
+        self,
+        frame: bytes,
+        head: RequestHead,
+        peer: str,
+        after: asyncio.Future[None] | None,
+        produced: asyncio.Future[None] | None,
+    ) -> list[bytes] | None:
+        spec = HANDLERS.get(head.api_key)
+        if spec is None:
+            raise CloseConnection(f"unknown API key {head.api_key}")
+        if not spec.min_version <= head.api_version <= spec.max_version:
+            if head.api_key == API_VERSIONS:
+                body = api_versions.unsupported_version_body()
+                return encode_response(head.correlation_id, False, body)
+            raise CloseConnection(
+                f"API {head.api_key} v{head.api_version} unsupported "
+                f"(supported v{spec.min_version}-v{spec.max_version})"
+            )
+        request_cls = load_request_schema(head.api_key, head.api_version)
+        try:
+            header, used = entity_reader(request_cls.__header_schema__)(frame, 0)
+            request, _ = entity_reader(request_cls)(frame, used)
+        except Exception as e:  # kio raises assorted errors on malformed bodies
+            raise CloseConnection(f"malformed API {head.api_key} v{head.api_version} request: {e!r}") from None
+        ctx = RequestContext(
+            broker=self.broker,
+            api_key=head.api_key,
+            api_version=head.api_version,
+            correlation_id=head.correlation_id,
+            client_id=getattr(header, "client_id", None),
+            peer=peer,
+            after=after,
+            produced=produced,
+        )
+        try:
+            response = await spec.handle(ctx, request)
+        except CloseConnection:
+            raise
+        except Exception:
+            log.exception("API %d v%d from %s failed", head.api_key, head.api_version, peer)
+            raise CloseConnection("internal error") from None
+        if response is None:
+            return None
+        flexible = head.api_key != API_VERSIONS and load_response_schema(
+            head.api_key, head.api_version
+        ).__header_schema__.__flexible__
+        body = response if isinstance(response, bytes) else encode_body(response)  # bytes: cached body
+        return encode_response(head.correlation_id, flexible, body)
+

@@ -1,0 +1,136 @@
+"""Topics as the metadata store holds them, cached in the broker and changed by compare-and-swap."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import replace
+
+from kio.schema.errors import ErrorCode
+
+from metadata.api import MetadataStore, VersionConflict
+from metadata.keys import Keys
+from metadata.models import PartitionState, TopicRecord
+
+_LEGAL = re.compile(r"^[a-zA-Z0-9._-]+$")
+MAX_NAME = 249
+
+
+class TopicError(Exception):
+    """A topic operation refused with a Kafka error code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_name(name: str) -> None:
+    """Kafka's topic name rules; raises TopicError(INVALID_TOPIC_EXCEPTION)."""
+    if not name or name in (".", "..") or len(name) > MAX_NAME or not _LEGAL.match(name):
+        raise TopicError(
+            ErrorCode.invalid_topic_exception,
+            f"topic name {name!r} is illegal: 1-{MAX_NAME} of [a-zA-Z0-9._-], not '.' or '..'",
+        )
+
+
+class TopicRegistry:
+    """All topics of the cluster; ``generation`` changes whenever any topic does."""
+
+    def __init__(self, store: MetadataStore, keys: Keys) -> None:
+        self._store = store
+        self._keys = keys
+        self._by_name: dict[str, TopicRecord] = {}
+        self._by_id: dict[str, TopicRecord] = {}
+        self._versions: dict[str, int] = {}
+        self.generation = 0
+
+    async def load(self) -> None:
+        self._by_name.clear()
+        self._by_id.clear()
+        for item in await self._store.list(self._keys.topics_prefix()):
+            self._remember(TopicRecord.decode(item.value), item.version)
+        self.generation += 1
+
+    def _remember(self, topic: TopicRecord, version: int) -> None:
+        self._by_name[topic.name] = topic
+        self._by_id[topic.topic_id] = topic
+        self._versions[topic.name] = version
+        self.generation += 1
+
+    def _forget(self, topic: TopicRecord) -> None:
+        self._by_name.pop(topic.name, None)
+        self._by_id.pop(topic.topic_id, None)
+        self._versions.pop(topic.name, None)
+        self.generation += 1
+
+    def get(self, name: str) -> TopicRecord | None:
+        return self._by_name.get(name)
+
+    def by_id(self, topic_id: str) -> TopicRecord | None:
+        return self._by_id.get(topic_id)
+
+    def all(self) -> list[TopicRecord]:
+        return sorted(self._by_name.values(), key=lambda t: t.name)
+
+    async def create(
+        self, name: str, partitions: int, replication_factor: int, configs: dict[str, str],
+        validate_only: bool = False,
+    ) -> TopicRecord:
+        """Create a topic; raises TopicError (TOPIC_ALREADY_EXISTS, INVALID_PARTITIONS, ...)."""
+        check_name(name)
+        if partitions <= 0:
+            raise TopicError(ErrorCode.invalid_partitions, f"partition count {partitions} must be positive")
+        if replication_factor <= 0:
+            raise TopicError(
+                ErrorCode.invalid_replication_factor, f"replication factor {replication_factor} must be positive"
+            )
+        if name in self._by_name:
+            raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+        topic = TopicRecord(name, str(uuid.uuid4()), partitions, replication_factor, configs)
+        if validate_only:
+            return topic
+        try:
+            version = await self._store.put(self._keys.topic(name), topic.encode(), expected_version=0)
+        except VersionConflict:
+            await self.load()
+            raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists") from None
+        self._remember(topic, version)
+        return topic
+
+    async def delete(self, name: str) -> tuple[TopicRecord, list[int]]:
+        """Delete a topic and its partition states; returns it and the ledger ids it held."""
+        topic = self._by_name.get(name)
+        if topic is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"topic {name!r} does not exist")
+        ledger_ids: list[int] = []
+        states = await self._store.list(self._keys.partitions_prefix(topic.topic_id))
+        for item in states:
+            ledger_ids.extend(r.ledger_id for r in PartitionState.decode(item.value).ledgers)
+        await self._store.delete(self._keys.topic(name))
+        for item in states:
+            await self._store.delete(item.key)
+        self._forget(topic)
+        return topic, ledger_ids
+
+    async def add_partitions(self, name: str, count: int, validate_only: bool = False) -> TopicRecord:
+        """Grow a topic to ``count`` partitions; raises TopicError(INVALID_PARTITIONS) to shrink."""
+        topic = self._by_name.get(name)
+        if topic is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"topic {name!r} does not exist")
+        if count <= topic.partitions:
+            raise TopicError(
+                ErrorCode.invalid_partitions,
+                f"topic {name!r} has {topic.partitions} partitions; the new count {count} must be larger",
+            )
+        grown = replace(topic, partitions=count)
+        if validate_only:
+            return grown
+        try:
+            version = await self._store.put(
+                self._keys.topic(name), grown.encode(), expected_version=self._versions[name]
+            )
+        except VersionConflict:
+            await self.load()
+            raise TopicError(ErrorCode.reassignment_in_progress, f"topic {name!r} changed; retry") from None
+        self._remember(grown, version)
+        return grown

@@ -1,0 +1,153 @@
+"""Metadata values: frozen dataclasses, stored as msgpack maps (unknown fields are ignored on read)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
+
+
+def _pack(obj: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if not isinstance(obj, dict):
+        raise ValueError("metadata value is not a map")
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRecord:
+    """A topic: its id (a UUID string), partition count and the configs set on it (not defaults)."""
+
+    name: str
+    topic_id: str
+    partitions: int
+    replication_factor: int = 1
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return _pack(
+            {
+                "name": self.name,
+                "id": self.topic_id,
+                "partitions": self.partitions,
+                "rf": self.replication_factor,
+                "configs": self.configs,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> TopicRecord:
+        d = _unpack(data)
+        return cls(d["name"], d["id"], d["partitions"], d.get("rf", 1), dict(d.get("configs", {})))
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRef:
+    """One ledger of a partition log: the offsets it holds; ``last_offset`` is -1 while it is open."""
+
+    ledger_id: int
+    first_offset: int
+    last_offset: int = -1
+    max_timestamp: int = -1
+    closed: bool = False
+
+    def to_list(self) -> list[Any]:
+        return [self.ledger_id, self.first_offset, self.last_offset, self.max_timestamp, self.closed]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> LedgerRef:
+        return cls(int(v[0]), int(v[1]), int(v[2]), int(v[3]), bool(v[4]))
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSnapshotEntry:
+    """Idempotent-producer state carried across ledgers: the last batches' sequence ranges."""
+
+    producer_id: int
+    epoch: int
+    batches: tuple[tuple[int, int, int, int], ...]  # (first_seq, last_seq, first_offset, last_offset)
+
+    def to_list(self) -> list[Any]:
+        return [self.producer_id, self.epoch, [list(b) for b in self.batches]]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> ProducerSnapshotEntry:
+        return cls(int(v[0]), int(v[1]), tuple((int(a), int(b), int(c), int(d)) for a, b, c, d in v[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """The managed-log state of one partition, changed only by compare-and-swap.
+
+    ``ledgers`` are in offset order; only the last may be open. ``producers`` is the idempotent producer
+    state as of the start of the first open (unclosed) ledger.
+    """
+
+    epoch: int = 0
+    log_start_offset: int = 0
+    ledgers: tuple[LedgerRef, ...] = ()
+    producers: tuple[ProducerSnapshotEntry, ...] = ()
+
+    def encode(self) -> bytes:
+        return _pack(
+            {
+                "epoch": self.epoch,
+                "start": self.log_start_offset,
+                "ledgers": [r.to_list() for r in self.ledgers],
+                "producers": [p.to_list() for p in self.producers],
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> PartitionState:
+        d = _unpack(data)
+        return cls(
+            int(d.get("epoch", 0)),
+            int(d.get("start", 0)),
+            tuple(LedgerRef.from_list(v) for v in d.get("ledgers", [])),
+            tuple(ProducerSnapshotEntry.from_list(v) for v in d.get("producers", [])),
+        )
+
+    @property
+    def end_offset(self) -> int:
+        """Offset after the last record of the last closed ledger (open ledgers are not counted)."""
+        for ref in reversed(self.ledgers):
+            if ref.closed:
+                return ref.last_offset + 1 if ref.last_offset >= ref.first_offset else ref.first_offset
+        return self.log_start_offset
+
+    def with_ledgers(self, ledgers: tuple[LedgerRef, ...]) -> PartitionState:
+        return replace(self, ledgers=ledgers)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerRecord:
+    """A live broker's registration (bound to its lease)."""
+
+    node_id: int
+    host: str
+    port: int
+    rack: str | None = None
+
+    def encode(self) -> bytes:
+        return _pack({"id": self.node_id, "host": self.host, "port": self.port, "rack": self.rack})
+
+    @classmethod
+    def decode(cls, data: bytes) -> BrokerRecord:
+        d = _unpack(data)
+        return cls(int(d["id"]), str(d["host"]), int(d["port"]), d.get("rack"))
+
+
+def encode_int(value: int) -> bytes:
+    """Counters are stored as decimal text so they read well in etcdctl."""
+    return str(value).encode()
+
+
+def decode_int(data: bytes) -> int:
+    return int(data.decode())

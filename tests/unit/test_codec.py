@@ -1,0 +1,101 @@
+"""Sans-io codec: framing, request heads, the 61-byte batch header, offsets patching."""
+
+from __future__ import annotations
+
+import struct
+
+import crc32c
+import pytest
+
+from brokers.codec import batch
+from brokers.codec.frame import FrameDecoder, FrameTooLarge, encode_response, peek_request_head
+from brokers.codec.records import record_timestamps
+
+
+def make_batch(records: int = 3, base_ts: int = 1_000, producer_id: int = -1, base_seq: int = -1) -> bytes:
+    """A valid uncompressed v2 batch with ``records`` small records (timestamps base_ts + i)."""
+    body = bytearray()
+    for i in range(records):
+        rec = bytearray([0])  # attributes
+        rec += _varint(i)  # timestamp delta
+        rec += _varint(i)  # offset delta
+        rec += _varint(-1)  # null key
+        value = f"v{i}".encode()
+        rec += _varint(len(value)) + value
+        rec += _varint(0)  # headers
+        body += _varint(len(rec)) + rec
+    after_crc = struct.pack(">hiqqqhii", 0, records - 1, base_ts, base_ts + records - 1, producer_id, 0, base_seq,
+                            records) + body
+    crc = crc32c.crc32c(after_crc)
+    head = struct.pack(">qiibI", 0, 4 + 1 + 4 + len(after_crc), -1, 2, crc)
+    return head + after_crc
+
+
+def _varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def test_decoder_splits_frames_across_chunks() -> None:
+    dec = FrameDecoder(1024)
+    stream = struct.pack(">i", 3) + b"abc" + struct.pack(">i", 2) + b"de"
+    frames = []
+    for i in range(len(stream)):
+        frames += dec.feed(stream[i : i + 1])
+    assert frames == [b"abc", b"de"]
+    assert dec.buffered == 0
+
+
+@pytest.mark.parametrize("size", [0x7FFFFFFF, -1, 1025])
+def test_decoder_refuses_oversized_and_negative(size: int) -> None:
+    with pytest.raises(FrameTooLarge):
+        FrameDecoder(1024).feed(struct.pack(">i", size))
+
+
+def test_request_head_and_response_framing() -> None:
+    head = peek_request_head(struct.pack(">hhi", 18, 3, 42) + b"rest")
+    assert (head.api_key, head.api_version, head.correlation_id) == (18, 3, 42)
+    framed = b"".join(encode_response(42, True, b"body"))
+    assert framed == struct.pack(">ii", 9, 42) + b"\x00body"
+    assert b"".join(encode_response(7, False, b"x")) == struct.pack(">ii", 5, 7) + b"x"
+
+
+def test_validate_accepts_good_batches_and_patches_offsets() -> None:
+    data = bytearray(make_batch(3) + make_batch(2))
+    headers = batch.validate(data)
+    assert [h.records_count for h in headers] == [3, 2]
+    end = batch.assign_offsets(data, headers, 100, 7)
+    assert end == 105
+    patched = batch.validate(data)  # the CRC does not cover offsets and epochs
+    assert [(h.base_offset, h.leader_epoch) for h in patched] == [(100, 7), (103, 7)]
+
+
+def test_validate_rejects_bad_crc_truncation_and_old_magic() -> None:
+    good = bytearray(make_batch(3))
+    bad = bytearray(good)
+    bad[-1] ^= 0xFF
+    with pytest.raises(batch.CorruptBatch, match="CRC"):
+        batch.validate(bad)
+    with pytest.raises(batch.CorruptBatch):
+        batch.validate(good[:-5])
+    old = bytearray(good)
+    old[16] = 1
+    with pytest.raises(batch.UnsupportedMagic):
+        batch.validate(old)
+    with pytest.raises(batch.CorruptBatch):
+        batch.validate(b"")
+
+
+def test_sequences_and_record_timestamps() -> None:
+    data = make_batch(4, base_ts=5_000, producer_id=9, base_seq=2147483646)
+    (head,) = batch.validate(data)
+    assert head.last_sequence == 1  # wraps like Kafka's
+    assert record_timestamps(memoryview(data), head) == [(0, 5000), (1, 5001), (2, 5002), (3, 5003)]
