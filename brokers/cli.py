@@ -36,8 +36,8 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
     if args.node_id < 0:
         raise ConfigError(f"--node-id {args.node_id} must not be negative")
     config = BrokerConfig(
-        data_dir=os.path.abspath(args.data_dir), host=host, port=port, advertised_host=adv_host, advertised_port=adv_port,
-        node_id=args.node_id, cluster=args.cluster,
+        data_dir=os.path.abspath(args.data_dir), host=host, port=port,
+        advertised_host=adv_host, advertised_port=adv_port, node_id=args.node_id, cluster=args.cluster,
     )
     return config.with_overrides(args.config)
 

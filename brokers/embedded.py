@@ -15,19 +15,17 @@ import os
 import signal
 from pathlib import Path
 
-from storage.bookie.bookie import Bookie
-from storage.bookie.protocol import LocalBookieClient
-from storage.ledger.client import QuorumLedgerClient
-
 from brokers.broker import Broker
 from brokers.config import BrokerConfig
 from brokers.server import KafkaServer
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
+from storage.bookie.bookie import Bookie
+from storage.bookie.protocol import LocalBookieClient
+from storage.ledger.client import QuorumLedgerClient
 from storage.objectstore import open_object_store
 
 log = logging.getLogger("tidelog")
-LOCAL_BOOKIE = "local-0"
 
 
 class DataDirLocked(RuntimeError):
@@ -57,7 +55,8 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
     store = await EmbeddedMetadataStore.open(data_dir / "metadata")
     bookie = await Bookie.open(data_dir / "bookie")
     objects = open_object_store(str(data_dir / "objects"))
-    ledgers = QuorumLedgerClient(store, Keys(config.cluster), {LOCAL_BOOKIE: LocalBookieClient(bookie)})
+    local = LocalBookieClient(bookie)
+    ledgers = QuorumLedgerClient(store, Keys(config.cluster), {local.bookie_id: local})
     broker = Broker(config, store, ledgers)
     server = KafkaServer(broker)
     try:

@@ -97,17 +97,19 @@ def _failed(mod: Any, name: str, code: ErrorCode, message: str) -> Any:
 
 
 def _created(mod: Any, topic: TopicRecord, broker_configs: dict[str, str]) -> Any:
-    configs = tuple(
-        make(
-            mod.CreatableTopicConfigs,
-            name=e.name,
-            value=e.value,
-            read_only=e.read_only,
-            config_source=e.source.value,
-            is_sensitive=False,
+    configs = ()
+    if hasattr(mod, "CreatableTopicConfigs"):  # v5+ report the effective configs
+        configs = tuple(
+            make(
+                mod.CreatableTopicConfigs,
+                name=e.name,
+                value=e.value,
+                read_only=e.read_only,
+                config_source=e.source.value,
+                is_sensitive=False,
+            )
+            for e in topic_config_entries(topic.configs, broker_configs)
         )
-        for e in topic_config_entries(topic.configs, broker_configs)
-    )
     return make(
         mod.CreatableTopicResult,
         name=topic.name,

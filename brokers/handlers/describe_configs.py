@@ -190,16 +190,15 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     synonyms = bool(request.include_synonyms)
     results = []
     for resource in request.resources:
-        keys = resource.configuration_keys
+        code, message = ErrorCode.none, None
+        entries: list[ConfigEntry] = []
         try:
             entries = _resource_entries(ctx, resource.resource_type, resource.resource_name)
         except TopicError as e:
-            code, message, entries = e.code, str(e), []
-        else:
-            code, message = ErrorCode.none, None
-        if keys:
-            wanted = set(keys)
-            entries = [e for e in entries if e.name in wanted]
+            code, message = e.code, str(e)
+        if resource.configuration_keys:  # None or empty: all of them
+            wanted = set(resource.configuration_keys)
+            entries = [entry for entry in entries if entry.name in wanted]
         results.append(
             make(
                 mod.DescribeConfigsResult,
@@ -207,7 +206,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 error_message=message,
                 resource_type=resource.resource_type,
                 resource_name=resource.resource_name,
-                configs=tuple(_config_result(mod, e, synonyms) for e in entries),
+                configs=tuple(_config_result(mod, entry, synonyms) for entry in entries),
             )
         )
     return make(mod.DescribeConfigsResponse, throttle_time=NO_THROTTLE, results=tuple(results))

@@ -9,6 +9,11 @@ from typing import Any
 
 from brokers.handlers import (
     api_versions,
+    create_partitions,
+    create_topics,
+    delete_topics,
+    describe_cluster,
+    describe_configs,
     fetch,
     init_producer_id,
     list_offsets,
@@ -30,6 +35,11 @@ class HandlerSpec:
 
 MODULES: tuple[ModuleType, ...] = (
     api_versions,
+    create_partitions,
+    create_topics,
+    delete_topics,
+    describe_cluster,
+    describe_configs,
     fetch,
     init_producer_id,
     list_offsets,

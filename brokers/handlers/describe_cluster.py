@@ -1,0 +1,65 @@
+"""DescribeCluster (API 60): cluster id, the live brokers, and this broker as the controller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from metadata.api import MetadataError
+from metadata.models import BrokerRecord
+
+API_KEY = 60
+MIN_VERSION = 0
+MAX_VERSION = 2
+
+ENDPOINT_BROKERS = 1
+AUTHORIZED_OPERATIONS_OMITTED = -(2**31)
+# AclOperation codes Kafka supports on the CLUSTER resource: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION,
+# DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE. Without an authorizer all of them are allowed.
+CLUSTER_OPERATIONS = sum(1 << op for op in (5, 7, 8, 9, 10, 11, 12))
+
+
+async def live_brokers(ctx: RequestContext) -> list[BrokerRecord]:
+    """Brokers registered in metadata, this one always included (with its advertised address)."""
+    host, port = ctx.broker.config.advertised
+    found = {ctx.broker.config.node_id: BrokerRecord(ctx.broker.config.node_id, host, port)}
+    try:
+        items = await ctx.broker.store.list(ctx.broker.keys.brokers_prefix())
+    except MetadataError:
+        items = []  # the store is unreachable: report ourselves rather than fail the request
+    for item in items:
+        record = BrokerRecord.decode(item.value)
+        found.setdefault(record.node_id, record)
+    return sorted(found.values(), key=lambda b: b.node_id)
+
+
+async def handle(ctx: RequestContext, request: Any) -> Any:
+    """Describe the cluster; only the BROKERS endpoint type is served (as by a Kafka broker)."""
+    mod = response_module(API_KEY, ctx.api_version)
+    endpoint_type = int(getattr(request, "endpoint_type", ENDPOINT_BROKERS))
+    code, message = ErrorCode.none, None
+    brokers: list[BrokerRecord] = []
+    if endpoint_type != ENDPOINT_BROKERS:
+        code, message = ErrorCode.unsupported_endpoint_type, f"Unsupported endpoint type {endpoint_type}"
+    else:
+        brokers = await live_brokers(ctx)
+    operations = (
+        CLUSTER_OPERATIONS if request.include_cluster_authorized_operations else AUTHORIZED_OPERATIONS_OMITTED
+    )
+    return make(
+        mod.DescribeClusterResponse,
+        throttle_time=NO_THROTTLE,
+        error_code=code,
+        error_message=message,
+        endpoint_type=endpoint_type,
+        cluster_id=ctx.broker.cluster_id,
+        controller_id=ctx.broker.config.node_id,
+        brokers=tuple(
+            make(mod.DescribeClusterBroker, broker_id=b.node_id, host=b.host, port=b.port, rack=b.rack,
+                 is_fenced=False)
+            for b in brokers
+        ),
+        cluster_authorized_operations=operations,
+    )
