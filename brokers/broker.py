@@ -6,6 +6,8 @@ import asyncio
 import base64
 import logging
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 from brokers.config import BrokerConfig
 from brokers.log.manager import LogManager
@@ -52,6 +54,7 @@ class Broker:
         await self.topics.load()
         for topic in self.topics.all():
             await self.ensure_loaded(topic)
+        self._spawn(self.logs.run_age_rollover())
         self._lease = await self.store.lease(10.0)
         host, port = self.config.advertised
         await self.store.put(
@@ -77,9 +80,9 @@ class Broker:
 
     async def stop(self) -> None:
         """Close every owned log cleanly, then leave the cluster."""
-        await self.logs.close()
         for task in list(self._background):
             task.cancel()
+        await self.logs.close()
         if self._lease is not None:
             await self._lease.revoke()
             self._lease = None
@@ -128,10 +131,13 @@ class Broker:
         """Delete a topic: metadata first, then its logs; its ledgers are deleted in the background."""
         topic, ledger_ids = await self.topics.delete(name)
         ledger_ids = sorted(set(ledger_ids) | set(await self.logs.drop_topic(topic.topic_id)))
-        task = asyncio.create_task(self._delete_ledgers(ledger_ids))
+        self._spawn(self._delete_ledgers(ledger_ids))
+        return topic
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        return topic
 
     async def _delete_ledgers(self, ledger_ids: list[int]) -> None:
         for ledger_id in ledger_ids:

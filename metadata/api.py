@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+MAX_COMMIT_OPS = 128
+"""Most checks, and most puts + deletes, in one ``commit`` (etcd's default --max-txn-ops); more: ValueError."""
+
 
 class MetadataError(Exception):
     """Base class of metadata store errors."""
@@ -28,6 +31,15 @@ class LeaseExpired(MetadataError):
 
 class StoreUnavailable(MetadataError):
     """The backing store cannot be reached right now (retriable)."""
+
+
+class RevisionCompacted(MetadataError):
+    """A watch asked for history the store no longer keeps; re-read the state and watch from now."""
+
+    def __init__(self, requested: int, oldest: int) -> None:
+        super().__init__(f"revision {requested} is compacted; the oldest watchable revision is {oldest}")
+        self.requested = requested
+        self.oldest = oldest
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +112,26 @@ class MetadataStore(Protocol):
         ...
 
     async def list(self, prefix: str) -> list[Versioned]:
-        """All keys under ``prefix``, sorted by key."""
+        """All keys under ``prefix``, sorted by key. A plain string prefix: "/a/b" matches "/a/bc"."""
         ...
 
     async def commit(
         self, checks: Sequence[Check], puts: Sequence[Put], deletes: Sequence[str] = ()
     ) -> int:
-        """Apply puts and deletes atomically if every check holds; returns the new revision."""
+        """Apply puts and deletes atomically if every check holds; returns the new revision.
+
+        Raises VersionConflict (and applies nothing) if a check fails. A key may appear at most once
+        among puts and deletes, and MAX_COMMIT_OPS bounds their number (ValueError otherwise).
+        """
         ...
 
     def watch(self, prefix: str, from_revision: int | None = None) -> AsyncIterator[Event]:
-        """Changes under ``prefix`` from ``from_revision`` (inclusive) on, or from now when None."""
+        """Changes under ``prefix`` from ``from_revision`` (inclusive) on, or from now when None.
+
+        Events come in revision order (a commit's events share one revision). If ``from_revision`` is
+        older than the history the store keeps, iterating raises RevisionCompacted. The iterator ends
+        when the store is closed.
+        """
         ...
 
     async def lease(self, ttl: float) -> Lease:

@@ -36,10 +36,22 @@ class EntryHeader:
     batch_count: int = 1
 
 
-def encode(head: EntryHeader, batches: bytes | bytearray | memoryview) -> bytes:
-    """The entry: header then the batches (one copy, made here)."""
-    crc = crc32c.crc32c(batches)
-    prefix = _HEAD.pack(
+def allocate(batches: bytes | bytearray | memoryview) -> bytearray:
+    """A buffer holding room for the header, then a copy of ``batches`` (the one copy made).
+
+    Patch the batches in place (they start at ``HEADER_SIZE``), then ``seal`` the header.
+    """
+    buf = bytearray(HEADER_SIZE + len(batches))
+    buf[HEADER_SIZE:] = batches
+    return buf
+
+
+def seal(buf: bytearray, head: EntryHeader) -> None:
+    """Write the header (with the CRC-32C of the batches) into a buffer from ``allocate``."""
+    crc = crc32c.crc32c(memoryview(buf)[HEADER_SIZE:])
+    _HEAD.pack_into(
+        buf,
+        0,
         MAGIC,
         VERSION,
         0,
@@ -53,7 +65,13 @@ def encode(head: EntryHeader, batches: bytes | bytearray | memoryview) -> bytes:
         head.batch_count,
         crc,
     )
-    return b"".join((prefix, batches))
+
+
+def encode(head: EntryHeader, batches: bytes | bytearray | memoryview) -> bytes:
+    """The entry: header then the batches."""
+    buf = allocate(batches)
+    seal(buf, head)
+    return bytes(buf)
 
 
 def decode_header(entry: bytes | memoryview) -> EntryHeader:
@@ -68,7 +86,7 @@ def decode_header(entry: bytes | memoryview) -> EntryHeader:
     return EntryHeader(first, last, max_ts, pid, epoch, bseq, lseq, count)
 
 
-def batches_of(entry: bytes | memoryview) -> memoryview:
+def batches_of(entry: bytes | bytearray | memoryview) -> memoryview:
     """The record batches inside an entry, without copying."""
     return memoryview(entry)[HEADER_SIZE:]
 

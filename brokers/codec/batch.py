@@ -125,14 +125,16 @@ def validate(buf: bytes | bytearray | memoryview) -> list[BatchHeader]:
     return headers
 
 
-def assign_offsets(buf: bytearray, headers: list[BatchHeader], base_offset: int, leader_epoch: int) -> int:
+def assign_offsets(
+    buf: bytearray, headers: list[BatchHeader], base_offset: int, leader_epoch: int, shift: int = 0
+) -> int:
     """Patch base offset and partition leader epoch in place (the CRC does not cover them).
 
-    Returns the offset after the last record.
+    The batches start ``shift`` bytes into ``buf``. Returns the offset after the last record.
     """
     next_offset = base_offset
     for head in headers:
-        _OFFSET.pack_into(buf, head.position, next_offset)
-        _EPOCH.pack_into(buf, head.position + 12, leader_epoch)
+        _OFFSET.pack_into(buf, shift + head.position, next_offset)
+        _EPOCH.pack_into(buf, shift + head.position + 12, leader_epoch)
         next_offset += head.record_span
     return next_offset

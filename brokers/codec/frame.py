@@ -21,42 +21,57 @@ class FrameTooLarge(FrameError):
 
 
 class FrameDecoder:
-    """Splits a byte stream into frames (without their 4-byte length prefix)."""
+    """Splits a byte stream into frames (without their 4-byte length prefix).
+
+    Small reads are gathered in a bytearray; a large frame is collected as a list of chunks and joined
+    once, so each byte is copied once on its way to a frame.
+    """
 
     def __init__(self, max_frame_bytes: int) -> None:
         self._max = max_frame_bytes
-        self._buf = bytearray()
-        self._need = -1
+        self._buf = bytearray()  # bytes not yet assigned to a frame body
+        self._need = -1  # body size of the frame in progress, -1 while reading a length prefix
+        self._chunks: list[bytes | bytearray | memoryview] = []  # body of the frame in progress
+        self._have = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add received bytes; return every frame now complete. Raises FrameTooLarge."""
-        self._buf += data
         frames: list[bytes] = []
-        buf = self._buf
-        pos = 0
-        while True:
+        view = memoryview(data)
+        while view:
             if self._need < 0:
-                if len(buf) - pos < 4:
+                take = min(4 - len(self._buf), len(view))
+                self._buf += view[:take]
+                view = view[take:]
+                if len(self._buf) < 4:
                     break
-                (size,) = _SIZE.unpack_from(buf, pos)
+                (size,) = _SIZE.unpack_from(self._buf, 0)
+                self._buf.clear()
                 if size < 0 or size > self._max:
                     raise FrameTooLarge(f"frame of {size} bytes (limit {self._max})")
                 self._need = size
-                pos += 4
-            if len(buf) - pos < self._need:
-                break
-            with memoryview(buf) as view:
-                frames.append(bytes(view[pos : pos + self._need]))
-            pos += self._need
-            self._need = -1
-        if pos:
-            del buf[:pos]
+                self._chunks = []
+                self._have = 0
+            take = min(self._need - self._have, len(view))
+            if take:
+                self._chunks.append(view[:take])
+                self._have += take
+                view = view[take:]
+            if self._have == self._need:
+                chunks = self._chunks
+                frames.append(bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks))
+                self._chunks = []
+                self._need = -1
+                self._have = 0
+        # Chunks still pending may be views of ``data``: keep copies, since the caller may reuse it.
+        if self._chunks and isinstance(data, bytearray | memoryview):
+            self._chunks = [bytes(c) for c in self._chunks]
         return frames
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._buf)
+        return len(self._buf) + self._have
 
 
 @dataclass(frozen=True, slots=True)

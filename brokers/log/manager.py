@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from brokers.log.partition import LogConfig, PartitionLog
 from metadata.api import MetadataStore
 from metadata.keys import Keys
 from storage.ledger.api import LedgerClient
+
+log = logging.getLogger(__name__)
 
 
 class LogManager:
@@ -56,6 +59,23 @@ class LogManager:
             await plog.close()
             ledger_ids.extend(ref.ledger_id for ref in plog.ledgers)
         return ledger_ids
+
+    async def roll_aged(self) -> int:
+        """Close every open ledger older than ``rollover_ms``; returns how many were closed."""
+        closed = 0
+        for plog in list(self._logs.values()):
+            try:
+                closed += await plog.roll_if_aged()
+            except Exception:
+                log.exception("age rollover of %s/%d failed", plog.topic_id, plog.partition)
+        return closed
+
+    async def run_age_rollover(self) -> None:
+        """Background task: roll ledgers by age even on idle partitions."""
+        interval = max(0.05, min(self.config.rollover_ms / 2000, 10.0))
+        while True:
+            await asyncio.sleep(interval)
+            await self.roll_aged()
 
     async def close(self) -> None:
         logs, self._logs = self._logs, {}

@@ -198,18 +198,18 @@ class PartitionLog:
                 result.set_result(AppendResult(duplicate, self._state.log_start_offset))
                 return result
             base = self._next_offset
-            buf = bytearray(records)
-            end = assign_offsets(buf, headers, base, self._state.epoch)
+            entry = log_entry.allocate(records)
+            end = assign_offsets(entry, headers, base, self._state.epoch, log_entry.HEADER_SIZE)
             first_head = headers[0]
             max_ts = max(h.max_timestamp for h in headers)
-            entry = log_entry.encode(
+            log_entry.seal(
+                entry,
                 log_entry.EntryHeader(
                     base, end - 1, max_ts, first_head.producer_id, first_head.producer_epoch,
                     first_head.base_sequence, headers[-1].last_sequence, len(headers),
                 ),
-                buf,
             )
-            future = writer.append(entry)
+            future = writer.append(memoryview(entry))
             self._next_offset = end
             offset = base
             for head in headers:
@@ -267,15 +267,8 @@ class PartitionLog:
 
     async def _roll(self) -> LedgerWriter:
         """Close the current ledger (if any) and start a new one, recording both by compare-and-swap."""
+        await self._close_writer()
         ledgers = list(self._state.ledgers)
-        if self._writer is not None:
-            await self._writer.close()
-            index = self._indexes[self._writer.ledger_id]
-            ref = ledgers[-1]
-            ledgers[-1] = replace(
-                ref, last_offset=self._next_offset - 1, max_timestamp=index.max_timestamp, closed=True
-            )
-            self._writer = None
         config = self._config
         writer = await self._ledgers.create_ledger(config.ensemble_size, config.write_quorum, config.ack_quorum)
         ledgers.append(LedgerRef(writer.ledger_id, self._next_offset))
@@ -287,21 +280,35 @@ class PartitionLog:
         self._writer_opened = time.monotonic()
         return writer
 
+    async def roll_if_aged(self) -> bool:
+        """Close the open ledger if it is older than ``rollover_ms`` (the next append opens a new one)."""
+        writer = self._writer
+        if writer is None or (time.monotonic() - self._writer_opened) * 1000 < self._config.rollover_ms:
+            return False
+        async with self._lock:
+            if self._writer is not writer or self._writer_failed is not None:
+                return False
+            await self._close_writer()
+            return True
+
+    async def _close_writer(self) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        self._writer = None
+        await writer.close()
+        ledgers = list(self._state.ledgers)
+        index = self._indexes[writer.ledger_id]
+        ledgers[-1] = replace(
+            ledgers[-1], last_offset=self._next_offset - 1, max_timestamp=index.max_timestamp, closed=True
+        )
+        await self._commit_state(replace(self._state, ledgers=tuple(ledgers), producers=self._producers.snapshot()))
+
     async def close(self) -> None:
         """Close the open ledger cleanly (on shutdown or when handing the partition over)."""
         async with self._lock:
-            if self._writer is not None and self._writer_failed is None:
-                writer, self._writer = self._writer, None
-                await writer.close()
-                ledgers = list(self._state.ledgers)
-                index = self._indexes[writer.ledger_id]
-                ledgers[-1] = replace(
-                    ledgers[-1], last_offset=self._next_offset - 1, max_timestamp=index.max_timestamp,
-                    closed=True,
-                )
-                await self._commit_state(
-                    replace(self._state, ledgers=tuple(ledgers), producers=self._producers.snapshot())
-                )
+            if self._writer_failed is None:
+                await self._close_writer()
             await self._readers.close()
             self._deposed = True
             self._wake()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import pytest_asyncio
 from kio.schema.errors import ErrorCode
@@ -94,3 +96,16 @@ async def test_out_of_range_reads(store: EmbeddedMetadataStore) -> None:
     with pytest.raises(LogError) as info:
         await plog.read(3, 100)
     assert info.value.code == ErrorCode.offset_out_of_range
+
+
+@pytest.mark.asyncio
+async def test_age_rollover_closes_idle_ledgers(store: EmbeddedMetadataStore) -> None:
+    plog = PartitionLog(store, KEYS, MemoryLedgerClient(), "tid", 0, LogConfig(rollover_ms=1))
+    await plog.load()
+    await _append(plog, make_batch(2))
+    await asyncio.sleep(0.01)
+    assert await plog.roll_if_aged()
+    assert plog.ledgers[-1].closed and plog.ledgers[-1].last_offset == 1
+    assert not await plog.roll_if_aged()  # nothing open any more
+    assert await _append(plog, make_batch(1)) == 2
+    assert len(plog.ledgers) == 2
