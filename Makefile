@@ -24,9 +24,12 @@ venv: $(VENV)/.installed  ## create the virtualenv and install Tidelog with its 
 run: $(VENV)/.installed  ## start the embedded broker on 127.0.0.1:9092 (data in ./data)
 	$(VENV)/bin/tidelog run --data-dir $(DATA_DIR) --listen $(LISTEN)
 
-system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd-server, kcat, node)
+system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd, kcat, node, npm) if missing
 	@missing=""; \
-	for p in etcd-server kcat nodejs npm; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing:$$missing"; \

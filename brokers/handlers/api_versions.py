@@ -21,7 +21,7 @@ def _ranges(version_cls: Any) -> tuple[Any, ...]:
     from brokers.handlers.registry import HANDLERS  # the table imports this module
 
     return tuple(
-        version_cls(api_key=i16(s.api_key), min_version=i16(s.min_version), max_version=i16(s.max_version))
+        version_cls(api_key=i16(s.api_key), min_version=i16(s.advertised_min_version), max_version=i16(s.max_version))
         for s in sorted(HANDLERS.values(), key=lambda s: s.api_key)
     )
 

@@ -17,6 +17,7 @@ from brokers.log.partition import AppendResult, LogError
 API_KEY = 0
 MIN_VERSION = 3
 MAX_VERSION = 12
+ADVERTISED_MIN_VERSION = 0  # v0-2 are refused (message formats v0/v1), but librdkafka needs to see v0
 
 
 class _Outcome:

@@ -15,6 +15,7 @@ from brokers.handlers import (
     describe_cluster,
     describe_configs,
     fetch,
+    find_coordinator,
     init_producer_id,
     list_offsets,
     metadata,
@@ -27,10 +28,13 @@ Handle = Callable[[RequestContext, Any], Awaitable[Any]]
 
 @dataclass(frozen=True, slots=True)
 class HandlerSpec:
+    """One API: the versions it handles, and the lowest it advertises (which may be lower, see below)."""
+
     api_key: int
     min_version: int
     max_version: int
     handle: Handle
+    advertised_min_version: int
 
 
 MODULES: tuple[ModuleType, ...] = (
@@ -41,12 +45,18 @@ MODULES: tuple[ModuleType, ...] = (
     describe_cluster,
     describe_configs,
     fetch,
+    find_coordinator,
     init_producer_id,
     list_offsets,
     metadata,
     produce,
 )
 
+# A module may advertise versions it does not handle (ADVERTISED_MIN_VERSION): Kafka 4 lists Produce from
+# v0 because librdkafka <= 2.11 only enables gzip/snappy/lz4 when it sees Produce v0 (KAFKA-18659).
 HANDLERS: dict[int, HandlerSpec] = {
-    m.API_KEY: HandlerSpec(m.API_KEY, m.MIN_VERSION, m.MAX_VERSION, m.handle) for m in MODULES
+    m.API_KEY: HandlerSpec(
+        m.API_KEY, m.MIN_VERSION, m.MAX_VERSION, m.handle, getattr(m, "ADVERTISED_MIN_VERSION", m.MIN_VERSION)
+    )
+    for m in MODULES
 }

@@ -1,0 +1,46 @@
+"""FindCoordinator (10): the coordinator of a group is this broker in embedded mode.
+
+librdkafka also reads this API's presence as "the broker supports LZ4", so it is advertised from v0.
+Transaction coordinators do not exist yet: those lookups get COORDINATOR_NOT_AVAILABLE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+
+API_KEY = 10
+MIN_VERSION = 0
+MAX_VERSION = 6
+GROUP = 0
+TRANSACTION = 1
+
+
+def _answer(ctx: RequestContext, key_type: int) -> tuple[ErrorCode, str | None, int, str, int]:
+    if key_type == GROUP:
+        host, port = ctx.broker.config.advertised
+        return ErrorCode.none, None, ctx.broker.config.node_id, host, port
+    if key_type == TRANSACTION:
+        return ErrorCode.coordinator_not_available, "transactions are not supported yet", -1, "", -1
+    return ErrorCode.invalid_request, f"unknown coordinator key type {key_type}", -1, "", -1
+
+
+async def handle(ctx: RequestContext, request: Any) -> Any:
+    mod = response_module(API_KEY, ctx.api_version)
+    key_type = getattr(request, "key_type", GROUP)
+    if ctx.api_version < 4:
+        code, message, node, host, port = _answer(ctx, key_type)
+        return make(
+            mod.FindCoordinatorResponse, throttle_time=NO_THROTTLE, error_code=code, error_message=message,
+            node_id=node, host=host, port=port,
+        )
+    coordinators = []
+    for key in request.coordinator_keys:
+        code, message, node, host, port = _answer(ctx, key_type)
+        coordinators.append(
+            make(mod.Coordinator, key=key, node_id=node, host=host, port=port, error_code=code, error_message=message)
+        )
+    return make(mod.FindCoordinatorResponse, throttle_time=NO_THROTTLE, coordinators=tuple(coordinators))
