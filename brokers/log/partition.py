@@ -24,7 +24,7 @@ from metadata.api import MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import LedgerRef, PartitionState
 from storage import log_entry
-from storage.ledger.api import LedgerClient, LedgerFenced, LedgerWriter
+from storage.ledger.api import LedgerClient, LedgerError, LedgerFenced, LedgerWriter
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,14 @@ class PartitionLog:
                     first_head.base_sequence, headers[-1].last_sequence, len(headers),
                 ),
             )
-            future = writer.append(memoryview(entry))
+            try:
+                future = writer.append(memoryview(entry))
+            except LedgerFenced:
+                self._deposed = True
+                raise LogError(ErrorCode.not_leader_or_follower, "ledger fenced: ownership lost") from None
+            except LedgerError as e:
+                self._writer_failed = e
+                raise LogError(ErrorCode.not_enough_replicas, f"write-ahead tier refused the entry: {e}") from e
             self._next_offset = end
             offset = base
             for head in headers:

@@ -1,0 +1,485 @@
+"""The bookie journal: append-only files, group-committed by one writer thread.
+
+Files ``journal-{n:08d}.log`` in one directory, numbered from 1; the writer rolls to the next file once
+the current one has passed ``roll_size``. Each record is a fixed 52-byte big-endian header and a payload
+(see docs/data-formats.md, "Bookie journal format")::
+
+    magic u32 "TLJ1" | kind u8 | flags u8 | reserved u16 | payload length u32 | ledger id u64 |
+    entry id i64 | last-add-confirmed i64 | ledger length u64 | payload CRC-32C u32 | header CRC-32C u32
+
+Group commit: ``append`` only queues the record and returns a future. The writer thread takes everything
+queued (up to ``max_batch_bytes``), writes it with one ``pwritev`` and one ``fdatasync``, then hands the
+whole batch back to the event loop in one ``call_soon_threadsafe``: the ``apply`` callback sees every
+record in journal order (that is how the bookie's index learns positions) before the futures resolve.
+While one batch is being synced the next one accumulates, so the fsync rate stays at the disk's rate
+whatever the append rate.
+
+Start-up replays every file in order through the same ``apply`` callback. Files before the last one were
+fsync'd whole before the writer rolled past them: a damaged record there is corruption, skipped with a
+warning by resynchronising on the next valid header. In the last file a bad record (short, bad magic, bad
+header CRC, payload past the end of the file, payload CRC mismatch) is a torn tail left by a crash during
+an unacknowledged write: the file is truncated there. A checkpointed index (later) will replay from a
+recorded position instead of from the first file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mmap
+import os
+import queue
+import re
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import NamedTuple
+
+from storage.entry import BookieUnavailable, CorruptEntry, entry_crc
+from storage.ledger.api import NoSuchEntry
+
+log = logging.getLogger(__name__)
+
+MAGIC = 0x544C4A31  # b"TLJ1"
+_MAGIC_BYTES = MAGIC.to_bytes(4, "big")
+_HEAD = struct.Struct(">IBBHIQqqQI")
+_HCRC = struct.Struct(">I")
+HEADER_SIZE = _HEAD.size + _HCRC.size  # 52
+DEFAULT_ROLL_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_BATCH_BYTES = 16 * 1024 * 1024
+_IOV_MAX = 1024
+_FILE_RE = re.compile(r"^journal-(\d{8})\.log$")
+
+
+class RecordKind(IntEnum):
+    """What a journal record says."""
+
+    ENTRY = 1  # an entry of a ledger
+    FENCE = 2  # the ledger is fenced: no more adds without the recovery flag
+    DELETE = 3  # the ledger is deleted: its entries are gone
+
+
+class JournalRecord(NamedTuple):
+    """One durable record: its header fields and where its payload lies (``offset`` is the payload's)."""
+
+    kind: RecordKind
+    ledger_id: int
+    entry_id: int
+    lac: int
+    ledger_length: int
+    crc: int
+    file_no: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalStats:
+    """Counters since open: records and bytes written, write batches, fsyncs; files on disk now."""
+
+    records: int
+    bytes: int
+    batches: int
+    fsyncs: int
+    files: int
+    pending: int
+    failed: str | None
+
+
+class _Pending(NamedTuple):
+    header: bytes
+    payload: bytes | memoryview
+    size: int
+    kind: RecordKind
+    ledger_id: int
+    entry_id: int
+    lac: int
+    ledger_length: int
+    crc: int
+    future: asyncio.Future[JournalRecord]
+
+
+Apply = Callable[[JournalRecord], None]
+
+
+def file_name(file_no: int) -> str:
+    return f"journal-{file_no:08d}.log"
+
+
+def encode_header(
+    kind: RecordKind, ledger_id: int, entry_id: int, lac: int, ledger_length: int, size: int, crc: int
+) -> bytes:
+    """The 52-byte record header (the payload CRC is given; the header CRC is computed here)."""
+    head = _HEAD.pack(MAGIC, kind, 0, 0, size, ledger_id, entry_id, lac, ledger_length, crc)
+    return head + _HCRC.pack(entry_crc(head))
+
+
+def _parse(buf: memoryview, pos: int, end: int, file_no: int, verify: bool) -> JournalRecord | None:
+    """The record at ``pos`` if it is whole and valid (payload CRC checked only when ``verify``)."""
+    if pos + HEADER_SIZE > end:
+        return None
+    magic, kind, _flags, _res, size, ledger_id, entry_id, lac, length, crc = _HEAD.unpack_from(buf, pos)
+    if magic != MAGIC:
+        return None
+    if entry_crc(buf[pos : pos + _HEAD.size]) != _HCRC.unpack_from(buf, pos + _HEAD.size)[0]:
+        return None
+    start = pos + HEADER_SIZE
+    if kind not in (1, 2, 3) or start + size > end:
+        return None
+    if verify and entry_crc(buf[start : start + size]) != crc:
+        return None
+    return JournalRecord(RecordKind(kind), ledger_id, entry_id, lac, length, crc, file_no, start, size)
+
+
+def scan_file(path: Path, file_no: int, tail: bool, apply: Apply, start: int = 0) -> int:
+    """Replay the records of one file through ``apply``; returns the end of the last good record.
+
+    ``tail``: this is the newest file, so the first bad record ends the scan (a torn tail) and payload
+    CRCs are verified (a torn write can leave a whole header in front of a partly written payload).
+    Older files are skipped over damage by resynchronising on the next valid header.
+    """
+    size = path.stat().st_size
+    if size <= start:
+        return start
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            pos = start
+            while pos < size:
+                rec = _parse(view, pos, size, file_no, tail)
+                if rec is None:
+                    if tail:
+                        break
+                    nxt = _resync(mm, view, pos + 1, size, file_no)
+                    log.warning(
+                        "journal %s: damaged record at offset %d, skipped %d bytes",
+                        path, pos, (size if nxt is None else nxt) - pos,
+                    )
+                    if nxt is None:
+                        pos = size
+                        break
+                    pos = nxt
+                    continue
+                apply(rec)
+                pos = rec.offset + rec.size
+        finally:
+            view.release()
+    return pos
+
+
+def _resync(mm: mmap.mmap, view: memoryview, pos: int, end: int, file_no: int) -> int | None:
+    while True:
+        pos = mm.find(_MAGIC_BYTES, pos, end)
+        if pos < 0:
+            return None
+        if _parse(view, pos, end, file_no, False) is not None:
+            return pos
+        pos += 1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pwritev_all(fd: int, bufs: list[bytes | memoryview], offset: int) -> int:
+    """Write every buffer at ``offset`` (handling short writes and IOV_MAX); returns bytes written."""
+    total = 0
+    i = 0
+    while i < len(bufs):
+        written = os.pwritev(fd, bufs[i : i + _IOV_MAX], offset + total)
+        if written <= 0:
+            raise OSError("pwritev wrote nothing")
+        total += written
+        while written > 0:
+            n = len(bufs[i]) if isinstance(bufs[i], bytes) else memoryview(bufs[i]).nbytes
+            if written >= n:
+                written -= n
+                i += 1
+            else:
+                bufs[i] = memoryview(bufs[i])[written:]
+                written = 0
+    return total
+
+
+class Journal:
+    """An append-only, group-committed journal in one directory. Open with ``await Journal.open(...)``."""
+
+    def __init__(self, directory: Path, apply: Apply, roll_size: int, max_batch_bytes: int) -> None:
+        self._dir = directory
+        self._apply = apply
+        self._roll_size = roll_size
+        self._max_batch = max_batch_bytes
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._closing = False
+        self._failed: BaseException | None = None
+        self._read_fds: dict[int, int] = {}
+        self._retired_fds: list[int] = []
+        self._reads_in_flight = 0
+        self._wfd = -1
+        self._file_no = 0
+        self._offset = 0
+        self._applied_file_no = 0
+        self._records = self._bytes = self._batches = self._fsyncs = 0
+        self._thread = threading.Thread(target=self._run, name=f"journal-writer:{directory}", daemon=True)
+
+    @classmethod
+    async def open(
+        cls,
+        directory: str | os.PathLike[str],
+        apply: Apply,
+        *,
+        roll_size: int = DEFAULT_ROLL_SIZE,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    ) -> Journal:
+        """Open (creating) the journal in ``directory``, replaying every record through ``apply``.
+
+        ``apply`` is then called on the event loop for every record once it is durable, in journal order.
+        """
+        journal = cls(Path(directory), apply, roll_size, max_batch_bytes)
+        await asyncio.to_thread(journal._recover)
+        journal._thread.start()
+        return journal
+
+    # --- start-up -----------------------------------------------------------------------------
+    def _recover(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        files = self.list_files(self._dir)
+        for i, file_no in enumerate(files):
+            path = self._dir / file_name(file_no)
+            tail = i == len(files) - 1
+            good = scan_file(path, file_no, tail, self._apply)
+            self._read_fds[file_no] = os.open(path, os.O_RDONLY)
+            if tail:
+                if good < path.stat().st_size:
+                    log.warning("journal %s: truncating torn tail at offset %d", path, good)
+                    os.truncate(path, good)
+                self._wfd = os.open(path, os.O_WRONLY)
+                os.fsync(self._wfd)
+                self._file_no, self._offset = file_no, good
+        if not files:
+            self._open_file(1)
+        self._applied_file_no = self._file_no
+
+    @staticmethod
+    def list_files(directory: Path) -> list[int]:
+        """Numbers of the journal files in ``directory``, ascending."""
+        found = (_FILE_RE.match(p.name) for p in directory.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def _open_file(self, file_no: int) -> None:
+        path = self._dir / file_name(file_no)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        _fsync_dir(self._dir)
+        self._read_fds[file_no] = os.open(path, os.O_RDONLY)
+        if self._wfd >= 0:
+            os.close(self._wfd)
+        self._wfd, self._file_no, self._offset = fd, file_no, 0
+
+    # --- appends ------------------------------------------------------------------------------
+    def append(
+        self,
+        kind: RecordKind,
+        ledger_id: int,
+        entry_id: int,
+        lac: int,
+        ledger_length: int,
+        payload: bytes | memoryview,
+        crc: int,
+    ) -> asyncio.Future[JournalRecord]:
+        """Queue a record; the future resolves (after ``apply`` saw it) once it is on disk.
+
+        ``payload`` is referenced, not copied, until written: it must not change meanwhile. Call from the
+        event loop the journal was opened on.
+        """
+        size = len(payload) if isinstance(payload, bytes) else payload.nbytes
+        header = encode_header(kind, ledger_id, entry_id, lac, ledger_length, size, crc)
+        future: asyncio.Future[JournalRecord] = self._loop.create_future()
+        item = _Pending(header, payload, size, kind, ledger_id, entry_id, lac, ledger_length, crc, future)
+        if self._failed is not None:
+            raise BookieUnavailable(f"journal failed: {self._failed!r}")
+        if self._closing:
+            raise BookieUnavailable("journal closed")
+        self._queue.put(item)  # after a failure the writer thread fails whatever still arrives
+        return future
+
+    def _run(self) -> None:
+        """The writer thread: one write and one fdatasync per batch of everything queued."""
+        q = self._queue
+        while True:
+            first = q.get()
+            if first is None:
+                return
+            batch = [first]
+            nbytes = HEADER_SIZE + first.size
+            stop = False
+            while nbytes < self._max_batch:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+                nbytes += HEADER_SIZE + item.size
+            if self._failed is not None:
+                self._fail(self._failed, batch)
+            else:
+                try:
+                    done = self._write(batch)
+                except BaseException as exc:
+                    log.error("journal %s failed; the bookie stops taking writes: %r", self._dir, exc)
+                    self._failed = exc
+                    self._fail(exc, batch)
+                else:
+                    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
+                        self._loop.call_soon_threadsafe(self._complete, done)
+            if stop:
+                return
+
+    def _write(self, batch: list[_Pending]) -> list[tuple[JournalRecord, asyncio.Future[JournalRecord]]]:
+        if self._offset >= self._roll_size:
+            self._open_file(self._file_no + 1)
+        file_no, start = self._file_no, self._offset
+        pos = start
+        bufs: list[bytes | memoryview] = []
+        done: list[tuple[JournalRecord, asyncio.Future[JournalRecord]]] = []
+        for p in batch:
+            bufs.append(p.header)
+            if p.size:
+                bufs.append(p.payload)
+            pos += HEADER_SIZE
+            rec = JournalRecord(
+                p.kind, p.ledger_id, p.entry_id, p.lac, p.ledger_length, p.crc, file_no, pos, p.size
+            )
+            done.append((rec, p.future))
+            pos += p.size
+        _pwritev_all(self._wfd, bufs, start)
+        os.fdatasync(self._wfd)
+        self._offset = pos
+        self._records += len(batch)
+        self._bytes += pos - start
+        self._batches += 1
+        self._fsyncs += 1
+        return done
+
+    def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
+        error = BookieUnavailable(f"journal write failed: {exc!r}")
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._fail_futures, batch, error)
+
+    @staticmethod
+    def _fail_futures(items: list[_Pending], error: BookieUnavailable) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(BookieUnavailable(str(error)))
+
+    def _complete(self, done: list[tuple[JournalRecord, asyncio.Future[JournalRecord]]]) -> None:
+        apply = self._apply
+        for rec, future in done:
+            apply(rec)
+            if not future.done():
+                future.set_result(rec)
+        self._applied_file_no = done[-1][0].file_no
+
+    # --- reads --------------------------------------------------------------------------------
+    async def read_many(self, locations: list[tuple[int, int, int, int]]) -> tuple[list[bytes], Exception | None]:
+        """Read payloads at (file, offset, size, crc) in a worker thread, verifying each CRC.
+
+        Returns the payloads read before the first failure and that failure (CorruptEntry, or
+        NoSuchEntry if the file has been reclaimed), or None.
+        """
+        self._reads_in_flight += 1
+        try:
+            return await asyncio.to_thread(self._read_blocking, locations)
+        finally:
+            self._reads_in_flight -= 1
+            if not self._reads_in_flight and self._retired_fds:
+                self._close_retired()
+
+    def _read_blocking(self, locations: list[tuple[int, int, int, int]]) -> tuple[list[bytes], Exception | None]:
+        out: list[bytes] = []
+        for file_no, offset, size, crc in locations:
+            fd = self._read_fds.get(file_no)
+            if fd is None:
+                return out, NoSuchEntry(f"journal file {file_no} has been reclaimed")
+            try:
+                data = os.pread(fd, size, offset)
+            except OSError as exc:
+                return out, CorruptEntry(f"journal file {file_no} offset {offset}: {exc}")
+            if len(data) != size or entry_crc(data) != crc:
+                return out, CorruptEntry(f"journal file {file_no} offset {offset}: CRC-32C mismatch")
+            out.append(data)
+        return out, None
+
+    # --- reclaiming files ---------------------------------------------------------------------
+    @property
+    def applied_file_no(self) -> int:
+        """The file of the newest record applied so far: every older file is complete and applied."""
+        return self._applied_file_no
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    def path_of(self, file_no: int) -> Path:
+        return self._dir / file_name(file_no)
+
+    async def remove_files(self, file_nos: list[int]) -> None:
+        """Delete whole journal files (never the current one) whose records are all dead."""
+        for file_no in file_nos:
+            if file_no >= self._file_no:
+                raise ValueError(f"journal file {file_no} is still being written")
+            fd = self._read_fds.pop(file_no, None)
+            if fd is not None:
+                self._retired_fds.append(fd)
+        if not self._reads_in_flight:
+            self._close_retired()
+        await asyncio.to_thread(self._unlink, file_nos)
+
+    def _unlink(self, file_nos: list[int]) -> None:
+        for file_no in file_nos:
+            with contextlib.suppress(FileNotFoundError):
+                (self._dir / file_name(file_no)).unlink()
+        _fsync_dir(self._dir)
+
+    def _close_retired(self) -> None:
+        fds, self._retired_fds = self._retired_fds, []
+        for fd in fds:
+            os.close(fd)
+
+    # --- state --------------------------------------------------------------------------------
+    def stats(self) -> JournalStats:
+        pending = self._queue.qsize()
+        return JournalStats(
+            self._records, self._bytes, self._batches, self._fsyncs, len(self._read_fds), pending,
+            None if self._failed is None else repr(self._failed),
+        )
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    async def close(self) -> None:
+        """Write and sync everything queued, stop the writer thread and close the files."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        if self._wfd >= 0:
+            os.close(self._wfd)
+            self._wfd = -1
+        self._retired_fds.extend(self._read_fds.values())
+        self._read_fds.clear()
+        if not self._reads_in_flight:  # else the last read in flight closes them
+            self._close_retired()

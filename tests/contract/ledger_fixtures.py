@@ -1,0 +1,177 @@
+"""Fixtures of the ledger-client contract suite (imported by test_ledger_client.py).
+
+* ``ledger_env``    — one fresh ledger world per test, for every kind in LEDGER_KINDS: a metadata store,
+                      bookies, and a QuorumLedgerClient over them (``env.client``).
+* ``ledger_client`` — ``ledger_env.client``.
+
+Every bookie transport is wrapped in a ``ChaosBookieClient`` so tests can make a writer "die" with entries
+in flight. To add an implementation (e.g. the TCP bookie): add its kind to LEDGER_KINDS and build its
+bookies and transports in ``_open_env``; ``corrupt`` needs a way to damage a stored entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from metadata.embedded import EmbeddedMetadataStore  # noqa: E402
+from metadata.keys import Keys  # noqa: E402
+from storage.bookie.bookie import Bookie, BookieHealth  # noqa: E402
+from storage.bookie.protocol import BookieClient, LocalBookieClient  # noqa: E402
+from storage.entry import BookieUnavailable, StoredEntry  # noqa: E402
+from storage.ledger.client import QuorumLedgerClient  # noqa: E402
+
+# kind → (number of bookies, ensemble, write quorum, ack quorum)
+LEDGER_KINDS: dict[str, tuple[int, int, int, int]] = {
+    "local-1": (1, 1, 1, 1),
+    "local-3": (3, 3, 3, 2),
+    "local-3-striped": (3, 3, 2, 2),  # E > Qw: consecutive entries on different bookie pairs
+}
+
+
+class ChaosBookieClient:
+    """A BookieClient wrapper that can stop acks (``hold_acks_from``: the add is stored but its answer
+    never comes back) or stop adds (``drop_adds``: entry id → never delivered, never answered).
+    ``release`` fails every held call with BookieUnavailable. Recovery adds are never held or dropped."""
+
+    def __init__(self, inner: BookieClient) -> None:
+        self.inner = inner
+        self.hold_acks_from: int | None = None
+        self.drop_adds: Callable[[int], bool] | None = None
+        self._released = asyncio.Event()
+
+    @property
+    def bookie_id(self) -> str:
+        return self.inner.bookie_id
+
+    async def _hang(self) -> None:
+        await self._released.wait()
+        raise BookieUnavailable(f"{self.bookie_id}: connection lost")
+
+    async def add(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        lac: int,
+        ledger_length: int,
+        payload: bytes | memoryview,
+        crc: int,
+        recovery: bool = False,
+    ) -> None:
+        if not recovery and self.drop_adds is not None and self.drop_adds(entry_id):
+            await self._hang()
+        await self.inner.add(ledger_id, entry_id, lac, ledger_length, payload, crc, recovery)
+        if not recovery and self.hold_acks_from is not None and entry_id >= self.hold_acks_from:
+            await self._hang()
+
+    async def read(self, ledger_id: int, entry_id: int) -> StoredEntry:
+        return await self.inner.read(ledger_id, entry_id)
+
+    async def read_range(self, ledger_id: int, first: int, last: int) -> list[StoredEntry]:
+        return await self.inner.read_range(ledger_id, first, last)
+
+    async def read_lac(self, ledger_id: int) -> int:
+        return await self.inner.read_lac(ledger_id)
+
+    async def fence(self, ledger_id: int) -> int:
+        return await self.inner.fence(ledger_id)
+
+    async def delete_ledger(self, ledger_id: int) -> None:
+        await self.inner.delete_ledger(ledger_id)
+
+    async def health(self) -> BookieHealth:
+        return await self.inner.health()
+
+    async def close(self) -> None:
+        self.release()
+        await self.inner.close()
+
+    def release(self) -> None:
+        self._released.set()
+
+
+@dataclass
+class LedgerEnv:
+    """One test's ledger world."""
+
+    kind: str
+    store: EmbeddedMetadataStore
+    keys: Keys
+    bookies: list[Bookie]
+    transports: list[ChaosBookieClient]
+    quorum: tuple[int, int, int]  # (ensemble, write quorum, ack quorum) this kind runs with
+    clients: list[QuorumLedgerClient] = field(default_factory=list)
+
+    @property
+    def client(self) -> QuorumLedgerClient:
+        return self.clients[0]
+
+    def new_client(self) -> QuorumLedgerClient:
+        """Another client over the same metadata and bookies (think: another broker)."""
+        client = QuorumLedgerClient(self.store, self.keys, {t.bookie_id: t for t in self.transports})
+        self.clients.append(client)
+        return client
+
+    def transport(self, bookie_id: str) -> ChaosBookieClient:
+        return next(t for t in self.transports if t.bookie_id == bookie_id)
+
+    def corrupt(self, bookie_id: str, ledger_id: int, entry_id: int) -> None:
+        """Flip a byte of the stored entry on one bookie (on disk, as bit rot would)."""
+        bookie = next(b for b in self.bookies if b.bookie_id == bookie_id)
+        where = bookie.entry_location(ledger_id, entry_id)
+        assert where is not None, f"{bookie_id} has no entry {ledger_id}:{entry_id}"
+        path, offset, size = where
+        assert size > 0
+        fd = os.open(path, os.O_RDWR)
+        try:
+            byte = os.pread(fd, 1, offset + size // 2)
+            os.pwrite(fd, bytes([byte[0] ^ 0xFF]), offset + size // 2)
+        finally:
+            os.close(fd)
+
+    async def close(self) -> None:
+        for transport in self.transports:
+            transport.release()
+        await asyncio.sleep(0)
+        for client in self.clients:
+            await client.close()
+        for transport in self.transports:
+            await transport.close()
+        for bookie in self.bookies:
+            await bookie.close()
+        await self.store.close()
+
+
+async def _open_env(kind: str, tmp_path: Path) -> LedgerEnv:
+    count, ensemble, write_quorum, ack_quorum = LEDGER_KINDS[kind]
+    store = await EmbeddedMetadataStore.open(None)
+    bookies = [await Bookie.open(tmp_path / f"bookie-{i}", bookie_id=f"bookie-{i}") for i in range(count)]
+    transports = [ChaosBookieClient(LocalBookieClient(b)) for b in bookies]
+    env = LedgerEnv(kind, store, Keys("test"), bookies, transports, (ensemble, write_quorum, ack_quorum))
+    env.new_client()
+    return env
+
+
+@pytest_asyncio.fixture(params=list(LEDGER_KINDS))
+async def ledger_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerEnv]:
+    env = await _open_env(str(request.param), tmp_path)
+    try:
+        yield env
+    finally:
+        await env.close()
+
+
+@pytest.fixture
+def ledger_client(ledger_env: LedgerEnv) -> QuorumLedgerClient:
+    return ledger_env.client
