@@ -1,6 +1,6 @@
 """The ledger entry of a partition log: a small header, then Kafka record batches byte-for-byte.
 
-Header (big-endian, 56 bytes): magic b"TL", version u8, flags u8, first_offset i64, last_offset i64,
+Header (big-endian, 52 bytes): magic b"TL", version u8, flags u8, first_offset i64, last_offset i64,
 max_timestamp i64, producer_id i64, producer_epoch i16, base_sequence i32, last_sequence i32,
 batch_count i16, crc32c u32 of the batches. Storage reads only this header; batches stay opaque.
 """

@@ -287,6 +287,32 @@ class PartitionLog:
         self._writer_opened = time.monotonic()
         return writer
 
+    async def advance_start(self, offset: int) -> list[int]:
+        """Move the log start offset up to ``offset`` (DeleteRecords, snapshots of internal topics).
+
+        Returns the ids of ledgers now wholly below the start, dropped from the log: the caller deletes
+        them from the bookies once this returns (metadata first, data after).
+        """
+        async with self._lock:
+            if offset > self._hw:
+                raise LogError(ErrorCode.offset_out_of_range, f"offset {offset} is past the high watermark {self._hw}")
+            if offset <= self._state.log_start_offset:
+                return []
+            keep: list[LedgerRef] = []
+            dropped: list[int] = []
+            last = len(self._state.ledgers) - 1
+            for i, ref in enumerate(self._state.ledgers):
+                if i < last and ref.closed and ref.last_offset < offset:
+                    dropped.append(ref.ledger_id)
+                else:
+                    keep.append(ref)
+            await self._commit_state(replace(self._state, log_start_offset=offset, ledgers=tuple(keep)))
+            for ledger_id in dropped:
+                self._indexes.pop(ledger_id, None)
+                await self._readers.drop(ledger_id)
+            self._wake()
+            return dropped
+
     async def roll_if_aged(self) -> bool:
         """Close the open ledger if it is older than ``rollover_ms`` (the next append opens a new one)."""
         writer = self._writer

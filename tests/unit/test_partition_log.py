@@ -109,3 +109,24 @@ async def test_age_rollover_closes_idle_ledgers(store: EmbeddedMetadataStore) ->
     assert not await plog.roll_if_aged()  # nothing open any more
     assert await _append(plog, make_batch(1)) == 2
     assert len(plog.ledgers) == 2
+
+
+@pytest.mark.asyncio
+async def test_advance_start_drops_whole_ledgers_below_it(store: EmbeddedMetadataStore) -> None:
+    plog = PartitionLog(store, KEYS, MemoryLedgerClient(), "tid", 0, LogConfig(rollover_bytes=300))
+    await plog.load()
+    for i in range(10):
+        await _append(plog, make_batch(2, base_ts=1000 + i))
+    before = [r.ledger_id for r in plog.ledgers]
+    dropped = await plog.advance_start(9)
+    assert dropped and set(dropped) < set(before)
+    assert plog.log_start_offset == 9
+    assert all(r.last_offset >= 9 or not r.closed for r in plog.ledgers)
+    with pytest.raises(LogError) as info:
+        await plog.read(8, 100)
+    assert info.value.code == ErrorCode.offset_out_of_range
+    result = await plog.read(9, 1 << 20)
+    assert batch.iter_headers(b"".join(result.batches))[0].base_offset == 8  # the batch holding 9
+    assert await plog.advance_start(5) == []  # never moves back
+    with pytest.raises(LogError):
+        await plog.advance_start(21)
