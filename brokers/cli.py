@@ -1,55 +1,26 @@
-"""The ``tidelog`` command."""
+"""The ``tidelog`` command. Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args)``."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
-from brokers.config import BrokerConfig, ConfigError, parse_hostport
+from brokers import cli_run
+
+# Subcommand modules, in help order. A module adds its parser and returns an exit code from run().
+COMMANDS: tuple[ModuleType, ...] = (cli_run,)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidelog", description="A Kafka-compatible streaming broker.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the embedded broker (broker, bookie, metadata, object store)")
-    run.add_argument("--data-dir", default="./data", help="where everything is kept (default ./data)")
-    run.add_argument("--listen", default="127.0.0.1:9092", help="HOST:PORT to accept Kafka clients on")
-    run.add_argument("--advertised", default=None, help="HOST:PORT clients are told to use")
-    run.add_argument("--node-id", type=int, default=0, help="this broker's node id (default 0)")
-    run.add_argument("--cluster", default="tidelog", help="cluster name (metadata prefix)")
-    run.add_argument(
-        "--config", "-c", action="append", default=[], metavar="KEY=VALUE",
-        help="a broker setting, e.g. ledger.rollover.bytes=1048576 (repeatable)",
-    )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    for module in COMMANDS:
+        module.add_parser(sub)
     return parser
-
-
-def build_config(args: argparse.Namespace) -> BrokerConfig:
-    """The broker config from parsed arguments; raises ConfigError with a clear message."""
-    host, port = parse_hostport(args.listen, "--listen")
-    adv_host, adv_port = parse_hostport(args.advertised, "--advertised") if args.advertised else ("", 0)
-    if args.node_id < 0:
-        raise ConfigError(f"--node-id {args.node_id} must not be negative")
-    config = BrokerConfig(
-        data_dir=os.path.abspath(args.data_dir), host=host, port=port,
-        advertised_host=adv_host, advertised_port=adv_port, node_id=args.node_id, cluster=args.cluster,
-    )
-    return config.with_overrides(args.config)
-
-
-def _run(coro_factory: object) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable without it
-        asyncio.run(coro_factory)  # type: ignore[arg-type]
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro_factory)  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,24 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        config = build_config(args)
-    except ConfigError as e:
-        print(f"tidelog: error: {e}", file=sys.stderr)
-        return 2
-    from brokers.embedded import DataDirLocked, run_embedded
-
-    try:
-        _run(run_embedded(config))
-    except DataDirLocked as e:
-        print(f"tidelog: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"tidelog: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    code: int = args.run(args)
+    return code
 
 
 if __name__ == "__main__":
