@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import logging
+from functools import cache
 from typing import Any
 
 from kio.index import load_request_schema, load_response_schema
@@ -30,6 +31,21 @@ _READ_CHUNK = 1 << 18
 
 class CloseConnection(Exception):
     """The request cannot be answered; the connection is closed after earlier responses are sent."""
+
+
+@cache
+def _request_reader(api_key: int, version: int) -> tuple[Any, Any]:
+    """kio readers of one API version's request header and body (kio resolves classes by import path)."""
+    request_cls = load_request_schema(api_key, version)
+    return entity_reader(request_cls.__header_schema__), entity_reader(request_cls)
+
+
+@cache
+def _flexible_response(api_key: int, version: int) -> bool:
+    """Whether responses use header v1 (tagged fields); ApiVersions always answers with header v0."""
+    if api_key == API_VERSIONS:
+        return False
+    return bool(load_response_schema(api_key, version).__header_schema__.__flexible__)
 
 
 def encode_body(body: Any) -> bytes:
@@ -89,12 +105,14 @@ class KafkaServer:
             log.warning("closing %s: %s", peer, e)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # stop() closing the connection: ending normally keeps asyncio from logging a traceback
         finally:
             await pending.put(None)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await out
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
             if task is not None:
                 self._connections.discard(task)
@@ -152,10 +170,10 @@ class KafkaServer:
                 f"API {head.api_key} v{head.api_version} unsupported "
                 f"(supported v{spec.min_version}-v{spec.max_version})"
             )
-        request_cls = load_request_schema(head.api_key, head.api_version)
+        read_header, read_body = _request_reader(head.api_key, head.api_version)
         try:
-            header, used = entity_reader(request_cls.__header_schema__)(frame, 0)
-            request, _ = entity_reader(request_cls)(frame, used)
+            header, used = read_header(frame, 0)
+            request, _ = read_body(frame, used)
         except Exception as e:  # kio raises assorted errors on malformed bodies
             raise CloseConnection(f"malformed API {head.api_key} v{head.api_version} request: {e!r}") from None
         ctx = RequestContext(
@@ -177,9 +195,7 @@ class KafkaServer:
             raise CloseConnection("internal error") from None
         if response is None:
             return None
-        flexible = head.api_key != API_VERSIONS and load_response_schema(
-            head.api_key, head.api_version
-        ).__header_schema__.__flexible__
+        flexible = _flexible_response(head.api_key, head.api_version)
         body = response if isinstance(response, bytes) else encode_body(response)  # bytes: cached body
         return encode_response(head.correlation_id, flexible, body)
 
