@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 from functools import cache
 from typing import Any
@@ -18,6 +17,7 @@ from kio.index import load_request_schema, load_response_schema
 from kio.serial import entity_reader, entity_writer
 
 from brokers.broker import Broker
+from brokers.codec.chain import BufferChain
 from brokers.codec.frame import FrameDecoder, FrameError, RequestHead, encode_response, peek_request_head
 from brokers.handlers import api_versions
 from brokers.handlers.base import RequestContext
@@ -49,9 +49,15 @@ def _flexible_response(api_key: int, version: int) -> bool:
 
 
 def encode_body(body: Any) -> bytes:
-    buf = io.BytesIO()
-    entity_writer(type(body))(buf, body)
-    return buf.getvalue()
+    """A response body as one bytes value (for caching)."""
+    return b"".join(encode_body_buffers(body))
+
+
+def encode_body_buffers(body: Any) -> list[bytes | bytearray | memoryview]:
+    """A response body as buffers; large fields (fetched batches) are not copied."""
+    chain = BufferChain()
+    entity_writer(type(body))(chain, body)  # type: ignore[arg-type]  # kio only calls write()
+    return chain.buffers()
 
 
 class KafkaServer:
@@ -86,7 +92,7 @@ class KafkaServer:
             self._connections.add(task)
         peer = "{}:{}".format(*writer.get_extra_info("peername", ("?", 0))[:2])
         decoder = FrameDecoder(self.broker.config.socket_request_max_bytes)
-        pending: asyncio.Queue[asyncio.Future[list[bytes] | None] | None] = asyncio.Queue()
+        pending: asyncio.Queue[asyncio.Future[list[bytes | bytearray | memoryview] | None] | None] = asyncio.Queue()
         out = asyncio.create_task(self._write_loop(pending, writer, peer))
         last_produce: asyncio.Future[None] | None = None
         try:
@@ -119,7 +125,7 @@ class KafkaServer:
 
     async def _write_loop(
         self,
-        pending: asyncio.Queue[asyncio.Future[list[bytes] | None] | None],
+        pending: asyncio.Queue[asyncio.Future[list[bytes | bytearray | memoryview] | None] | None],
         writer: asyncio.StreamWriter,
         peer: str,
     ) -> None:
@@ -144,7 +150,7 @@ class KafkaServer:
         peer: str,
         after: asyncio.Future[None] | None,
         produced: asyncio.Future[None] | None,
-    ) -> list[bytes] | None:
+    ) -> list[bytes | bytearray | memoryview] | None:
         try:
             return await self._dispatch(frame, head, peer, after, produced if head.api_key == PRODUCE else None)
         finally:
@@ -158,14 +164,13 @@ class KafkaServer:
         peer: str,
         after: asyncio.Future[None] | None,
         produced: asyncio.Future[None] | None,
-    ) -> list[bytes] | None:
+    ) -> list[bytes | bytearray | memoryview] | None:
         spec = HANDLERS.get(head.api_key)
         if spec is None:
             raise CloseConnection(f"unknown API key {head.api_key}")
         if not spec.min_version <= head.api_version <= spec.max_version:
             if head.api_key == API_VERSIONS:
-                body = api_versions.unsupported_version_body()
-                return encode_response(head.correlation_id, False, body)
+                return encode_response(head.correlation_id, False, [api_versions.unsupported_version_body()])
             raise CloseConnection(
                 f"API {head.api_key} v{head.api_version} unsupported "
                 f"(supported v{spec.min_version}-v{spec.max_version})"
@@ -196,6 +201,7 @@ class KafkaServer:
         if response is None:
             return None
         flexible = _flexible_response(head.api_key, head.api_version)
-        body = response if isinstance(response, bytes) else encode_body(response)  # bytes: cached body
-        return encode_response(head.correlation_id, flexible, body)
+        if isinstance(response, bytes):  # a cached body
+            return encode_response(head.correlation_id, flexible, [response])
+        return encode_response(head.correlation_id, flexible, encode_body_buffers(response))
 

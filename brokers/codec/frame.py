@@ -6,6 +6,7 @@ No asyncio here (a test enforces it): the server feeds bytes in and writes out w
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _SIZE = struct.Struct(">i")
@@ -91,13 +92,15 @@ def peek_request_head(frame: bytes) -> RequestHead:
     return RequestHead(api_key, api_version, correlation_id)
 
 
-def encode_response(correlation_id: int, flexible_header: bool, body: bytes | bytearray) -> list[bytes]:
-    """Frame a response: size, correlation id, (empty tagged fields for header v1), body.
+def encode_response(
+    correlation_id: int, flexible_header: bool, body: Sequence[bytes | bytearray | memoryview]
+) -> list[bytes | bytearray | memoryview]:
+    """Frame a response: size, correlation id, (empty tagged fields for header v1), body buffers.
 
     Returned as a list of buffers for ``writelines`` so the body is not copied again.
     """
     head_len = 5 if flexible_header else 4
-    prefix = _SIZE.pack(head_len + len(body)) + _SIZE.pack(correlation_id)
+    prefix = _SIZE.pack(head_len + sum(len(b) for b in body)) + _SIZE.pack(correlation_id)
     if flexible_header:
         prefix += b"\x00"
-    return [prefix, bytes(body) if isinstance(body, bytearray) else body]
+    return [prefix, *body]

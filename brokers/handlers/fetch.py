@@ -12,6 +12,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from brokers.codec.chain import Chunks
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.log.partition import LogError, PartitionLog
 
@@ -114,7 +115,7 @@ def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> Any:
     for topic_ref, parts in plan:
         datas = []
         for p in parts:
-            records = b"".join(p.records) if p.records else None
+            records = Chunks(p.records) if p.records else None  # written to the socket unjoined
             datas.append(
                 make(
                     mod.PartitionData,

@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from brokers.codec import batch
+from brokers.codec.chain import BufferChain, Chunks
 from brokers.codec.frame import FrameDecoder, FrameTooLarge, encode_response, peek_request_head
 from brokers.codec.records import record_timestamps
 from tests.batches import make_batch
@@ -31,9 +32,21 @@ def test_decoder_refuses_oversized_and_negative(size: int) -> None:
 def test_request_head_and_response_framing() -> None:
     head = peek_request_head(struct.pack(">hhi", 18, 3, 42) + b"rest")
     assert (head.api_key, head.api_version, head.correlation_id) == (18, 3, 42)
-    framed = b"".join(encode_response(42, True, b"body"))
+    framed = b"".join(encode_response(42, True, [b"bo", b"dy"]))
     assert framed == struct.pack(">ii", 9, 42) + b"\x00body"
-    assert b"".join(encode_response(7, False, b"x")) == struct.pack(">ii", 5, 7) + b"x"
+    assert b"".join(encode_response(7, False, [b"x"])) == struct.pack(">ii", 5, 7) + b"x"
+
+
+def test_buffer_chain_keeps_large_buffers_by_reference() -> None:
+    big = memoryview(bytes(100_000))
+    chain = BufferChain()
+    chain.write(b"ab")
+    chain.write(b"cd")
+    chain.write(Chunks([big, b"xy"]))
+    chain.write(b"z")
+    parts = chain.buffers()
+    assert parts[0] == b"abcd" and parts[1] is big and parts[2] == b"xy" and parts[3] == b"z"
+    assert chain.size == 4 + 100_002 + 1 == len(Chunks([b"abcd", big, b"xy", b"z"]))
 
 
 def test_validate_accepts_good_batches_and_patches_offsets() -> None:
