@@ -2,10 +2,7 @@
 
 Files ``journal-{n:08d}.log`` in one directory, numbered from 1; the writer rolls to the next file once
 the current one has passed ``roll_size``. Each record is a fixed 52-byte big-endian header and a payload
-(see docs/data-formats.md, "Bookie journal format")::
-
-    magic u32 "TLJ1" | kind u8 | flags u8 | reserved u16 | payload length u32 | ledger id u64 |
-    entry id i64 | last-add-confirmed i64 | ledger length u64 | payload CRC-32C u32 | header CRC-32C u32
+(format and scanner in storage/bookie/records.py; docs/data-formats.md, "Bookie journal format").
 
 Group commit: ``append`` only queues the record and returns a future. The writer thread takes everything
 queued (up to ``max_batch_bytes``), writes it with one ``pwritev`` and one ``fdatasync``, then hands the
@@ -14,12 +11,15 @@ record in journal order (that is how the bookie's index learns positions) before
 While one batch is being synced the next one accumulates, so the fsync rate stays at the disk's rate
 whatever the append rate.
 
-Start-up replays every file in order through the same ``apply`` callback. Files before the last one were
-fsync'd whole before the writer rolled past them: a damaged record there is corruption, skipped with a
-warning by resynchronising on the next valid header. In the last file a bad record (short, bad magic, bad
-header CRC, payload past the end of the file, payload CRC mismatch) is a torn tail left by a crash during
-an unacknowledged write: the file is truncated there. A checkpointed index (later) will replay from a
-recorded position instead of from the first file.
+Start-up replays the files in order through the same ``apply`` callback, from the first file or from a
+position a checkpointed index reflects (``start``). Files before the last one were fsync'd whole before
+the writer rolled past them: a damaged record there is corruption, skipped with a warning by
+resynchronising on the next valid header. In the last file a bad record (short, bad magic, bad header
+CRC, payload past the end of the file, payload CRC mismatch) that no valid record follows is a torn tail
+left by a crash during an unacknowledged write: the file is truncated there. A bad record that valid
+records follow is corruption, not a torn tail: it is skipped like in older files, except that a record
+whose header holds and only its payload fails its CRC is still indexed, so reads of it report the damage
+(CorruptEntry, and the reader goes to another replica) rather than claim the entry was never written.
 """
 
 from __future__ import annotations
@@ -27,54 +27,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import mmap
 import os
 import queue
 import re
-import struct
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple
 
+from storage.bookie.records import (
+    HEADER_SIZE,
+    MAGIC,
+    Apply,
+    JournalRecord,
+    RecordKind,
+    encode_header,
+    file_name,
+    scan_file,
+)
 from storage.entry import BookieUnavailable, CorruptEntry, entry_crc
 from storage.ledger.api import NoSuchEntry
 
+__all__ = [
+    "HEADER_SIZE", "MAGIC", "Apply", "FileReclaimed", "Journal", "JournalRecord", "JournalStartError",
+    "JournalStats", "RecordKind", "encode_header", "file_name", "scan_file",
+]
+
 log = logging.getLogger(__name__)
 
-MAGIC = 0x544C4A31  # b"TLJ1"
-_MAGIC_BYTES = MAGIC.to_bytes(4, "big")
-_HEAD = struct.Struct(">IBBHIQqqQI")
-_HCRC = struct.Struct(">I")
-HEADER_SIZE = _HEAD.size + _HCRC.size  # 52
 DEFAULT_ROLL_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES = 16 * 1024 * 1024
 _IOV_MAX = 1024
 _FILE_RE = re.compile(r"^journal-(\d{8})\.log$")
-
-
-class RecordKind(IntEnum):
-    """What a journal record says."""
-
-    ENTRY = 1  # an entry of a ledger
-    FENCE = 2  # the ledger is fenced: no more adds without the recovery flag
-    DELETE = 3  # the ledger is deleted: its entries are gone
-
-
-class JournalRecord(NamedTuple):
-    """One durable record: its header fields and where its payload lies (``offset`` is the payload's)."""
-
-    kind: RecordKind
-    ledger_id: int
-    entry_id: int
-    lac: int
-    ledger_length: int
-    crc: int
-    file_no: int
-    offset: int
-    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,82 +87,12 @@ class _Pending(NamedTuple):
     future: asyncio.Future[JournalRecord]
 
 
-Apply = Callable[[JournalRecord], None]
+class FileReclaimed(NoSuchEntry):
+    """A read named a journal file that has been deleted since (its records were dead or copied forward)."""
 
 
-def file_name(file_no: int) -> str:
-    return f"journal-{file_no:08d}.log"
-
-
-def encode_header(
-    kind: RecordKind, ledger_id: int, entry_id: int, lac: int, ledger_length: int, size: int, crc: int
-) -> bytes:
-    """The 52-byte record header (the payload CRC is given; the header CRC is computed here)."""
-    head = _HEAD.pack(MAGIC, kind, 0, 0, size, ledger_id, entry_id, lac, ledger_length, crc)
-    return head + _HCRC.pack(entry_crc(head))
-
-
-def _parse(buf: memoryview, pos: int, end: int, file_no: int, verify: bool) -> JournalRecord | None:
-    """The record at ``pos`` if it is whole and valid (payload CRC checked only when ``verify``)."""
-    if pos + HEADER_SIZE > end:
-        return None
-    magic, kind, _flags, _res, size, ledger_id, entry_id, lac, length, crc = _HEAD.unpack_from(buf, pos)
-    if magic != MAGIC:
-        return None
-    if entry_crc(buf[pos : pos + _HEAD.size]) != _HCRC.unpack_from(buf, pos + _HEAD.size)[0]:
-        return None
-    start = pos + HEADER_SIZE
-    if kind not in (1, 2, 3) or start + size > end:
-        return None
-    if verify and entry_crc(buf[start : start + size]) != crc:
-        return None
-    return JournalRecord(RecordKind(kind), ledger_id, entry_id, lac, length, crc, file_no, start, size)
-
-
-def scan_file(path: Path, file_no: int, tail: bool, apply: Apply, start: int = 0) -> int:
-    """Replay the records of one file through ``apply``; returns the end of the last good record.
-
-    ``tail``: this is the newest file, so the first bad record ends the scan (a torn tail) and payload
-    CRCs are verified (a torn write can leave a whole header in front of a partly written payload).
-    Older files are skipped over damage by resynchronising on the next valid header.
-    """
-    size = path.stat().st_size
-    if size <= start:
-        return start
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        view = memoryview(mm)
-        try:
-            pos = start
-            while pos < size:
-                rec = _parse(view, pos, size, file_no, tail)
-                if rec is None:
-                    if tail:
-                        break
-                    nxt = _resync(mm, view, pos + 1, size, file_no)
-                    log.warning(
-                        "journal %s: damaged record at offset %d, skipped %d bytes",
-                        path, pos, (size if nxt is None else nxt) - pos,
-                    )
-                    if nxt is None:
-                        pos = size
-                        break
-                    pos = nxt
-                    continue
-                apply(rec)
-                pos = rec.offset + rec.size
-        finally:
-            view.release()
-    return pos
-
-
-def _resync(mm: mmap.mmap, view: memoryview, pos: int, end: int, file_no: int) -> int | None:
-    while True:
-        pos = mm.find(_MAGIC_BYTES, pos, end)
-        if pos < 0:
-            return None
-        if _parse(view, pos, end, file_no, False) is not None:
-            return pos
-        pos += 1
+class JournalStartError(Exception):
+    """The journal does not reach the start position asked for (its file is gone or shorter)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -220,6 +134,7 @@ class Journal:
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._closing = False
+        self._aborted = False
         self._failed: BaseException | None = None
         self._read_fds: dict[int, int] = {}
         self._retired_fds: list[int] = []
@@ -228,6 +143,8 @@ class Journal:
         self._file_no = 0
         self._offset = 0
         self._applied_file_no = 0
+        self._applied_pos = (0, 0)
+        self.replayed_bytes = 0  # journal bytes scanned at start-up
         self._records = self._bytes = self._batches = self._fsyncs = 0
         self._thread = threading.Thread(target=self._run, name=f"journal-writer:{directory}", daemon=True)
 
@@ -239,25 +156,40 @@ class Journal:
         *,
         roll_size: int = DEFAULT_ROLL_SIZE,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        start: tuple[int, int] | None = None,
     ) -> Journal:
-        """Open (creating) the journal in ``directory``, replaying every record through ``apply``.
+        """Open (creating) the journal in ``directory``, replaying its records through ``apply``: every
+        record, or with ``start`` = (file, offset) only those from that position on (JournalStartError if
+        the journal does not reach it).
 
         ``apply`` is then called on the event loop for every record once it is durable, in journal order.
         """
         journal = cls(Path(directory), apply, roll_size, max_batch_bytes)
-        await asyncio.to_thread(journal._recover)
+        try:
+            await asyncio.to_thread(journal._recover, start)
+        except BaseException:
+            journal._close_fds()
+            raise
         journal._thread.start()
         return journal
 
     # --- start-up -----------------------------------------------------------------------------
-    def _recover(self) -> None:
+    def _recover(self, start: tuple[int, int] | None) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         files = self.list_files(self._dir)
+        if start is not None:
+            first, offset = start
+            if first not in files or (self._dir / file_name(first)).stat().st_size < offset:
+                raise JournalStartError(f"journal {self._dir} does not reach file {first} offset {offset}")
         for i, file_no in enumerate(files):
             path = self._dir / file_name(file_no)
             tail = i == len(files) - 1
-            good = scan_file(path, file_no, tail, self._apply)
             self._read_fds[file_no] = os.open(path, os.O_RDONLY)
+            if start is not None and file_no < start[0]:
+                continue  # reflected in the checkpoint
+            begin = start[1] if start is not None and file_no == start[0] else 0
+            good = scan_file(path, file_no, tail, self._apply, begin)
+            self.replayed_bytes += good - begin
             if tail:
                 if good < path.stat().st_size:
                     log.warning("journal %s: truncating torn tail at offset %d", path, good)
@@ -268,6 +200,7 @@ class Journal:
         if not files:
             self._open_file(1)
         self._applied_file_no = self._file_no
+        self._applied_pos = (self._file_no, self._offset)
 
     @staticmethod
     def list_files(directory: Path) -> list[int]:
@@ -331,7 +264,9 @@ class Journal:
                     break
                 batch.append(item)
                 nbytes += HEADER_SIZE + item.size
-            if self._failed is not None:
+            if self._aborted:
+                self._fail(BookieUnavailable("journal aborted"), batch)
+            elif self._failed is not None:
                 self._fail(self._failed, batch)
             else:
                 try:
@@ -389,14 +324,16 @@ class Journal:
             apply(rec)
             if not future.done():
                 future.set_result(rec)
-        self._applied_file_no = done[-1][0].file_no
+        last = done[-1][0]
+        self._applied_file_no = last.file_no
+        self._applied_pos = (last.file_no, last.offset + last.size)
 
     # --- reads --------------------------------------------------------------------------------
     async def read_many(self, locations: list[tuple[int, int, int, int]]) -> tuple[list[bytes], Exception | None]:
         """Read payloads at (file, offset, size, crc) in a worker thread, verifying each CRC.
 
         Returns the payloads read before the first failure and that failure (CorruptEntry, or
-        NoSuchEntry if the file has been reclaimed), or None.
+        FileReclaimed if the file has been deleted meanwhile), or None.
         """
         self._reads_in_flight += 1
         try:
@@ -411,7 +348,7 @@ class Journal:
         for file_no, offset, size, crc in locations:
             fd = self._read_fds.get(file_no)
             if fd is None:
-                return out, NoSuchEntry(f"journal file {file_no} has been reclaimed")
+                return out, FileReclaimed(f"journal file {file_no} has been reclaimed")
             try:
                 data = os.pread(fd, size, offset)
             except OSError as exc:
@@ -426,6 +363,16 @@ class Journal:
     def applied_file_no(self) -> int:
         """The file of the newest record applied so far: every older file is complete and applied."""
         return self._applied_file_no
+
+    @property
+    def applied_position(self) -> tuple[int, int]:
+        """(file, offset) just past the newest record applied: what an index checkpoint taken now reflects."""
+        return self._applied_pos
+
+    @property
+    def current_file_no(self) -> int:
+        """The file being written."""
+        return self._file_no
 
     @property
     def directory(self) -> Path:
@@ -476,6 +423,19 @@ class Journal:
         self._closing = True
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+        self._close_fds()
+
+    async def abort(self) -> None:
+        """Stop as a crash would: records queued but not yet being written are dropped (their futures fail
+        with BookieUnavailable); a batch already being written may or may not reach the disk."""
+        if self._closing:
+            return
+        self._closing = self._aborted = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._close_fds()
+
+    def _close_fds(self) -> None:
         if self._wfd >= 0:
             os.close(self._wfd)
             self._wfd = -1

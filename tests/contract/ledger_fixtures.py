@@ -4,9 +4,13 @@
                       bookies, and a QuorumLedgerClient over them (``env.client``).
 * ``ledger_client`` — ``ledger_env.client``.
 
-Every bookie transport is wrapped in a ``ChaosBookieClient`` so tests can make a writer "die" with entries
-in flight. To add an implementation (e.g. the TCP bookie): add its kind to LEDGER_KINDS and build its
-bookies and transports in ``_open_env``; ``corrupt`` needs a way to damage a stored entry.
+Kinds ``local-*`` reach in-process bookies through ``LocalBookieClient``; kinds ``tcp-*`` serve each bookie
+with a ``BookieServer`` on a real socket on 127.0.0.1 and reach it through ``TcpBookieClient`` (every
+ledger client made by ``new_client`` gets connections of its own, as another broker would).
+
+Every bookie transport of the first client is wrapped in a ``ChaosBookieClient`` so tests can make a writer
+"die" with entries in flight. To add an implementation: add its kind to LEDGER_KINDS and build its bookies
+and transports in ``_open_env``; ``corrupt`` needs a way to damage a stored entry.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from metadata.embedded import EmbeddedMetadataStore  # noqa: E402
 from metadata.keys import Keys  # noqa: E402
 from storage.bookie.bookie import Bookie, BookieHealth  # noqa: E402
 from storage.bookie.protocol import BookieClient, LocalBookieClient  # noqa: E402
+from storage.bookie.server import BookieServer  # noqa: E402
+from storage.bookie.tcp_client import TcpBookieClient  # noqa: E402
 from storage.entry import BookieUnavailable, StoredEntry  # noqa: E402
 from storage.ledger.client import QuorumLedgerClient  # noqa: E402
 
@@ -37,7 +43,11 @@ LEDGER_KINDS: dict[str, tuple[int, int, int, int]] = {
     "local-1": (1, 1, 1, 1),
     "local-3": (3, 3, 3, 2),
     "local-3-striped": (3, 3, 2, 2),  # E > Qw: consecutive entries on different bookie pairs
+    "tcp-1": (1, 1, 1, 1),
+    "tcp-3": (3, 3, 3, 2),
+    "tcp-3-striped": (3, 3, 2, 2),
 }
+WAIT = 30.0
 
 
 class ChaosBookieClient:
@@ -111,7 +121,9 @@ class LedgerEnv:
     bookies: list[Bookie]
     transports: list[ChaosBookieClient]
     quorum: tuple[int, int, int]  # (ensemble, write quorum, ack quorum) this kind runs with
+    servers: list[BookieServer] = field(default_factory=list)  # tcp kinds: one per bookie
     clients: list[QuorumLedgerClient] = field(default_factory=list)
+    extra_transports: list[BookieClient] = field(default_factory=list)
 
     @property
     def client(self) -> QuorumLedgerClient:
@@ -119,18 +131,30 @@ class LedgerEnv:
 
     def new_client(self) -> QuorumLedgerClient:
         """Another client over the same metadata and bookies (think: another broker)."""
-        client = QuorumLedgerClient(self.store, self.keys, {t.bookie_id: t for t in self.transports})
+        transports: dict[str, BookieClient] = {t.bookie_id: t for t in self.transports}
+        if self.servers and self.clients:  # over TCP, another broker has connections of its own
+            for server in self.servers:
+                host, port = server.address
+                own = TcpBookieClient(server.bookie.bookie_id, host, port)
+                self.extra_transports.append(own)
+                transports[own.bookie_id] = own
+        client = QuorumLedgerClient(self.store, self.keys, transports)
         self.clients.append(client)
         return client
 
     def transport(self, bookie_id: str) -> ChaosBookieClient:
         return next(t for t in self.transports if t.bookie_id == bookie_id)
 
-    def corrupt(self, bookie_id: str, ledger_id: int, entry_id: int) -> None:
-        """Flip a byte of the stored entry on one bookie (on disk, as bit rot would)."""
+    async def corrupt(self, bookie_id: str, ledger_id: int, entry_id: int) -> None:
+        """Flip a byte of the stored entry on one bookie (on disk, as bit rot would).
+
+        The entry may still be on its way to this bookie (a writer confirms at the ack quorum, before
+        the rest of its write set answers): wait for it to be stored first.
+        """
         bookie = next(b for b in self.bookies if b.bookie_id == bookie_id)
-        where = bookie.entry_location(ledger_id, entry_id)
-        assert where is not None, f"{bookie_id} has no entry {ledger_id}:{entry_id}"
+        async with asyncio.timeout(WAIT):  # hang guard: the add is in flight and lands
+            while (where := bookie.entry_location(ledger_id, entry_id)) is None:
+                await asyncio.sleep(0.005)
         path, offset, size = where
         assert size > 0
         fd = os.open(path, os.O_RDWR)
@@ -148,6 +172,10 @@ class LedgerEnv:
             await client.close()
         for transport in self.transports:
             await transport.close()
+        for extra in self.extra_transports:
+            await extra.close()
+        for server in self.servers:
+            await server.stop()
         for bookie in self.bookies:
             await bookie.close()
         await self.store.close()
@@ -157,8 +185,18 @@ async def _open_env(kind: str, tmp_path: Path) -> LedgerEnv:
     count, ensemble, write_quorum, ack_quorum = LEDGER_KINDS[kind]
     store = await EmbeddedMetadataStore.open(None)
     bookies = [await Bookie.open(tmp_path / f"bookie-{i}", bookie_id=f"bookie-{i}") for i in range(count)]
-    transports = [ChaosBookieClient(LocalBookieClient(b)) for b in bookies]
-    env = LedgerEnv(kind, store, Keys("test"), bookies, transports, (ensemble, write_quorum, ack_quorum))
+    servers: list[BookieServer] = []
+    inner: list[BookieClient] = []
+    if kind.startswith("tcp"):
+        for bookie in bookies:
+            server = BookieServer(bookie)
+            host, port = await server.start("127.0.0.1", 0)
+            servers.append(server)
+            inner.append(TcpBookieClient(bookie.bookie_id, host, port))
+    else:
+        inner = [LocalBookieClient(b) for b in bookies]
+    transports = [ChaosBookieClient(t) for t in inner]
+    env = LedgerEnv(kind, store, Keys("test"), bookies, transports, (ensemble, write_quorum, ack_quorum), servers)
     env.new_client()
     return env
 

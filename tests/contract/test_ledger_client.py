@@ -1,7 +1,8 @@
 """The LedgerClient contract: every implementation and quorum configuration must pass every test here.
 
-The fixtures (ledger_fixtures.py) run each test on one in-process bookie with E=Qw=Qa=1 and on three
-in-process bookies with E=3, Qw=3, Qa=2. Waits only time out when something that must happen never does.
+The fixtures (ledger_fixtures.py) run each test on one bookie with E=Qw=Qa=1, on three with E=3, Qw=3, Qa=2
+and on three with E=3, Qw=Qa=2, each reached in-process and over TCP. Waits only time out when something
+that must happen never does.
 """
 
 from __future__ import annotations
@@ -344,16 +345,16 @@ async def test_corrupt_entry_is_read_from_another_replica(ledger_env: LedgerEnv)
     info = reader.info
     holders = [info.ensemble[p] for p in write_set(3, len(info.ensemble), info.write_quorum)]
     if len(holders) == 1:  # one copy: corruption is detected, never served
-        ledger_env.corrupt(holders[0], writer.ledger_id, 3)
+        await ledger_env.corrupt(holders[0], writer.ledger_id, 3)
         with pytest.raises(LedgerError, match="CRC"):
             await reader.read(3, 3)
         assert await reader.read(4, 9) == entries[4:]
         return
     for bookie_id in holders[:-1]:  # every copy but one is damaged
-        ledger_env.corrupt(bookie_id, writer.ledger_id, 3)
+        await ledger_env.corrupt(bookie_id, writer.ledger_id, 3)
     assert await reader.read(0, 9) == entries
     assert await reader.read(3, 3) == [entries[3]]
-    ledger_env.corrupt(holders[-1], writer.ledger_id, 3)
+    await ledger_env.corrupt(holders[-1], writer.ledger_id, 3)
     with pytest.raises(LedgerError, match="CRC"):
         await reader.read(3, 3)
 
