@@ -10,6 +10,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from brokers.config import BrokerConfig
+from brokers.groups.consumer_shard import consumer_extension
+from brokers.groups.coordinator import GroupCoordinator
 from brokers.log.manager import LogManager
 from brokers.log.partition import LogConfig
 from brokers.topics import TopicError, TopicRegistry
@@ -38,9 +40,14 @@ class Broker:
             LogConfig(
                 rollover_bytes=config.ledger_rollover_bytes,
                 rollover_ms=config.ledger_rollover_ms,
+                ensemble_size=config.ledger_ensemble_size,
+                write_quorum=config.ledger_write_quorum,
+                ack_quorum=config.ledger_ack_quorum,
                 tail_cache_bytes=config.tail_cache_bytes,
             ),
         )
+        self.groups = GroupCoordinator.for_broker(self)
+        self.groups.extensions.append(consumer_extension(self))  # KIP-848 consumer groups
         self.cluster_id = ""
         self._lease: Lease | None = None
         self._pid_next = 0
@@ -54,6 +61,7 @@ class Broker:
         await self.topics.load()
         for topic in self.topics.all():
             await self.ensure_loaded(topic)
+        await self.groups.start()
         self._spawn(self.logs.run_age_rollover())
         self._lease = await self.store.lease(10.0)
         host, port = self.config.advertised
@@ -82,6 +90,7 @@ class Broker:
         """Close every owned log cleanly, then leave the cluster."""
         for task in list(self._background):
             task.cancel()
+        await self.groups.stop()
         await self.logs.close()
         if self._lease is not None:
             await self._lease.revoke()

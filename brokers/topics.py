@@ -12,6 +12,8 @@ from metadata.api import MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import PartitionState, TopicRecord
 
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
+"""Topics the broker writes itself: clients may read them, never produce, delete or grow them."""
 _LEGAL = re.compile(r"^[a-zA-Z0-9._-]+$")
 MAX_NAME = 249
 
@@ -102,6 +104,8 @@ class TopicRegistry:
         topic = self._by_name.get(name)
         if topic is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"topic {name!r} does not exist")
+        if name in INTERNAL_TOPICS:
+            raise TopicError(ErrorCode.invalid_request, f"internal topic {name!r} cannot be deleted")
         ledger_ids: list[int] = []
         states = await self._store.list(self._keys.partitions_prefix(topic.topic_id))
         for item in states:
@@ -117,6 +121,8 @@ class TopicRegistry:
         topic = self._by_name.get(name)
         if topic is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"topic {name!r} does not exist")
+        if name in INTERNAL_TOPICS:
+            raise TopicError(ErrorCode.invalid_request, f"internal topic {name!r} cannot change its partitions")
         if count <= topic.partitions:
             raise TopicError(
                 ErrorCode.invalid_partitions,

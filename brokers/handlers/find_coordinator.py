@@ -1,4 +1,4 @@
-"""FindCoordinator (10): the coordinator of a group is this broker in embedded mode.
+"""FindCoordinator (10): the owner of the group's ``__consumer_offsets`` partition (v4+: batched keys).
 
 librdkafka also reads this API's presence as "the broker supports LZ4", so it is advertised from v0.
 Transaction coordinators do not exist yet: those lookups get COORDINATOR_NOT_AVAILABLE.
@@ -19,10 +19,13 @@ GROUP = 0
 TRANSACTION = 1
 
 
-def _answer(ctx: RequestContext, key_type: int) -> tuple[ErrorCode, str | None, int, str, int]:
+def _answer(ctx: RequestContext, key_type: int, key: str) -> tuple[ErrorCode, str | None, int, str, int]:
     if key_type == GROUP:
-        host, port = ctx.broker.config.advertised
-        return ErrorCode.none, None, ctx.broker.config.node_id, host, port
+        found = ctx.broker.groups.coordinator_for(key)
+        if found is None:
+            return ErrorCode.coordinator_not_available, "the group coordinator is not available yet", -1, "", -1
+        node, host, port = found
+        return ErrorCode.none, None, node, host, port
     if key_type == TRANSACTION:
         return ErrorCode.coordinator_not_available, "transactions are not supported yet", -1, "", -1
     return ErrorCode.invalid_request, f"unknown coordinator key type {key_type}", -1, "", -1
@@ -32,14 +35,14 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     key_type = getattr(request, "key_type", GROUP)
     if ctx.api_version < 4:
-        code, message, node, host, port = _answer(ctx, key_type)
+        code, message, node, host, port = _answer(ctx, key_type, request.key)
         return make(
             mod.FindCoordinatorResponse, throttle_time=NO_THROTTLE, error_code=code, error_message=message,
             node_id=node, host=host, port=port,
         )
     coordinators = []
     for key in request.coordinator_keys:
-        code, message, node, host, port = _answer(ctx, key_type)
+        code, message, node, host, port = _answer(ctx, key_type, key)
         coordinators.append(
             make(mod.Coordinator, key=key, node_id=node, host=host, port=port, error_code=code, error_message=message)
         )

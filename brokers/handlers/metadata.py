@@ -12,12 +12,12 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.topics import INTERNAL_TOPICS
 from metadata.models import TopicRecord
 
 API_KEY = 3
 MIN_VERSION = 0
 MAX_VERSION = 12
-INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
 _CACHE_ENTRIES = 64
 _cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
 

@@ -13,6 +13,7 @@ from kio.schema.errors import ErrorCode
 from brokers.codec.batch import BatchError, UnsupportedMagic, validate
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.log.partition import AppendResult, LogError
+from brokers.topics import INTERNAL_TOPICS
 
 API_KEY = 0
 MIN_VERSION = 3
@@ -51,6 +52,9 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 parts.append((pdata.index, out))
                 if topic is None or not 0 <= pdata.index < topic.partitions:
                     out.fail(ErrorCode.unknown_topic_or_partition, f"{name}/{pdata.index} does not exist")
+                    continue
+                if name in INTERNAL_TOPICS:
+                    out.fail(ErrorCode.invalid_topic_exception, f"cannot append to internal topic {name}")
                     continue
                 records = pdata.records
                 if not records:

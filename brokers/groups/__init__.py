@@ -1,0 +1,1 @@
+"""Consumer groups: the group coordinator, its ``__consumer_offsets`` shards, and the classic protocol."""

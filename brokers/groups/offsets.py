@@ -1,0 +1,177 @@
+"""Committed offsets: OffsetCommit, OffsetFetch and OffsetDelete against one shard, as Kafka validates them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kio.schema.errors import ErrorCode
+
+from brokers.groups import records as rec
+from brokers.groups.base import Group, GroupError
+from brokers.groups.classic import ClassicGroup
+from brokers.groups.shard import GroupShard, now_ms
+
+TopicPartition = tuple[str, int]
+PartitionExists = Callable[[str, int], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """One partition of an OffsetCommit."""
+
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int
+    metadata: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedOffset:
+    """One partition of an OffsetFetch answer (offset -1: nothing committed)."""
+
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int
+    metadata: str
+    error: ErrorCode = ErrorCode.none
+
+
+async def commit(
+    shard: GroupShard,
+    group_id: str,
+    member_id: str,
+    group_instance_id: str | None,
+    generation: int,
+    partitions: Sequence[CommitRequest],
+    exists: PartitionExists,
+    api_version: int,
+    retention_ms: int = -1,
+) -> list[ErrorCode]:
+    """Commit offsets; one error per partition, in order. A commit is answered only once durable."""
+    group = shard.groups.get(group_id)
+    created = False
+    try:
+        if group is None:
+            if generation >= 0:
+                if api_version >= 9:
+                    raise GroupError(ErrorCode.group_id_not_found, f"group {group_id!r} does not exist")
+                raise GroupError(ErrorCode.illegal_generation, f"group {group_id!r} does not exist")
+            group = ClassicGroup(group_id, shard)  # a "simple" group: assign() consumers, admin tools
+            shard.groups[group_id] = group
+            created = True
+        group.validate_offset_commit(member_id, group_instance_id, generation, api_version)
+    except GroupError as e:
+        return [e.code] * len(partitions)
+    results: list[ErrorCode] = []
+    records: list[tuple[bytes, bytes | None]] = []
+    written: list[int] = []
+    ts = now_ms()
+    expire = ts + retention_ms if retention_ms >= 0 else -1
+    limit = shard.config.offset_metadata_max_bytes
+    for i, p in enumerate(partitions):
+        if not exists(p.topic, p.partition):
+            results.append(ErrorCode.unknown_topic_or_partition)
+        elif p.metadata is not None and len(p.metadata.encode()) > limit:
+            results.append(ErrorCode.offset_metadata_too_large)
+        else:
+            results.append(ErrorCode.none)
+            value = rec.OffsetValue(p.offset, p.leader_epoch, p.metadata or "", ts, expire)
+            records.append((rec.encode_offset_key(group_id, p.topic, p.partition), rec.encode_offset_value(value)))
+            written.append(i)
+    if records:
+        try:
+            write = shard.enqueue(records)
+        except GroupError as e:
+            write = asyncio.get_running_loop().create_future()
+            write.set_exception(e)
+        pending = shard.pending_commits.setdefault(group_id, set())
+        pending.add(write)
+        write.add_done_callback(lambda f: _done(shard, group_id, f))
+        try:
+            await asyncio.shield(write)
+        except GroupError as e:
+            for i in written:
+                results[i] = e.code
+    if created and group_id not in shard.offsets and shard.groups.get(group_id) is group:
+        del shard.groups[group_id]  # nothing was committed: no group to remember
+    return results
+
+
+def _done(shard: GroupShard, group_id: str, write: asyncio.Future[int]) -> None:
+    pending = shard.pending_commits.get(group_id)
+    if pending is not None:
+        pending.discard(write)
+        if not pending:
+            del shard.pending_commits[group_id]
+    if not write.cancelled():
+        write.exception()  # retrieved here; the committer reports it
+
+
+async def fetch(
+    shard: GroupShard,
+    group_id: str,
+    topics: Sequence[tuple[str, Sequence[int]]] | None,
+    member_id: str | None = None,
+    member_epoch: int = -1,
+) -> list[FetchedOffset]:
+    """Committed offsets of ``topics`` (None: all of the group's); raises GroupError for the whole group.
+
+    Waits for the group's commits already accepted but not yet durable, so a member that takes over a
+    partition always sees the offset its previous owner committed before leaving.
+    """
+    pending = shard.pending_commits.get(group_id)
+    if pending:
+        await asyncio.wait(list(pending))
+    group = shard.groups.get(group_id)
+    if group is not None:
+        group.validate_offset_fetch(member_id, member_epoch)
+    committed = shard.offsets.get(group_id, {})
+    out: list[FetchedOffset] = []
+    if topics is None:
+        for (topic, partition), found in sorted(committed.items()):
+            out.append(FetchedOffset(topic, partition, found.offset, found.leader_epoch, found.metadata))
+        return out
+    for topic, partitions in topics:
+        for partition in partitions:
+            c = committed.get((topic, partition))
+            if c is None:
+                out.append(FetchedOffset(topic, partition, -1, -1, ""))
+            else:
+                out.append(FetchedOffset(topic, partition, c.offset, c.leader_epoch, c.metadata))
+    return out
+
+
+async def delete(
+    shard: GroupShard, group_id: str, partitions: Sequence[TopicPartition], exists: PartitionExists
+) -> list[ErrorCode]:
+    """OffsetDelete: one error per partition; raises GroupError for the whole group."""
+    group: Group | None = shard.groups.get(group_id)
+    if group is None or group.state_name == "Dead":
+        raise GroupError(ErrorCode.group_id_not_found, f"group {group_id!r} does not exist")
+    if not group.is_empty() and group.protocol_type != "consumer":
+        raise GroupError(ErrorCode.non_empty_group, f"group {group_id!r} has members")
+    committed = shard.offsets.get(group_id, {})
+    results: list[ErrorCode] = []
+    records: list[tuple[bytes, bytes | None]] = []
+    written: list[int] = []
+    for i, (topic, partition) in enumerate(partitions):
+        if not exists(topic, partition):
+            results.append(ErrorCode.unknown_topic_or_partition)
+        elif not group.is_empty() and group.is_subscribed_to(topic):
+            results.append(ErrorCode.group_subscribed_to_topic)
+        else:
+            results.append(ErrorCode.none)
+            if (topic, partition) in committed:
+                records.append((rec.encode_offset_key(group_id, topic, partition), None))
+                written.append(i)
+    if records:
+        try:
+            await shard.write(records)
+        except GroupError as e:
+            for i in written:
+                results[i] = e.code
+    return results

@@ -1,0 +1,122 @@
+"""OffsetFetch (9), v1-v10: committed offsets of one group (v8+: several groups; v10: topics by id).
+
+Nothing is ever pending (no transactions yet), so ``require_stable`` needs no waiting. A partition with
+no committed offset answers offset -1.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from brokers.groups.base import GroupError
+from brokers.groups.offsets import FetchedOffset
+from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+
+API_KEY = 9
+MIN_VERSION = 1
+MAX_VERSION = 10
+
+
+async def _fetch(
+    ctx: RequestContext, group_id: str, topics: Sequence[tuple[str, Sequence[int]]] | None,
+    member_id: str | None, member_epoch: int,
+) -> tuple[ErrorCode, list[FetchedOffset]]:
+    try:
+        return ErrorCode.none, await ctx.broker.groups.fetch_offsets(group_id, topics, member_id, member_epoch)
+    except GroupError as e:
+        return e.code, []
+
+
+def _by_topic(fetched: list[FetchedOffset]) -> dict[str, list[FetchedOffset]]:
+    out: dict[str, list[FetchedOffset]] = {}
+    for f in fetched:
+        out.setdefault(f.topic, []).append(f)
+    return out
+
+
+async def handle(ctx: RequestContext, request: Any) -> Any:
+    version = ctx.api_version
+    mod = response_module(API_KEY, version)
+    if version < 8:
+        requested = None if request.topics is None else [(t.name, t.partition_indexes) for t in request.topics]
+        code, fetched = await _fetch(ctx, request.group_id, requested, None, -1)
+        if version < 2 and code is not ErrorCode.none:  # v1 has no group-level error: repeat it per partition
+            fetched = [FetchedOffset(t, p, -1, -1, "", code) for t, parts in requested or [] for p in parts]
+        topics = tuple(
+            make(
+                mod.OffsetFetchResponseTopic,
+                name=name,
+                partitions=tuple(
+                    make(
+                        mod.OffsetFetchResponsePartition, partition_index=f.partition, committed_offset=f.offset,
+                        committed_leader_epoch=f.leader_epoch, metadata=f.metadata, error_code=f.error,
+                    )
+                    for f in parts
+                ),
+            )
+            for name, parts in _by_topic(fetched).items()
+        )
+        return make(mod.OffsetFetchResponse, throttle_time=NO_THROTTLE, topics=topics, error_code=code)
+    groups = [await _group(ctx, mod, g) for g in request.groups]
+    return make(mod.OffsetFetchResponse, throttle_time=NO_THROTTLE, groups=tuple(groups))
+
+
+async def _group(ctx: RequestContext, mod: Any, g: Any) -> Any:
+    by_id = ctx.api_version >= 10
+    unknown_ids: list[Any] = []
+    requested: list[tuple[str, Sequence[int]]] | None = None
+    if g.topics is not None:
+        requested = []
+        for t in g.topics:
+            if by_id:
+                found = ctx.broker.topics.by_id(str(t.topic_id)) if t.topic_id is not None else None
+                if found is None:
+                    unknown_ids.append(t)
+                    continue
+                requested.append((found.name, t.partition_indexes))
+            else:
+                requested.append((t.name, t.partition_indexes))
+    code, fetched = await _fetch(
+        ctx, g.group_id, requested, getattr(g, "member_id", None), getattr(g, "member_epoch", -1)
+    )
+    topics = []
+    for name, parts in _by_topic(fetched).items():
+        topic_id: uuid.UUID | None = None
+        if by_id:
+            found = ctx.broker.topics.get(name)
+            if found is None:
+                continue  # committed for a topic since deleted: it has no id to name it by
+            topic_id = uuid.UUID(found.topic_id)
+        topics.append(
+            make(
+                mod.OffsetFetchResponseTopics,
+                name=name,
+                topic_id=topic_id,
+                partitions=tuple(
+                    make(
+                        mod.OffsetFetchResponsePartitions, partition_index=f.partition, committed_offset=f.offset,
+                        committed_leader_epoch=f.leader_epoch, metadata=f.metadata, error_code=f.error,
+                    )
+                    for f in parts
+                ),
+            )
+        )
+    topics.extend(
+        make(
+            mod.OffsetFetchResponseTopics,
+            topic_id=t.topic_id,
+            partitions=tuple(
+                make(
+                    mod.OffsetFetchResponsePartitions, partition_index=p, committed_offset=-1,
+                    committed_leader_epoch=-1, metadata="", error_code=ErrorCode.unknown_topic_id,
+                )
+                for p in t.partition_indexes
+            ),
+        )
+        for t in unknown_ids
+    )
+    return make(mod.OffsetFetchResponseGroup, group_id=g.group_id, topics=tuple(topics), error_code=code)
