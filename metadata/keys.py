@@ -8,6 +8,7 @@ Layout (one prefix per cluster)::
     /tidelog/{cluster}/partitions/{topic_id}/{partition}    managed-log state (ledgers, epoch, start offset)
     /tidelog/{cluster}/owners/{topic_id}/{partition}        partition ownership (leased)
     /tidelog/{cluster}/segments/{topic_id}/{partition}/{base_offset:020d}   one key per segment
+    /tidelog/{cluster}/offload/{topic_id}/{partition}/{ledger_id:020d}      offload intent (object name)
     /tidelog/{cluster}/ledgers/{ledger_id:020d}             ledger metadata
     /tidelog/{cluster}/counters/{name}                      id allocators (ledger ids, producer ids)
     /tidelog/{cluster}/controller                           controller election (leased)
@@ -73,6 +74,12 @@ class Keys:
 
     def segment(self, topic_id: str, partition: int, base_offset: int) -> str:
         return f"{self.segments_prefix(topic_id, partition)}{base_offset:020d}"
+
+    def offload_intents_prefix(self, topic_id: str, partition: int) -> str:
+        return f"{self.root}offload/{topic_id}/{partition}/"
+
+    def offload_intent(self, topic_id: str, partition: int, ledger_id: int) -> str:
+        return f"{self.offload_intents_prefix(topic_id, partition)}{ledger_id:020d}"
 
     # --- ledgers and counters -----------------------------------------------------------------
     def ledgers_prefix(self) -> str:

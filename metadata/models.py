@@ -49,20 +49,25 @@ class TopicRecord:
 
 @dataclass(frozen=True, slots=True)
 class LedgerRef:
-    """One ledger of a partition log: the offsets it holds; ``last_offset`` is -1 while it is open."""
+    """One ledger of a partition log: the offsets it holds; ``last_offset`` is -1 while it is open.
+
+    ``offloaded``: its segment is committed (a SegmentRecord); the ledger may still be on the bookies until
+    the offloader deletes it and drops the ref. Read it from the segment, never from the ledger.
+    """
 
     ledger_id: int
     first_offset: int
     last_offset: int = -1
     max_timestamp: int = -1
     closed: bool = False
+    offloaded: bool = False
 
     def to_list(self) -> list[Any]:
-        return [self.ledger_id, self.first_offset, self.last_offset, self.max_timestamp, self.closed]
+        return [self.ledger_id, self.first_offset, self.last_offset, self.max_timestamp, self.closed, self.offloaded]
 
     @classmethod
     def from_list(cls, v: list[Any]) -> LedgerRef:
-        return cls(int(v[0]), int(v[1]), int(v[2]), int(v[3]), bool(v[4]))
+        return cls(int(v[0]), int(v[1]), int(v[2]), int(v[3]), bool(v[4]), len(v) > 5 and bool(v[5]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,74 @@ class PartitionState:
 
     def with_ledgers(self, ledgers: tuple[LedgerRef, ...]) -> PartitionState:
         return replace(self, ledgers=ledgers)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRecord:
+    """One offloaded segment (``segments/{topic_id}/{partition}/{base_offset}``): enough to read it.
+
+    ``data_length`` is where the batches end and the index starts; ``checksum`` is the xxh64 of the object
+    stored in its footer. Any broker can build a segment reader from this record alone.
+    """
+
+    base_offset: int
+    last_offset: int
+    ledger_id: int
+    object_key: str
+    size: int
+    data_length: int
+    max_timestamp: int
+    checksum: int
+    created_ms: int = 0
+
+    def encode(self) -> bytes:
+        return _pack(
+            {
+                "base": self.base_offset,
+                "last": self.last_offset,
+                "ledger": self.ledger_id,
+                "key": self.object_key,
+                "size": self.size,
+                "data": self.data_length,
+                "max_ts": self.max_timestamp,
+                "xxh64": self.checksum,
+                "created": self.created_ms,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> SegmentRecord:
+        d = _unpack(data)
+        return cls(
+            int(d["base"]),
+            int(d["last"]),
+            int(d["ledger"]),
+            str(d["key"]),
+            int(d["size"]),
+            int(d["data"]),
+            int(d["max_ts"]),
+            int(d["xxh64"]),
+            int(d.get("created", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadIntent:
+    """Written before a segment upload is attempted: the object name the attempt uses (for retries and GC)."""
+
+    ledger_id: int
+    base_offset: int
+    object_key: str
+    created_ms: int = 0
+
+    def encode(self) -> bytes:
+        return _pack({"ledger": self.ledger_id, "base": self.base_offset, "key": self.object_key,
+                      "created": self.created_ms})  # fmt: skip
+
+    @classmethod
+    def decode(cls, data: bytes) -> OffloadIntent:
+        d = _unpack(data)
+        return cls(int(d["ledger"]), int(d["base"]), str(d["key"]), int(d.get("created", 0)))
 
 
 @dataclass(frozen=True, slots=True)
