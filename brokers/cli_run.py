@@ -1,4 +1,5 @@
-"""``tidelog run``: the embedded broker (broker, in-process bookie, metadata store, object store)."""
+"""``tidelog run``: the embedded broker (broker, in-process bookie or ``--bookies N`` local bookie processes,
+metadata store, object store)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 from brokers.config import BrokerConfig, ConfigError, parse_hostport
 
+MAX_LOCAL_BOOKIES = 16
+
 
 def add_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run the embedded broker (broker, bookie, metadata, object store)")
@@ -19,6 +22,11 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--advertised", default=None, help="HOST:PORT clients are told to use")
     run.add_argument("--node-id", type=int, default=0, help="this broker's node id (default 0)")
     run.add_argument("--cluster", default="tidelog", help="cluster name (metadata prefix)")
+    run.add_argument(
+        "--bookies", type=int, default=0, metavar="N",
+        help="run N local bookie processes (replicated write-ahead tier; ledgers 3/3/2 with N >= 3) "
+        "instead of the in-process bookie",
+    )
     run.add_argument(
         "--config", "-c", action="append", default=[], metavar="KEY=VALUE",
         help="a broker setting, e.g. ledger.rollover.bytes=1048576 (repeatable)",
@@ -32,11 +40,30 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
     adv_host, adv_port = parse_hostport(args.advertised, "--advertised") if args.advertised else ("", 0)
     if args.node_id < 0:
         raise ConfigError(f"--node-id {args.node_id} must not be negative")
+    if not 0 <= args.bookies <= MAX_LOCAL_BOOKIES:
+        raise ConfigError(f"--bookies {args.bookies} must be between 0 and {MAX_LOCAL_BOOKIES}")
+    ensemble = min(args.bookies, 3) if args.bookies else 1  # the cluster default 3/3/2, embedded 1/1/1
     config = BrokerConfig(
         data_dir=os.path.abspath(args.data_dir), host=host, port=port,
         advertised_host=adv_host, advertised_port=adv_port, node_id=args.node_id, cluster=args.cluster,
+        bookies=args.bookies, ledger_ensemble_size=ensemble, ledger_write_quorum=ensemble,
+        ledger_ack_quorum=min(ensemble, 2),
     )
-    return config.with_overrides(args.config)
+    config = config.with_overrides(args.config)
+    _check_quorums(config)
+    return config
+
+
+def _check_quorums(config: BrokerConfig) -> None:
+    e, qw, qa = config.ledger_ensemble_size, config.ledger_write_quorum, config.ledger_ack_quorum
+    if not e >= qw >= qa >= 1:
+        raise ConfigError(
+            f"need ledger.ensemble.size >= ledger.write.quorum >= ledger.ack.quorum >= 1, got {e}/{qw}/{qa}"
+        )
+    available = max(config.bookies, 1)
+    if e > available:
+        where = f"--bookies {config.bookies}" if config.bookies else "the in-process bookie (use --bookies N)"
+        raise ConfigError(f"ledger.ensemble.size={e} needs {e} bookies; {where} gives {available}")
 
 
 def run_async(coro: Coroutine[Any, Any, None]) -> None:
@@ -56,11 +83,12 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"tidelog: error: {e}", file=sys.stderr)
         return 2
-    from brokers.embedded import DataDirLocked, run_embedded
+    from brokers.embedded import DataDirLocked, DataDirMode, run_embedded
+    from brokers.local_bookies import LocalBookiesError
 
     try:
         run_async(run_embedded(config))
-    except (DataDirLocked, OSError) as e:
+    except (DataDirLocked, DataDirMode, LocalBookiesError, OSError) as e:
         print(f"tidelog: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

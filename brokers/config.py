@@ -26,6 +26,20 @@ def _positive(v: str) -> int:
     return n
 
 
+def _non_negative(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise ValueError(f"{v} is negative")
+    return n
+
+
+def _restart_ms(v: str) -> int:
+    n = int(v)
+    if n < -1:
+        raise ValueError(f"{v} must be -1 (never restart) or >= 0")
+    return n
+
+
 def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     """HOST:PORT with a port in 0..65535; raises ConfigError."""
     host, sep, port = value.rpartition(":")
@@ -69,7 +83,44 @@ class BrokerConfig:
     tail_cache_bytes: int = field(
         default=32 * 1024 * 1024, metadata={"key": "tail.cache.bytes.per.partition", "parse": _positive}
     )
+    bookies: int = 0  # `tidelog run --bookies N`: N local bookie processes; 0 = the in-process bookie
+    ledger_ensemble_size: int = field(default=1, metadata={"key": "ledger.ensemble.size", "parse": _positive})
+    ledger_write_quorum: int = field(default=1, metadata={"key": "ledger.write.quorum", "parse": _positive})
+    ledger_ack_quorum: int = field(default=1, metadata={"key": "ledger.ack.quorum", "parse": _positive})
+    bookie_restart_ms: int = field(default=1000, metadata={"key": "bookie.restart.ms", "parse": _restart_ms})
     fetch_max_bytes: int = field(default=55 * 1024 * 1024, metadata={"key": "fetch.max.bytes", "parse": _positive})
+    consumer_heartbeat_interval_ms: int = field(
+        default=5000, metadata={"key": "group.consumer.heartbeat.interval.ms", "parse": _positive}
+    )
+    consumer_session_timeout_ms: int = field(
+        default=45000, metadata={"key": "group.consumer.session.timeout.ms", "parse": _positive}
+    )
+    consumer_max_size: int = field(default=2**31 - 1, metadata={"key": "group.consumer.max.size", "parse": _positive})
+    offsets_topic_num_partitions: int = field(
+        default=50, metadata={"key": "offsets.topic.num.partitions", "parse": _positive}
+    )
+    group_initial_rebalance_delay_ms: int = field(
+        default=3000, metadata={"key": "group.initial.rebalance.delay.ms", "parse": _non_negative}
+    )
+    group_min_session_timeout_ms: int = field(
+        default=6000, metadata={"key": "group.min.session.timeout.ms", "parse": _positive}
+    )
+    group_max_session_timeout_ms: int = field(
+        default=1_800_000, metadata={"key": "group.max.session.timeout.ms", "parse": _positive}
+    )
+    group_max_size: int = field(default=2**31 - 1, metadata={"key": "group.max.size", "parse": _positive})
+    offset_metadata_max_bytes: int = field(
+        default=4096, metadata={"key": "offset.metadata.max.bytes", "parse": _non_negative}
+    )
+    offsets_retention_minutes: int = field(
+        default=10080, metadata={"key": "offsets.retention.minutes", "parse": _positive}
+    )
+    offsets_retention_check_interval_ms: int = field(
+        default=600_000, metadata={"key": "offsets.retention.check.interval.ms", "parse": _positive}
+    )
+    offsets_snapshot_records: int = field(
+        default=10_000, metadata={"key": "offsets.snapshot.records", "parse": _positive}
+    )
 
     @property
     def advertised(self) -> tuple[str, int]:

@@ -1,4 +1,6 @@
-"""PartitionLog over an in-memory ledger client: offsets, rollover, recovery, idempotence, reads."""
+"""PartitionLog over an in-memory ledger client: offsets, rollover, recovery, idempotence, reads, and (with a
+ledger client whose confirmations the test controls) the high watermark, retries in flight and ledger
+replacement after a write failure. Real bookies: tests/integration/test_bookie_failover.py."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import pytest_asyncio
 from kio.schema.errors import ErrorCode
 
 from brokers.codec import batch
-from brokers.log.partition import LogConfig, LogError, PartitionLog
+from brokers.log.partition import AppendResult, LogConfig, LogError, PartitionLog
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
 from metadata.models import PartitionState
+from storage.ledger.api import NotEnoughBookies
 from tests.batches import make_batch
-from tests.memory_ledgers import MemoryLedgerClient
+from tests.memory_ledgers import MemoryLedgerClient, MemoryWriter
 
 KEYS = Keys("t")
 
@@ -130,3 +133,124 @@ async def test_advance_start_drops_whole_ledgers_below_it(store: EmbeddedMetadat
     assert await plog.advance_start(5) == []  # never moves back
     with pytest.raises(LogError):
         await plog.advance_start(21)
+
+
+# --- confirmations and ledger failures, with a ledger client whose confirmations the test controls ---
+class GatedWriter:
+    """A writer whose entries are stored and confirmed only when the test says so (``release``), or fail
+    (``fail_pending``), like a quorum writer whose bookies answer late or not at all."""
+
+    def __init__(self, inner: MemoryWriter) -> None:
+        self.inner = inner
+        self.pending: list[tuple[bytes, asyncio.Future[int]]] = []
+        self._next = 0
+        self._failed = False
+
+    @property
+    def ledger_id(self) -> int:
+        return self.inner.ledger_id
+
+    @property
+    def last_add_confirmed(self) -> int:
+        return self.inner.last_add_confirmed
+
+    @property
+    def length(self) -> int:
+        return self.inner.length
+
+    def append(self, entry: bytes | memoryview) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self._failed:
+            fut.set_exception(NotEnoughBookies("failed before"))
+            return fut
+        self.pending.append((bytes(entry), fut))
+        return fut
+
+    def release(self, count: int) -> None:
+        for data, fut in self.pending[:count]:
+            fut.set_result(self.inner.append(data).result())
+        del self.pending[:count]
+
+    def fail_pending(self) -> None:
+        self._failed = True
+        for _data, fut in self.pending:
+            fut.set_exception(NotEnoughBookies("bookies gone"))
+        self.pending.clear()
+
+    async def close(self) -> int:
+        return await self.inner.close()
+
+
+class GatedLedgers(MemoryLedgerClient):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[GatedWriter] = []
+
+    async def create_ledger(self, ensemble_size: int, write_quorum: int, ack_quorum: int) -> GatedWriter:  # type: ignore[override]
+        writer = GatedWriter(await super().create_ledger(ensemble_size, write_quorum, ack_quorum))
+        self.writers.append(writer)
+        return writer
+
+
+async def _queue(plog: PartitionLog, data: bytes) -> asyncio.Future[AppendResult]:
+    return await plog.append(data, batch.validate(data))
+
+
+@pytest.mark.asyncio
+async def test_high_watermark_moves_only_over_confirmed_entries(store: EmbeddedMetadataStore) -> None:
+    ledgers = GatedLedgers()
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig())
+    await plog.load()
+    futures = [await _queue(plog, make_batch(2, base_ts=100 * i)) for i in range(3)]
+    assert plog.high_watermark == 0 and plog.log_end_offset == 6 and plog.inflight == 3
+    assert (await plog.read(0, 1 << 20)).batches == []  # nothing unconfirmed is ever read
+    ledgers.writers[0].release(1)
+    await asyncio.sleep(0)
+    assert plog.high_watermark == 2 and futures[0].done() and not futures[1].done()
+    ledgers.writers[0].release(2)
+    assert [(await f).base_offset for f in futures] == [0, 2, 4]
+    assert plog.high_watermark == 6 and plog.inflight == 0
+
+
+@pytest.mark.asyncio
+async def test_a_retry_of_a_batch_in_flight_is_answered_once_the_original_is_durable(
+    store: EmbeddedMetadataStore,
+) -> None:
+    ledgers = GatedLedgers()
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig())
+    await plog.load()
+    data = make_batch(3, producer_id=9, base_seq=0)
+    original = await _queue(plog, data)
+    retry = await _queue(plog, data)
+    await asyncio.sleep(0)
+    assert not retry.done()  # answering now would acknowledge what is not durable yet
+    ledgers.writers[0].release(1)
+    assert (await original).base_offset == (await retry).base_offset == 0
+    assert plog.high_watermark == 3 and plog.log_end_offset == 3  # written once
+
+
+@pytest.mark.asyncio
+async def test_unconfirmed_entries_are_written_again_to_the_next_ledger_unchanged(
+    store: EmbeddedMetadataStore,
+) -> None:
+    ledgers = GatedLedgers()
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig())
+    await plog.load()
+    futures = [await _queue(plog, make_batch(2, base_ts=100 * i)) for i in range(5)]
+    first = ledgers.writers[0]
+    sent = [data for data, _fut in first.pending]
+    first.release(2)
+    first.fail_pending()  # entries 2..4 never reached a quorum
+    async with asyncio.timeout(10):
+        while len(ledgers.writers) < 2 or len(ledgers.writers[1].pending) < 3:
+            await asyncio.sleep(0.01)
+    second = ledgers.writers[1]
+    assert [data for data, _fut in second.pending] == sent[2:]  # same bytes, same offsets, same order
+    second.release(3)
+    assert [(await f).base_offset for f in futures] == [0, 2, 4, 6, 8]
+    assert plog.ledger_switches == 1 and plog.high_watermark == 10
+    old, new = plog.ledgers
+    assert old.closed and old.last_offset == 3 and new.first_offset == 4
+    after = await _queue(plog, make_batch(1))  # the new ledger takes appends
+    second.release(1)
+    assert (await after).base_offset == 10

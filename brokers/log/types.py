@@ -1,0 +1,40 @@
+"""Values and errors of partition logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kio.schema.errors import ErrorCode
+
+from brokers.log.inflight import AppendResult
+
+__all__ = ["AppendResult", "LogConfig", "LogError", "ReadResult"]
+
+
+class LogError(Exception):
+    """An append or read the log refuses; carries the Kafka error code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Ledger and cache settings of partition logs."""
+
+    rollover_bytes: int = 64 * 1024 * 1024
+    rollover_ms: int = 4 * 3600 * 1000
+    ensemble_size: int = 1
+    write_quorum: int = 1
+    ack_quorum: int = 1
+    tail_cache_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """Batches read from a log, with its high watermark and start offset at that moment."""
+
+    batches: list[memoryview]
+    high_watermark: int
+    log_start_offset: int
