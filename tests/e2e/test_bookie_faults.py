@@ -120,6 +120,7 @@ class Stream:
         assert not self.thread.is_alive(), "producer thread did not finish"
         left = self.producer.flush(WAIT)
         assert left == 0, f"{left} records neither acknowledged nor failed after {WAIT}s"
+        del self.producer  # librdkafka's threads end with it (no reconnect noise once the broker stops)
 
     def abandon(self) -> None:
         """Stop producing without waiting for outstanding records (a test already failed)."""
@@ -127,6 +128,7 @@ class Stream:
         self.thread.join(WAIT)
         self.producer.purge()
         self.producer.flush(1.0)
+        del self.producer
 
     def windows(self) -> list[float]:
         """MB/s acknowledged in each WINDOW-second window since the start."""
