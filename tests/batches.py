@@ -1,39 +1,13 @@
-"""Hand-built Kafka v2 record batches for unit tests."""
+"""Hand-built Kafka v2 record batches for unit tests (a short form of ``tests.segment_data.make_batch``)."""
 
 from __future__ import annotations
 
-import struct
-
-import crc32c
+from tests.segment_data import make_batch as _make_batch
 
 
 def make_batch(records: int = 3, base_ts: int = 1_000, producer_id: int = -1, base_seq: int = -1) -> bytes:
-    """A valid uncompressed v2 batch with ``records`` small records (timestamps base_ts + i)."""
-    body = bytearray()
-    for i in range(records):
-        rec = bytearray([0])  # attributes
-        rec += _varint(i)  # timestamp delta
-        rec += _varint(i)  # offset delta
-        rec += _varint(-1)  # null key
-        value = f"v{i}".encode()
-        rec += _varint(len(value)) + value
-        rec += _varint(0)  # headers
-        body += _varint(len(rec)) + rec
-    after_crc = struct.pack(">hiqqqhii", 0, records - 1, base_ts, base_ts + records - 1, producer_id, 0, base_seq,
-                            records) + body
-    crc = crc32c.crc32c(after_crc)
-    head = struct.pack(">qiibI", 0, 4 + 1 + 4 + len(after_crc), -1, 2, crc)
-    return head + after_crc
-
-
-def _varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b = z & 0x7F
-        z >>= 7
-        if z:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    """A valid uncompressed v2 batch at offset 0 with ``records`` small records (timestamps base_ts + i)."""
+    return _make_batch(
+        0, records, base_ts, value_size=8, producer_id=producer_id,
+        producer_epoch=0 if producer_id >= 0 else -1, base_sequence=base_seq,
+    )
