@@ -9,16 +9,20 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from brokers.config import BrokerConfig
+from brokers.config import TOPIC_CONFIG_DEFAULTS, BrokerConfig
 from brokers.groups.consumer_shard import consumer_extension
 from brokers.groups.coordinator import GroupCoordinator
 from brokers.log.manager import LogManager
-from brokers.log.partition import LogConfig
+from brokers.log.partition import LogConfig, Tiering
 from brokers.topics import TopicError, TopicRegistry
 from metadata.api import Lease, MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import BrokerRecord, TopicRecord, decode_int, encode_int
-from storage.ledger.api import LedgerClient, LedgerError
+from storage.ledger.api import LedgerClient, LedgerError, NoSuchLedger
+from storage.objectstore.api import ObjectStore
+from storage.offload.offloader import Offloader
+from storage.segment.cache import BlockCache
+from storage.segment.format import partition_prefix
 
 log = logging.getLogger(__name__)
 PRODUCER_ID_BLOCK = 1000
@@ -27,11 +31,23 @@ PRODUCER_ID_BLOCK = 1000
 class Broker:
     """Holds the broker's collaborators; handlers reach everything through it."""
 
-    def __init__(self, config: BrokerConfig, store: MetadataStore, ledgers: LedgerClient) -> None:
+    def __init__(
+        self, config: BrokerConfig, store: MetadataStore, ledgers: LedgerClient, objects: ObjectStore | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.keys = Keys(config.cluster)
         self.ledgers = ledgers
+        self.tiering: Tiering | None = None
+        """Offloader, object store and block cache (None without an object store: ledgers only)."""
+        if objects is not None:
+            self.tiering = Tiering(
+                objects,
+                BlockCache(config.tiered_block_cache_bytes),
+                Offloader(store, self.keys, ledgers, objects),
+                offload=config.offload_enable,
+                high_water_bytes=config.offload_high_water_bytes,
+            )
         self.topics = TopicRegistry(store, self.keys)
         self.logs = LogManager(
             store,
@@ -45,6 +61,7 @@ class Broker:
                 ack_quorum=config.ledger_ack_quorum,
                 tail_cache_bytes=config.tail_cache_bytes,
             ),
+            self.tiering,
         )
         self.groups = GroupCoordinator.for_broker(self)
         self.groups.extensions.append(consumer_extension(self))  # KIP-848 consumer groups
@@ -63,6 +80,8 @@ class Broker:
             await self.ensure_loaded(topic)
         await self.groups.start()
         self._spawn(self.logs.run_age_rollover())
+        if self.tiering is not None:
+            self._spawn(self._run_retention())
         self._lease = await self.store.lease(10.0)
         host, port = self.config.advertised
         await self.store.put(
@@ -92,6 +111,9 @@ class Broker:
             task.cancel()
         await self.groups.stop()
         await self.logs.close()
+        if self.tiering is not None:
+            await self.tiering.offloader.close()
+            await self.tiering.cache.close()
         if self._lease is not None:
             await self._lease.revoke()
             self._lease = None
@@ -137,11 +159,32 @@ class Broker:
                 await self.logs.get(topic.topic_id, p)
 
     async def delete_topic(self, name: str) -> TopicRecord:
-        """Delete a topic: metadata first, then its logs; its ledgers are deleted in the background."""
+        """Delete a topic: metadata first, then its logs; its ledgers and segments are deleted in the
+        background."""
         topic, ledger_ids = await self.topics.delete(name)
         ledger_ids = sorted(set(ledger_ids) | set(await self.logs.drop_topic(topic.topic_id)))
         self._spawn(self._delete_ledgers(ledger_ids))
+        if self.tiering is not None:
+            self._spawn(self._delete_segments(topic))
         return topic
+
+    async def _delete_segments(self, topic: TopicRecord) -> None:
+        """A deleted topic's segment and offload-intent keys, then every object under its partitions."""
+        if self.tiering is None:
+            return
+        for p in range(topic.partitions):
+            try:
+                for prefix in (
+                    self.keys.segments_prefix(topic.topic_id, p),
+                    self.keys.offload_intents_prefix(topic.topic_id, p),
+                ):
+                    for found in await self.store.list(prefix):
+                        await self.store.delete(found.key)
+                objects = self.tiering.objects
+                names = [m.key for m in await objects.list(partition_prefix(self.keys.cluster, topic.topic_id, p))]
+                await objects.delete(names)
+            except Exception:
+                log.exception("could not delete the segments of %s/%d; orphan GC removes them", topic.name, p)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -152,5 +195,35 @@ class Broker:
         for ledger_id in ledger_ids:
             try:
                 await self.ledgers.delete_ledger(ledger_id)
+            except NoSuchLedger:
+                pass  # offloaded (and deleted) already
             except LedgerError as e:
                 log.warning("could not delete ledger %d: %s", ledger_id, e)
+
+    # --- retention -----------------------------------------------------------------------------
+    async def enforce_retention(self) -> int:
+        """One retention pass over the owned logs (retention.ms, retention.bytes, the log start offset);
+        returns how many segments were deleted."""
+        deleted = 0
+        for plog in self.logs.all():
+            topic = self.topics.by_id(plog.topic_id)
+            if topic is None:
+                continue
+            configs = {**TOPIC_CONFIG_DEFAULTS, **topic.configs}
+            delete = "delete" in configs["cleanup.policy"]
+            try:
+                result = await plog.enforce_retention(
+                    retention_ms=int(configs["retention.ms"]) if delete else -1,
+                    retention_bytes=int(configs["retention.bytes"]) if delete else -1,
+                )
+            except Exception:
+                log.exception("retention of %s/%d failed", topic.name, plog.partition)
+                continue
+            deleted += 0 if result is None else len(result.removed)
+        return deleted
+
+    async def _run_retention(self) -> None:
+        """Background task: a retention pass every ``log.retention.check.interval.ms``."""
+        while True:
+            await asyncio.sleep(self.config.retention_check_interval_ms / 1000)
+            await self.enforce_retention()

@@ -28,6 +28,11 @@ def add_parser(sub: Any) -> None:
         "instead of the in-process bookie",
     )
     run.add_argument(
+        "--object-store", default="", metavar="URL",
+        help="where sealed ledgers are offloaded: a directory, file:///dir, memory:// or "
+        "s3://bucket/prefix?endpoint=...&region=... (default: DATA/objects)",
+    )
+    run.add_argument(
         "--config", "-c", action="append", default=[], metavar="KEY=VALUE",
         help="a broker setting, e.g. ledger.rollover.bytes=1048576 (repeatable)",
     )
@@ -46,8 +51,8 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
     config = BrokerConfig(
         data_dir=os.path.abspath(args.data_dir), host=host, port=port,
         advertised_host=adv_host, advertised_port=adv_port, node_id=args.node_id, cluster=args.cluster,
-        bookies=args.bookies, ledger_ensemble_size=ensemble, ledger_write_quorum=ensemble,
-        ledger_ack_quorum=min(ensemble, 2),
+        bookies=args.bookies, object_store=args.object_store, ledger_ensemble_size=ensemble,
+        ledger_write_quorum=ensemble, ledger_ack_quorum=min(ensemble, 2),
     )
     config = config.with_overrides(args.config)
     _check_quorums(config)
@@ -88,7 +93,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         run_async(run_embedded(config))
-    except (DataDirLocked, DataDirMode, LocalBookiesError, OSError) as e:
+    except (ConfigError, DataDirLocked, DataDirMode, LocalBookiesError, OSError) as e:
         print(f"tidelog: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -40,6 +40,20 @@ def _restart_ms(v: str) -> int:
     return n
 
 
+def _placement(v: str) -> str:
+    name = v.strip()
+    if name not in ("least-loaded", "rack-aware"):  # storage.ledger.placement.PLACEMENTS
+        raise ValueError(f"{v!r} is not least-loaded or rack-aware")
+    return name
+
+
+def _off_or_non_negative(v: str) -> int:
+    n = int(v)
+    if n < -1:
+        raise ValueError(f"{v} must be -1 (off) or >= 0")
+    return n
+
+
 def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     """HOST:PORT with a port in 0..65535; raises ConfigError."""
     host, sep, port = value.rpartition(":")
@@ -87,6 +101,7 @@ class BrokerConfig:
     ledger_ensemble_size: int = field(default=1, metadata={"key": "ledger.ensemble.size", "parse": _positive})
     ledger_write_quorum: int = field(default=1, metadata={"key": "ledger.write.quorum", "parse": _positive})
     ledger_ack_quorum: int = field(default=1, metadata={"key": "ledger.ack.quorum", "parse": _positive})
+    ledger_placement: str = field(default="least-loaded", metadata={"key": "ledger.placement", "parse": _placement})
     bookie_restart_ms: int = field(default=1000, metadata={"key": "bookie.restart.ms", "parse": _restart_ms})
     fetch_max_bytes: int = field(default=55 * 1024 * 1024, metadata={"key": "fetch.max.bytes", "parse": _positive})
     consumer_heartbeat_interval_ms: int = field(
@@ -120,6 +135,19 @@ class BrokerConfig:
     )
     offsets_snapshot_records: int = field(
         default=10_000, metadata={"key": "offsets.snapshot.records", "parse": _positive}
+    )
+    object_store: str = ""  # `tidelog run --object-store URL`; "" = the local directory DATA/objects
+    # Off by default until issue 5 lands: the offloader re-reads each ledger from the bookies and builds the
+    # segment in memory, which cost ~40% of full-load produce throughput here (docs/benchmarks.md).
+    offload_enable: bool = field(default=False, metadata={"key": "offload.enable"})
+    tiered_block_cache_bytes: int = field(
+        default=256 * 1024 * 1024, metadata={"key": "tiered.block.cache.bytes", "parse": _non_negative}
+    )
+    offload_high_water_bytes: int = field(
+        default=4 * 1024**3, metadata={"key": "offload.bookie.high.water.bytes", "parse": _off_or_non_negative}
+    )
+    retention_check_interval_ms: int = field(
+        default=300_000, metadata={"key": "log.retention.check.interval.ms", "parse": _positive}
     )
 
     @property

@@ -4,7 +4,8 @@ processes reached over TCP — the same classes the cluster uses.
 
 Data directory layout: ``metadata/`` (MetadataStore), ``bookie/`` (the in-process bookie's journal) or
 ``bookie-K/`` + ``bookie-K.log`` + ``bookies.json`` (local bookie processes, brokers/local_bookies.py),
-``objects/`` (ObjectStore), ``LOCK`` (held while running, so two processes never share one directory).
+``objects/`` (ObjectStore, unless ``--object-store URL`` names another, e.g. S3), ``LOCK`` (held while
+running, so two processes never share one directory).
 A data directory keeps the mode it was created with: its ledgers live on those bookies.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from brokers.bookie_liveness import BookieLiveness
 from brokers.broker import Broker
-from brokers.config import BrokerConfig
+from brokers.config import BrokerConfig, ConfigError
 from brokers.local_bookies import STATE_FILE, LocalBookies, LocalBookiesError
 from brokers.server import KafkaServer
 from metadata.embedded import EmbeddedMetadataStore
@@ -29,6 +30,7 @@ from storage.bookie.bookie import Bookie
 from storage.bookie.protocol import LocalBookieClient
 from storage.bookie.tcp_client import TcpBookieClient
 from storage.ledger.client import QuorumLedgerClient
+from storage.ledger.placement import placement_named
 from storage.objectstore import open_object_store
 
 log = logging.getLogger("tidelog")
@@ -72,7 +74,9 @@ class _Bookies:
     def __init__(self, config: BrokerConfig, data_dir: Path, store: EmbeddedMetadataStore) -> None:
         self._config = config
         self._data_dir = data_dir
-        self.ledgers = QuorumLedgerClient(store, Keys(config.cluster), {})
+        self.ledgers = QuorumLedgerClient(
+            store, Keys(config.cluster), {}, placement=placement_named(config.ledger_placement)
+        )
         self._bookie: Bookie | None = None
         self._local: LocalBookies | None = None
         self._liveness: BookieLiveness | None = None
@@ -129,9 +133,14 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     store = await EmbeddedMetadataStore.open(data_dir / "metadata")
-    objects = open_object_store(str(data_dir / "objects"))
+    try:
+        objects = open_object_store(config.object_store or str(data_dir / "objects"))
+    except ValueError as e:
+        await store.close()
+        os.close(lock_fd)
+        raise ConfigError(f"--object-store: {e}") from None
     bookies = _Bookies(config, data_dir, store)
-    broker = Broker(config, store, bookies.ledgers)
+    broker = Broker(config, store, bookies.ledgers, objects)
     server = KafkaServer(broker)
     try:
         await bookies.start()

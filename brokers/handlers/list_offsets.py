@@ -1,4 +1,5 @@
-"""ListOffsets (2): earliest, latest, max timestamp, and the first offset at or after a timestamp."""
+"""ListOffsets (2): earliest, latest, max timestamp, and the first offset at or after a timestamp — across the
+bookie and object-store tiers (KIP-1005's earliest-local and latest-tiered name the boundary between them)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,12 @@ async def lookup(plog: PartitionLog, timestamp: int) -> tuple[int, int]:
     """(timestamp, offset) for a ListOffsets query; (-1, -1) when no record qualifies."""
     if timestamp == LATEST:
         return -1, plog.high_watermark
-    if timestamp in (EARLIEST, EARLIEST_LOCAL):
+    if timestamp == EARLIEST:
         return -1, plog.log_start_offset
+    if timestamp == EARLIEST_LOCAL:
+        return -1, plog.local_start_offset
     if timestamp == LATEST_TIERED:
-        return -1, plog.log_start_offset - 1
+        return -1, plog.tiered_end_offset - 1
     if timestamp == MAX_TIMESTAMP:
         batches = await plog.max_timestamp_entry()
         if batches is None:

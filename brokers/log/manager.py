@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from brokers.log.partition import LogConfig, PartitionLog
+from brokers.log.partition import LogConfig, PartitionLog, Tiering
 from metadata.api import MetadataStore
 from metadata.keys import Keys
 from storage.ledger.api import LedgerClient
@@ -14,8 +14,12 @@ log = logging.getLogger(__name__)
 
 
 class LogManager:
-    def __init__(self, store: MetadataStore, keys: Keys, ledgers: LedgerClient, config: LogConfig) -> None:
+    def __init__(
+        self, store: MetadataStore, keys: Keys, ledgers: LedgerClient, config: LogConfig, tiering: Tiering | None = None
+    ) -> None:
         self._store = store
+        self.tiering = tiering
+        """Offloader, object store and block cache shared by the logs (None: ledgers only)."""
         self._keys = keys
         self._ledgers = ledgers
         self.config = config
@@ -27,6 +31,10 @@ class LogManager:
     def loaded(self, topic_id: str, partition: int) -> PartitionLog | None:
         """The log if it is already loaded (no I/O)."""
         return self._logs.get((topic_id, partition))
+
+    def all(self) -> list[PartitionLog]:
+        """Every loaded log."""
+        return list(self._logs.values())
 
     async def get(self, topic_id: str, partition: int) -> PartitionLog:
         """The partition's log, taking it over (recovering its tail) on first use."""
@@ -42,7 +50,7 @@ class LogManager:
 
     async def _load(self, key: tuple[str, int]) -> PartitionLog:
         try:
-            plog = PartitionLog(self._store, self._keys, self._ledgers, key[0], key[1], self.config)
+            plog = PartitionLog(self._store, self._keys, self._ledgers, key[0], key[1], self.config, self.tiering)
             await plog.load()
             self._logs[key] = plog
             self.generation += 1

@@ -4,7 +4,8 @@ Appends assign offsets and hand the entry to the current ledger writer under a l
 contended while a ledger rolls over or is replaced; confirmations arrive in entry order and move the high
 watermark over confirmed, contiguous entries, which wakes waiting fetches. The write side — confirmations,
 rollover, and carrying on in a new ledger when bookies fail — is ``writing.py``; ledger indexes and reads
-are ``lookup.py``. After a crash the tail ledger is recovered with fencing (see ``load``).
+are ``lookup.py``; offload (closed ledgers become segments) and reads from segments are ``tiered.py``.
+After a crash the tail ledger is recovered with fencing (see ``load``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from brokers.log.index import LedgerIndex
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup, scan_ledger
 from brokers.log.producers import ProducerStateError, ProducerTable
+from brokers.log.tiered import TieredLog, Tiering
 from brokers.log.types import AppendResult, LogConfig, LogError, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting
 from metadata.api import MetadataStore, VersionConflict
@@ -30,13 +32,14 @@ from metadata.keys import Keys
 from metadata.models import LedgerRef, PartitionState
 from storage import log_entry
 from storage.ledger.api import LedgerClient, LedgerError, LedgerWriter
+from storage.segment.catalog import PartitionSegments
 
-__all__ = ["AppendResult", "LogConfig", "LogError", "PartitionLog", "ReadResult"]
+__all__ = ["AppendResult", "LogConfig", "LogError", "PartitionLog", "ReadResult", "Tiering"]
 
 log = logging.getLogger(__name__)
 
 
-class PartitionLog(LedgerWriting):
+class PartitionLog(LedgerWriting, TieredLog):
     """One partition's managed log, owned by this broker."""
 
     def __init__(
@@ -47,11 +50,16 @@ class PartitionLog(LedgerWriting):
         topic_id: str,
         partition: int,
         config: LogConfig,
+        tiering: Tiering | None = None,
     ) -> None:
         self.topic_id = topic_id
         self.partition = partition
         self._store = store
+        self._keys = keys
         self._key = keys.partition(topic_id, partition)
+        self._tiering = tiering
+        self._segments: PartitionSegments | None = None
+        self._held: dict[int, int] = {}
         self._ledgers = ledgers
         self._config = config
         self._lock = asyncio.Lock()
@@ -107,9 +115,11 @@ class PartitionLog(LedgerWriting):
         return len(self._inflight)
 
     async def load(self) -> None:
-        """Take the partition over: bump the epoch, recover any open tail ledger, rebuild state."""
+        """Take the partition over: bump the epoch, recover any open tail ledger, rebuild state; then list
+        its segments and hand it to the offloader."""
         async with self._lock:
             await self._load_locked()
+        await self._attach_tiers()
 
     async def _load_locked(self) -> None:
         current = await self._store.get(self._key)
@@ -172,6 +182,7 @@ class PartitionLog(LedgerWriting):
         """
         if self._deposed:
             raise LogError(ErrorCode.not_leader_or_follower, "this broker no longer owns the partition")
+        self._check_backpressure()
         result: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         async with self._lock:
             if self._deposed:
@@ -246,6 +257,7 @@ class PartitionLog(LedgerWriting):
                 else:
                     keep.append(ref)
             await self._commit_state(replace(self._state, log_start_offset=offset, ledgers=tuple(keep)))
+            self._sync_held()
             for ledger_id in dropped:
                 self._lookup.indexes.pop(ledger_id, None)
                 await self._lookup.readers.drop(ledger_id)
@@ -271,6 +283,7 @@ class PartitionLog(LedgerWriting):
                     await self._close_writer()
             await self._lookup.readers.close()
             self._depose("the partition was closed on this broker")
+        await self._detach_tiers()
         task = self._repair_task
         if task is not None and not task.done():
             task.cancel()
@@ -295,7 +308,7 @@ class PartitionLog(LedgerWriting):
         cached = self._cache.read(offset, max_bytes, hw)
         if cached is not None:
             return ReadResult(cached, hw, start)
-        return ReadResult(await self._lookup.read(self._state.ledgers, offset, max_bytes, hw), hw, start)
+        return ReadResult(await self._read_tiers(offset, max_bytes, hw), hw, start)
 
     async def entries_from(self, offset: int) -> tuple[int, list[bytes]] | None:
         """The entry holding ``offset`` and the rest of its ledger's entries (for timestamp scans)."""
@@ -303,8 +316,8 @@ class PartitionLog(LedgerWriting):
 
     async def find_by_timestamp(self, timestamp: int) -> memoryview | None:
         """The entry batches holding the first record with a timestamp >= ``timestamp``, if any."""
-        return await self._lookup.find_by_timestamp(self._state.ledgers, timestamp, self._hw)
+        return await self._find_timestamp_tiers(timestamp, self._hw)
 
     async def max_timestamp_entry(self) -> memoryview | None:
         """The entry batches holding the record with the largest timestamp (the first such)."""
-        return await self._lookup.max_timestamp_entry(self._state.ledgers, self._hw)
+        return await self._max_timestamp_tiers(self._hw)

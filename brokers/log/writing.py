@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
 
@@ -75,6 +76,10 @@ class LedgerWriting:
     _waiters: set[asyncio.Future[None]]
     _deposed: bool
     ledger_switches: int
+
+    if TYPE_CHECKING:
+
+        def _ledger_closed(self, ledger_id: int, length: int) -> None: ...  # tiered.py: offload it
 
     async def _commit_state(self, state: PartitionState) -> None:
         try:
@@ -241,7 +246,7 @@ class LedgerWriting:
             raise LedgerError(f"ledger {ledger_id} is not the tail of {self.topic_id}/{self.partition}")
         reader = await self._ledgers.open_ledger(ledger_id, recover=True)
         try:
-            last_entry = reader.info.last_entry_id
+            last_entry, length = reader.info.last_entry_id, reader.info.length
             if last_entry < 0:
                 durable_last = ref.first_offset - 1
             else:
@@ -272,6 +277,7 @@ class LedgerWriting:
         ledgers = list(self._state.ledgers)
         ledgers[-1] = replace(ref, last_offset=durable_last, max_timestamp=index.max_timestamp, closed=True)
         await self._commit_state(replace(self._state, ledgers=tuple(ledgers), producers=self._durable.snapshot()))
+        self._ledger_closed(ledger_id, length)
         log.info(
             "%s/%d: closed ledger %d by recovery at entry %d (offset %d)",
             self.topic_id, self.partition, ledger_id, last_entry, durable_last,
@@ -369,4 +375,5 @@ class LedgerWriting:
         index = self._lookup.indexes[writer.ledger_id]
         ledgers[-1] = replace(ledgers[-1], last_offset=self._hw - 1, max_timestamp=index.max_timestamp, closed=True)
         await self._commit_state(replace(self._state, ledgers=tuple(ledgers), producers=self._durable.snapshot()))
+        self._ledger_closed(writer.ledger_id, writer.length)
 

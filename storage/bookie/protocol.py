@@ -8,11 +8,15 @@ Errors a transport raises: LedgerFenced (add to a fenced ledger), NoSuchEntry, N
 CorruptEntry (the stored entry, or the frame carrying it, failed its CRC-32C), BookieUnavailable (closed,
 failed, unreachable, timed out). The ledger client treats any other exception like BookieUnavailable.
 A transport returns payloads it has checked against their CRC-32C.
+
+``add_nowait`` is the writer's hot path: it sends the add at once and returns a future (no coroutine, no
+task), which fails with the errors above; ``add`` awaits it.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from typing import Any, Protocol
 
 from storage.bookie.bookie import Bookie, BookieHealth
 from storage.entry import StoredEntry
@@ -38,6 +42,21 @@ class BookieClient(Protocol):
     ) -> None:
         """Store an entry durably; ``lac`` is the writer's last-add-confirmed, ``ledger_length`` the
         ledger's payload bytes up to and including this entry, ``crc`` the payload's CRC-32C."""
+        ...
+
+    def add_nowait(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        lac: int,
+        ledger_length: int,
+        payload: bytes | memoryview,
+        crc: int,
+        recovery: bool = False,
+    ) -> asyncio.Future[Any]:
+        """``add`` without a coroutine: sends now and returns a future that completes (its result means
+        nothing) once the entry is durable on the bookie, or fails with the add's error. Never raises;
+        never cancel the future."""
         ...
 
     async def read(self, ledger_id: int, entry_id: int) -> StoredEntry: ...
@@ -88,6 +107,25 @@ class LocalBookieClient:
         await self._bookie.add_entry(
             ledger_id, entry_id, lac, payload, ledger_length=ledger_length, crc=crc, recovery=recovery
         )
+
+    def add_nowait(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        lac: int,
+        ledger_length: int,
+        payload: bytes | memoryview,
+        crc: int,
+        recovery: bool = False,
+    ) -> asyncio.Future[Any]:
+        try:
+            return self._bookie.add_nowait(
+                ledger_id, entry_id, lac, payload, ledger_length=ledger_length, crc=crc, recovery=recovery
+            )
+        except Exception as exc:  # refused at once (fenced, deleted, journal closed): fail the future
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
 
     async def read(self, ledger_id: int, entry_id: int) -> StoredEntry:
         return await self._bookie.read_entry(ledger_id, entry_id)

@@ -6,7 +6,7 @@ on a clean shutdown it revokes the lease, so the key vanishes at once. If the le
 bookie lives (the metadata store was unreachable for a whole ttl), it registers again under a new lease.
 
 ``BookieWatcher`` lists the bookies, then follows the prefix: it connects a transport (by default a
-``TcpBookieClient``) to each bookie that appears and adds it to a ``QuorumLedgerClient``; when a key
+``TcpBookieClient``) to each bookie that appears and adds it, with its rack, to a ``QuorumLedgerClient``; when a key
 vanishes it removes the bookie and closes the transport; a changed address gets a new transport.
 """
 
@@ -208,9 +208,9 @@ class BookieWatcher:
             await self._drop(address.bookie_id)
         client = self._connect(address)
         self._known[address.bookie_id] = (address, client)
-        self._ledgers.add_bookie(client)
+        self._ledgers.add_bookie(client, rack=address.rack)
         self._changed.set()
-        log.info("bookie %s is live at %s:%d", address.bookie_id, address.host, address.port)
+        log.info("bookie %s is live at %s:%d (rack %r)", address.bookie_id, address.host, address.port, address.rack)
 
     async def _drop(self, bookie_id: str) -> None:
         known = self._known.pop(bookie_id, None)

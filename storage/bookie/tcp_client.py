@@ -7,6 +7,10 @@ re-opened after it drops; a failed connect makes calls fail fast with BookieUnav
 Every request has a deadline (``request_timeout``); one that passes fails with BookieUnavailable, as do
 requests in flight when the connection drops. Read payloads are checked against their CRC-32C here
 (CorruptEntry on mismatch), so damage on the bookie's disk or on the way is never returned.
+
+``add_nowait`` on a live connection registers one future under the request id and queues the frame; the
+response resolves it directly (``data_received`` turns an error code into the exception), so an add costs
+no coroutine or task. Without a live connection it connects first (in a task) or fails at once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from storage.bookie import wire
 from storage.bookie.bookie import BookieHealth
@@ -54,7 +59,8 @@ class _Protocol(asyncio.Protocol):
         self._owner = owner
         self._decoder = wire.ResponseDecoder(max_frame_size)
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[wire.Response], float]] = {}
+        # request id → (future, deadline, plain): a plain future gets None (or the error), else the Response
+        self.pending: dict[int, tuple[asyncio.Future[Any], float, bool]] = {}
         self.lost = False
         self._resume: asyncio.Future[None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -71,10 +77,22 @@ class _Protocol(asyncio.Protocol):
             self.abort(BookieUnavailable(f"bookie {self._owner.bookie_id}: bad frame: {exc}"))
             return
         pending = self.pending
+        ok = wire.Code.OK
         for response in responses:
             waiter = pending.pop(response.request_id, None)
-            if waiter is not None and not waiter[0].done():
-                waiter[0].set_result(response)
+            if waiter is None:
+                continue
+            future = waiter[0]
+            if future.done():
+                continue
+            if not waiter[2]:
+                future.set_result(response)
+            elif response.code == ok:
+                future.set_result(None)
+            else:
+                future.set_exception(
+                    wire_error(response.code, f"bookie {self._owner.bookie_id}: {response.message}")
+                )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_all(BookieUnavailable(f"connection to bookie {self._owner.bookie_id} lost: {exc or 'closed'}"))
@@ -93,15 +111,18 @@ class _Protocol(asyncio.Protocol):
         while self._resume is not None and not self.lost:
             await asyncio.shield(self._resume)
 
-    def send(self, request: wire.Request, deadline: float) -> asyncio.Future[wire.Response]:
-        future: asyncio.Future[wire.Response] = asyncio.get_running_loop().create_future()
+    def send(self, request: wire.Request, deadline: float, plain: bool = False) -> asyncio.Future[Any]:
+        """Queue the request; its future gets the Response, or with ``plain`` None for OK and the error
+        otherwise. Raises (nothing sent) on values the protocol cannot carry."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         if self.lost or self.transport is None:
             future.set_exception(BookieUnavailable(f"connection to bookie {self._owner.bookie_id} lost"))
             return future
         frame = wire.encode_request(request)  # raises on values the protocol cannot carry: nothing sent
-        self.pending[request.request_id] = (future, deadline)
+        self.pending[request.request_id] = (future, deadline, plain)
         if not self._out:  # one write (one syscall) for every request made in this loop iteration
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._out.extend(frame)
         if self._sweeper is None:
             self._schedule_sweep()
@@ -122,9 +143,9 @@ class _Protocol(asyncio.Protocol):
         if self.lost:
             return
         now = time.monotonic()
-        expired = [rid for rid, (_, deadline) in self.pending.items() if deadline <= now]
+        expired = [rid for rid, (_, deadline, _) in self.pending.items() if deadline <= now]
         for rid in expired:
-            future, _ = self.pending.pop(rid)
+            future = self.pending.pop(rid)[0]
             if not future.done():
                 future.set_exception(
                     BookieUnavailable(f"bookie {self._owner.bookie_id}: no answer in {self._owner.request_timeout}s")
@@ -138,7 +159,7 @@ class _Protocol(asyncio.Protocol):
             self._sweeper.cancel()
             self._sweeper = None
         pending, self.pending = self.pending, {}
-        for future, _ in pending.values():
+        for future, _, _ in pending.values():
             if not future.done():
                 future.set_exception(BookieUnavailable(str(error)))
         self.resume_writing()
@@ -181,6 +202,7 @@ class TcpBookieClient:
         self._conn: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._closed = False
+        self._slow: set[asyncio.Task[None]] = set()  # add_nowait calls waiting for a connection
         self.connects = 0  # connections opened so far (tests and metrics)
 
     @property
@@ -246,7 +268,7 @@ class TcpBookieClient:
         request = request_of(next(self._ids))
         future = conn.send(request, time.monotonic() + self.request_timeout)
         await conn.writable()
-        response = await future
+        response: wire.Response = await future
         if response.code != wire.Code.OK:
             raise wire_error(response.code, f"bookie {self._id}: {response.message}")
         return response
@@ -267,9 +289,50 @@ class TcpBookieClient:
         crc: int,
         recovery: bool = False,
     ) -> None:
-        await self._call(
-            lambda rid: wire.AddRequest(rid, ledger_id, entry_id, lac, ledger_length, crc, recovery, payload)
-        )
+        await self.add_nowait(ledger_id, entry_id, lac, ledger_length, payload, crc, recovery)
+
+    def add_nowait(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        lac: int,
+        ledger_length: int,
+        payload: bytes | memoryview,
+        crc: int,
+        recovery: bool = False,
+    ) -> asyncio.Future[Any]:
+        conn = self._conn
+        if conn is not None and not conn.lost:
+            request = wire.AddRequest(next(self._ids), ledger_id, entry_id, lac, ledger_length, crc, recovery, payload)
+            try:
+                return conn.send(request, time.monotonic() + self.request_timeout, plain=True)
+            except Exception as exc:  # a value the protocol cannot carry: nothing was sent
+                return self._failed(exc)
+        # no live connection: connect (or fail fast within the backoff), then send
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def connect_then_add() -> None:
+            try:
+                await self._call(
+                    lambda rid: wire.AddRequest(rid, ledger_id, entry_id, lac, ledger_length, crc, recovery, payload)
+                )
+            except Exception as exc:
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                if not done.done():
+                    done.set_result(None)
+
+        task = asyncio.ensure_future(connect_then_add())
+        self._slow.add(task)
+        task.add_done_callback(self._slow.discard)
+        return done
+
+    @staticmethod
+    def _failed(exc: BaseException) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_exception(exc)
+        return future
 
     async def read(self, ledger_id: int, entry_id: int) -> StoredEntry:
         response = await self._call(lambda rid: wire.ReadRequest(rid, ledger_id, entry_id))

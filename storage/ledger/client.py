@@ -6,6 +6,8 @@ Ledger metadata is one key per ledger (``keys.ledger(id)``), a msgpack map chang
 Writes: entry ``e`` goes to its write set (``placement.write_set``: positions ``(e + i) mod E``, ``i < Qw``),
 carrying the writer's LAC, the ledger length up to ``e`` and the payload's CRC-32C (computed once). It is
 confirmed once Qa bookies acked it and every earlier entry is confirmed; many entries are in flight at once.
+Each add is one ``BookieClient.add_nowait`` future per bookie whose completion calls back into the entry's
+``_Add`` (no task per bookie per entry).
 A LedgerFenced answer fails that entry and every later one and makes the writer unusable; an entry that
 fewer than Qa bookies can take fails with NotEnoughBookies (so does every later one: they could never be
 confirmed in order). Ensemble change is not implemented yet: the caller rolls to a new ledger.
@@ -23,8 +25,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import msgpack
-
 from metadata.api import MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import decode_int, encode_int
@@ -40,54 +40,22 @@ from storage.ledger.api import (
     NoSuchLedger,
     NotEnoughBookies,
 )
-from storage.ledger.placement import LeastLoadedPlacement, PlacementPolicy, check_quorums
+from storage.ledger.info import decode_ledger_info, encode_ledger_info
+from storage.ledger.placement import DEFAULT_RACK, LeastLoadedPlacement, PlacementPolicy, check_quorums
 from storage.ledger.recovery import read_entry, read_error, recover_ledger
 
 log = logging.getLogger(__name__)
 
-INFO_FORMAT = 1
 READ_CHUNK = 64
 
 
-def encode_ledger_info(info: LedgerInfo) -> bytes:
-    """LedgerInfo as stored in the metadata store (a msgpack map)."""
-    data: bytes = msgpack.packb(
-        {
-            "v": INFO_FORMAT,
-            "id": info.ledger_id,
-            "ensemble": list(info.ensemble),
-            "qw": info.write_quorum,
-            "qa": info.ack_quorum,
-            "state": info.state.value,
-            "last": info.last_entry_id,
-            "length": info.length,
-        },
-        use_bin_type=True,
-    )
-    return data
-
-
-def decode_ledger_info(data: bytes) -> LedgerInfo:
-    d: Any = msgpack.unpackb(data, raw=False)
-    if not isinstance(d, dict) or d.get("v") != INFO_FORMAT:
-        raise ValueError("unknown ledger metadata format")
-    return LedgerInfo(
-        int(d["id"]),
-        tuple(str(b) for b in d["ensemble"]),
-        int(d["qw"]),
-        int(d["qa"]),
-        LedgerState(d["state"]),
-        int(d["last"]),
-        int(d["length"]),
-    )
-
-
 class _Add:
-    """One entry in flight."""
+    """One entry in flight; called back with each bookie's add future when it completes."""
 
-    __slots__ = ("acks", "entry_id", "failed", "failures", "future", "quorum", "size")
+    __slots__ = ("acks", "entry_id", "failed", "failures", "future", "quorum", "size", "writer")
 
-    def __init__(self, entry_id: int, size: int, future: asyncio.Future[int]) -> None:
+    def __init__(self, writer: QuorumLedgerWriter, entry_id: int, size: int, future: asyncio.Future[int]) -> None:
+        self.writer = writer
         self.entry_id = entry_id
         self.size = size
         self.future = future
@@ -95,6 +63,22 @@ class _Add:
         self.failures = 0
         self.quorum = False
         self.failed = False
+
+    def __call__(self, done: asyncio.Future[Any]) -> None:
+        """One bookie answered this entry's add (``done`` is its add_nowait future)."""
+        exc = BookieUnavailable("add cancelled") if done.cancelled() else done.exception()
+        writer = self.writer
+        if exc is None:
+            if self.failed:
+                return
+            self.acks += 1
+            if self.acks == writer._qa:
+                self.quorum = True
+                writer._advance()
+        elif isinstance(exc, LedgerFenced):
+            writer._fail_from(self.entry_id, LedgerFenced(f"ledger {writer.ledger_id} is fenced: {exc}"))
+        else:
+            writer._on_failure(self, exc)
 
 
 class QuorumLedgerWriter:
@@ -118,7 +102,6 @@ class QuorumLedgerWriter:
         self._closed = False
         self._unplaced = False
         self._close_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -155,36 +138,21 @@ class QuorumLedgerWriter:
         size = len(entry) if isinstance(entry, bytes) else entry.nbytes
         self._length += size
         crc = entry_crc(entry)
-        add = _Add(entry_id, size, self._loop.create_future())
+        add = _Add(self, entry_id, size, self._loop.create_future())
         self._pending.append(add)
-        lac, length = self._lac, self._length
+        lac, length, ledger_id = self._lac, self._length, self._info.ledger_id
+        bookie = self._client.bookie
         for i in range(self._qw):
             bookie_id = self._ensemble[(entry_id + i) % self._e]
-            client = self._client.bookie(bookie_id)
+            client = bookie(bookie_id)
             if client is None:
                 self._on_failure(add, BookieUnavailable(f"bookie {bookie_id} is not live"))
                 continue
-            task = self._loop.create_task(self._send(client, add, lac, length, entry, crc))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            try:
+                client.add_nowait(ledger_id, entry_id, lac, length, entry, crc).add_done_callback(add)
+            except Exception as exc:  # a transport breaking its contract (it should fail the future)
+                self._on_failure(add, exc)
         return add.future
-
-    async def _send(
-        self, client: BookieClient, add: _Add, lac: int, length: int, entry: bytes | memoryview, crc: int
-    ) -> None:
-        try:
-            await client.add(self.ledger_id, add.entry_id, lac, length, entry, crc)
-        except LedgerFenced as exc:
-            self._fail_from(add.entry_id, LedgerFenced(f"ledger {self.ledger_id} is fenced: {exc}"))
-        except Exception as exc:
-            self._on_failure(add, exc)
-        else:
-            if add.failed:
-                return
-            add.acks += 1
-            if add.acks == self._qa:
-                add.quorum = True
-                self._advance()
 
     def _on_failure(self, add: _Add, exc: BaseException) -> None:
         add.failures += 1
@@ -361,8 +329,11 @@ class QuorumLedgerClient:
     """LedgerClient over bookie transports.
 
     ``bookies`` maps bookie id → BookieClient for the live bookies; new ensembles are chosen among them
-    and reads reach only them. Update it with ``set_bookies``/``add_bookie``/``remove_bookie``. The
-    transports stay the caller's to close.
+    by ``placement`` (default LeastLoadedPlacement) and reads reach only them. Update it with
+    ``set_bookies``/``add_bookie``/``remove_bookie``. ``racks`` maps bookie ids to racks (or zones) for
+    rack-aware placement; ``add_bookie(client, rack=...)`` and ``set_rack`` update it (the BookieWatcher
+    passes each bookie's registered rack). A bookie leaving the live set keeps its rack. The transports
+    stay the caller's to close.
     """
 
     def __init__(
@@ -372,11 +343,13 @@ class QuorumLedgerClient:
         bookies: Mapping[str, BookieClient],
         *,
         placement: PlacementPolicy | None = None,
+        racks: Mapping[str, str] | None = None,
     ) -> None:
         self._store = store
         self._keys = keys
         self._bookies: dict[str, BookieClient] = dict(bookies)
         self._placement = placement or LeastLoadedPlacement()
+        self._racks: dict[str, str] = dict(racks or {})
         self._load: dict[str, int] = {}
         self._closed = False
 
@@ -385,8 +358,23 @@ class QuorumLedgerClient:
         """Replace the live set."""
         self._bookies = dict(bookies)
 
-    def add_bookie(self, client: BookieClient) -> None:
+    def add_bookie(self, client: BookieClient, rack: str | None = None) -> None:
+        """Add (or replace) a live bookie; ``rack`` sets its rack (None keeps the one known, if any)."""
         self._bookies[client.bookie_id] = client
+        if rack is not None:
+            self._racks[client.bookie_id] = rack
+
+    def set_rack(self, bookie_id: str, rack: str) -> None:
+        """Record the rack (or zone) of a bookie, for placement."""
+        self._racks[bookie_id] = rack
+
+    def rack_of(self, bookie_id: str) -> str:
+        """The bookie's rack; DEFAULT_RACK ("") if none is known."""
+        return self._racks.get(bookie_id, DEFAULT_RACK)
+
+    @property
+    def placement(self) -> PlacementPolicy:
+        return self._placement
 
     def remove_bookie(self, bookie_id: str) -> None:
         self._bookies.pop(bookie_id, None)
@@ -443,7 +431,9 @@ class QuorumLedgerClient:
         """Allocate an id, place the ensemble among live bookies, write OPEN metadata; the writer."""
         self._check_open()
         check_quorums(ensemble_size, write_quorum, ack_quorum)
-        ensemble = self._placement.choose(list(self._bookies), ensemble_size, self._load)
+        ensemble = self._placement.choose(
+            list(self._bookies), ensemble_size, self._load, racks=self._racks, write_quorum=write_quorum
+        )
         while True:
             ledger_id = await self._allocate_id()
             info = LedgerInfo(ledger_id, ensemble, write_quorum, ack_quorum, LedgerState.OPEN)

@@ -3,6 +3,10 @@
 * ``ledger_env``    — one fresh ledger world per test, for every kind in LEDGER_KINDS: a metadata store,
                       bookies, and a QuorumLedgerClient over them (``env.client``).
 * ``ledger_client`` — ``ledger_env.client``.
+* ``rack_env``      — six bookies in three racks (RACKS), in-process and over TCP, plus a rack-aware client
+                      (``env.rack_client``, RackAwarePlacement enforcing two racks per write set). Over TCP
+                      each bookie registers its address and rack in the metadata store and a BookieWatcher
+                      feeds the rack-aware client, as in a cluster; in-process the racks are given to it.
 
 Kinds ``local-*`` reach in-process bookies through ``LocalBookieClient``; kinds ``tcp-*`` serve each bookie
 with a ``BookieServer`` on a real socket on 127.0.0.1 and reach it through ``TcpBookieClient`` (every
@@ -21,6 +25,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -33,10 +38,12 @@ from metadata.embedded import EmbeddedMetadataStore  # noqa: E402
 from metadata.keys import Keys  # noqa: E402
 from storage.bookie.bookie import Bookie, BookieHealth  # noqa: E402
 from storage.bookie.protocol import BookieClient, LocalBookieClient  # noqa: E402
+from storage.bookie.registry import BookieAddress, BookieRegistration, BookieWatcher  # noqa: E402
 from storage.bookie.server import BookieServer  # noqa: E402
 from storage.bookie.tcp_client import TcpBookieClient  # noqa: E402
 from storage.entry import BookieUnavailable, StoredEntry  # noqa: E402
 from storage.ledger.client import QuorumLedgerClient  # noqa: E402
+from storage.ledger.placement import RackAwarePlacement  # noqa: E402
 
 # kind → (number of bookies, ensemble, write quorum, ack quorum)
 LEDGER_KINDS: dict[str, tuple[int, int, int, int]] = {
@@ -47,19 +54,31 @@ LEDGER_KINDS: dict[str, tuple[int, int, int, int]] = {
     "tcp-3": (3, 3, 3, 2),
     "tcp-3-striped": (3, 3, 2, 2),
 }
+RACK_KINDS = {"local-rack": (6, 3, 2, 2), "tcp-rack": (6, 3, 2, 2)}  # rack_env only
 WAIT = 30.0
+# rack_env: bookie id → rack (uneven on purpose: 3 + 2 + 1)
+RACKS = {
+    "bookie-0": "rack-a",
+    "bookie-1": "rack-a",
+    "bookie-2": "rack-a",
+    "bookie-3": "rack-b",
+    "bookie-4": "rack-b",
+    "bookie-5": "rack-c",
+}
 
 
 class ChaosBookieClient:
     """A BookieClient wrapper that can stop acks (``hold_acks_from``: the add is stored but its answer
     never comes back) or stop adds (``drop_adds``: entry id → never delivered, never answered).
-    ``release`` fails every held call with BookieUnavailable. Recovery adds are never held or dropped."""
+    ``release`` fails every held call with BookieUnavailable. Recovery adds are never held or dropped.
+    While neither is set, ``add_nowait`` is the inner transport's own (the writer's real hot path)."""
 
     def __init__(self, inner: BookieClient) -> None:
         self.inner = inner
         self.hold_acks_from: int | None = None
         self.drop_adds: Callable[[int], bool] | None = None
         self._released = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def bookie_id(self) -> str:
@@ -84,6 +103,23 @@ class ChaosBookieClient:
         await self.inner.add(ledger_id, entry_id, lac, ledger_length, payload, crc, recovery)
         if not recovery and self.hold_acks_from is not None and entry_id >= self.hold_acks_from:
             await self._hang()
+
+    def add_nowait(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        lac: int,
+        ledger_length: int,
+        payload: bytes | memoryview,
+        crc: int,
+        recovery: bool = False,
+    ) -> asyncio.Future[Any]:
+        if recovery or (self.drop_adds is None and self.hold_acks_from is None):
+            return self.inner.add_nowait(ledger_id, entry_id, lac, ledger_length, payload, crc, recovery)
+        task = asyncio.ensure_future(self.add(ledger_id, entry_id, lac, ledger_length, payload, crc, recovery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def read(self, ledger_id: int, entry_id: int) -> StoredEntry:
         return await self.inner.read(ledger_id, entry_id)
@@ -124,6 +160,9 @@ class LedgerEnv:
     servers: list[BookieServer] = field(default_factory=list)  # tcp kinds: one per bookie
     clients: list[QuorumLedgerClient] = field(default_factory=list)
     extra_transports: list[BookieClient] = field(default_factory=list)
+    registrations: list[BookieRegistration] = field(default_factory=list)
+    watchers: list[BookieWatcher] = field(default_factory=list)
+    rack_client: QuorumLedgerClient | None = None  # rack_env: the rack-aware client
 
     @property
     def client(self) -> QuorumLedgerClient:
@@ -145,17 +184,21 @@ class LedgerEnv:
     def transport(self, bookie_id: str) -> ChaosBookieClient:
         return next(t for t in self.transports if t.bookie_id == bookie_id)
 
-    async def corrupt(self, bookie_id: str, ledger_id: int, entry_id: int) -> None:
-        """Flip a byte of the stored entry on one bookie (on disk, as bit rot would).
+    async def wait_stored(self, bookie_id: str, ledger_id: int, entry_id: int) -> tuple[Path, int, int]:
+        """Wait until the bookie has stored the entry; its (journal file, offset, size).
 
-        The entry may still be on its way to this bookie (a writer confirms at the ack quorum, before
-        the rest of its write set answers): wait for it to be stored first.
+        A writer confirms at the ack quorum, before the rest of the write set answers, so an entry may
+        still be on its way to a bookie after its ledger is closed.
         """
         bookie = next(b for b in self.bookies if b.bookie_id == bookie_id)
         async with asyncio.timeout(WAIT):  # hang guard: the add is in flight and lands
             while (where := bookie.entry_location(ledger_id, entry_id)) is None:
                 await asyncio.sleep(0.005)
-        path, offset, size = where
+        return where
+
+    async def corrupt(self, bookie_id: str, ledger_id: int, entry_id: int) -> None:
+        """Flip a byte of the stored entry on one bookie (on disk, as bit rot would), once it is stored."""
+        path, offset, size = await self.wait_stored(bookie_id, ledger_id, entry_id)
         assert size > 0
         fd = os.open(path, os.O_RDWR)
         try:
@@ -170,6 +213,10 @@ class LedgerEnv:
         await asyncio.sleep(0)
         for client in self.clients:
             await client.close()
+        for watcher in self.watchers:
+            await watcher.stop()
+        for registration in self.registrations:
+            await registration.stop()
         for transport in self.transports:
             await transport.close()
         for extra in self.extra_transports:
@@ -182,7 +229,7 @@ class LedgerEnv:
 
 
 async def _open_env(kind: str, tmp_path: Path) -> LedgerEnv:
-    count, ensemble, write_quorum, ack_quorum = LEDGER_KINDS[kind]
+    count, ensemble, write_quorum, ack_quorum = LEDGER_KINDS.get(kind) or RACK_KINDS[kind]
     store = await EmbeddedMetadataStore.open(None)
     bookies = [await Bookie.open(tmp_path / f"bookie-{i}", bookie_id=f"bookie-{i}") for i in range(count)]
     servers: list[BookieServer] = []
@@ -199,6 +246,40 @@ async def _open_env(kind: str, tmp_path: Path) -> LedgerEnv:
     env = LedgerEnv(kind, store, Keys("test"), bookies, transports, (ensemble, write_quorum, ack_quorum), servers)
     env.new_client()
     return env
+
+
+async def _open_rack_env(transport: str, tmp_path: Path) -> LedgerEnv:
+    """Six bookies in RACKS' racks, E=3 Qw=2 Qa=2; ``rack_client`` learns the racks (see the module doc)."""
+    env = await _open_env(f"{transport}-rack", tmp_path)
+    placement = RackAwarePlacement(enforce_min_racks=True)
+    if transport == "tcp":
+        rack_client = QuorumLedgerClient(env.store, env.keys, {}, placement=placement)
+        for server in env.servers:
+            host, port = server.address
+            address = BookieAddress(server.bookie.bookie_id, host, port, RACKS[server.bookie.bookie_id])
+            registration = BookieRegistration(env.store, env.keys, address)
+            await registration.start()
+            env.registrations.append(registration)
+        watcher = BookieWatcher(env.store, env.keys, rack_client)
+        env.watchers.append(watcher)
+        await watcher.start()
+        async with asyncio.timeout(WAIT):  # hang guard: every registration is already in the store
+            await watcher.wait_for(len(RACKS))
+    else:
+        transports: dict[str, BookieClient] = {t.bookie_id: t.inner for t in env.transports}
+        rack_client = QuorumLedgerClient(env.store, env.keys, transports, placement=placement, racks=RACKS)
+    env.clients.append(rack_client)
+    env.rack_client = rack_client
+    return env
+
+
+@pytest_asyncio.fixture(params=["local", "tcp"])
+async def rack_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerEnv]:
+    env = await _open_rack_env(str(request.param), tmp_path)
+    try:
+        yield env
+    finally:
+        await env.close()
 
 
 @pytest_asyncio.fixture(params=list(LEDGER_KINDS))

@@ -23,10 +23,10 @@ from storage.ledger.api import (
     NotEnoughBookies,
 )
 from storage.ledger.client import QuorumLedgerClient, QuorumLedgerWriter, decode_ledger_info
-from storage.ledger.placement import write_set
-from tests.contract.ledger_fixtures import LedgerEnv, ledger_client, ledger_env
+from storage.ledger.placement import racks_per_write_set, write_set
+from tests.contract.ledger_fixtures import RACKS, LedgerEnv, ledger_client, ledger_env, rack_env
 
-__all__ = ["ledger_client", "ledger_env"]
+__all__ = ["ledger_client", "ledger_env", "rack_env"]
 
 WAIT = 30.0
 
@@ -352,6 +352,7 @@ async def test_corrupt_entry_is_read_from_another_replica(ledger_env: LedgerEnv)
         return
     for bookie_id in holders[:-1]:  # every copy but one is damaged
         await ledger_env.corrupt(bookie_id, writer.ledger_id, 3)
+    await ledger_env.wait_stored(holders[-1], writer.ledger_id, 3)  # the good copy may be still on its way
     assert await reader.read(0, 9) == entries
     assert await reader.read(3, 3) == [entries[3]]
     await ledger_env.corrupt(holders[-1], writer.ledger_id, 3)
@@ -395,3 +396,52 @@ async def test_create_ledger_checks_quorums_and_live_bookies(ledger_client: Quor
     with pytest.raises(NoSuchLedger):
         await ledger_client.open_ledger(987654)
     assert await ledger_client.ledger_info(987654) is None
+
+
+# --- rack-aware placement (six bookies: three in rack-a, two in rack-b, one in rack-c) -------------------
+@pytest.mark.asyncio
+async def test_rack_aware_ensembles_span_racks(rack_env: LedgerEnv) -> None:
+    client = rack_env.rack_client
+    assert client is not None
+    assert {b: client.rack_of(b) for b in client.live_bookies} == RACKS  # over TCP: from the registrations
+    writers = [await client.create_ledger(3, 2, 2) for _ in range(9)]
+    used: set[str] = set()
+    for writer in writers:
+        stored = await client.ledger_info(writer.ledger_id)
+        assert stored is not None and stored.ensemble == writer.info.ensemble
+        ensemble = stored.ensemble
+        assert {RACKS[b] for b in ensemble} == {"rack-a", "rack-b", "rack-c"}
+        assert min(racks_per_write_set(ensemble, 2, RACKS)) == 2  # every entry lands on two racks
+        used |= set(ensemble)
+    assert "bookie-5" in used and len(used) == len(RACKS)  # least-loaded within each rack spreads the load
+    # the ensembles work: every entry is written to two racks and reads back from another client
+    for writer in writers[:3]:
+        entries = [payload(writer.ledger_id, i) for i in range(40)]
+        assert await append_all(writer, entries) == list(range(40))
+        assert await writer.close() == 39
+        reader = await rack_env.client.open_ledger(writer.ledger_id)
+        assert await reader.read(0, 39) == entries
+        for entry_id in (0, 1, 2):
+            positions = write_set(entry_id, 3, 2)
+            assert len({RACKS[writer.info.ensemble[p]] for p in positions}) == 2
+
+
+@pytest.mark.asyncio
+async def test_rack_aware_placement_refuses_when_racks_are_gone(rack_env: LedgerEnv) -> None:
+    client = rack_env.rack_client
+    assert client is not None
+    client.remove_bookie("bookie-5")  # rack-c is down: rack-a has 3 live bookies, rack-b 2
+    with pytest.raises(NotEnoughBookies, match="every write set of 2 spans 2 racks"):
+        await client.create_ledger(3, 2, 2)  # two of three bookies share a rack: some write set is one rack
+    for quorum in [(4, 2, 2), (3, 3, 2)]:  # alternating racks; or every write set is the whole ensemble
+        writer = await client.create_ledger(*quorum)
+        assert min(racks_per_write_set(writer.info.ensemble, quorum[1], RACKS)) == 2
+        assert await append_all(writer, [b"x", b"y", b"z"]) == [0, 1, 2]
+        assert await writer.close() == 2
+    client.remove_bookie("bookie-3")
+    client.remove_bookie("bookie-4")  # only rack-a is left
+    with pytest.raises(NotEnoughBookies, match=r"must span 2 racks.*rack-a: 3"):
+        await client.create_ledger(3, 3, 2)
+    client.add_bookie(rack_env.transport("bookie-3").inner)  # it comes back, its rack still known
+    writer = await client.create_ledger(3, 3, 2)
+    assert "bookie-3" in writer.info.ensemble

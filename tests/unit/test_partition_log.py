@@ -5,17 +5,23 @@ replacement after a write failure. Real bookies: tests/integration/test_bookie_f
 from __future__ import annotations
 
 import asyncio
+import itertools
+from dataclasses import replace
 
 import pytest
 import pytest_asyncio
 from kio.schema.errors import ErrorCode
 
 from brokers.codec import batch
-from brokers.log.partition import AppendResult, LogConfig, LogError, PartitionLog
+from brokers.handlers.list_offsets import lookup as list_offsets_lookup
+from brokers.log.partition import AppendResult, LogConfig, LogError, PartitionLog, Tiering
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
 from metadata.models import PartitionState
 from storage.ledger.api import NotEnoughBookies
+from storage.objectstore import MemoryObjectStore, ObjectStoreUnavailable
+from storage.offload import OffloadConfig, Offloader, PartitionMoved
+from storage.segment.cache import BlockCache
 from tests.batches import make_batch
 from tests.memory_ledgers import MemoryLedgerClient, MemoryWriter
 
@@ -254,3 +260,221 @@ async def test_unconfirmed_entries_are_written_again_to_the_next_ledger_unchange
     after = await _queue(plog, make_batch(1))  # the new ledger takes appends
     second.release(1)
     assert (await after).base_offset == 10
+
+
+# --- tiers: offload of closed ledgers, reads from segments -------------------------------------------
+
+
+def _tiering(store: EmbeddedMetadataStore, ledgers: MemoryLedgerClient, objects: MemoryObjectStore) -> Tiering:
+    return Tiering(objects, BlockCache(1 << 20), Offloader(store, KEYS, ledgers, objects))
+
+
+async def _read_all(plog: PartitionLog, offset: int) -> bytes:
+    out = bytearray()
+    while offset < plog.high_watermark:
+        result = await plog.read(offset, 700)
+        assert result.batches
+        data = b"".join(result.batches)
+        heads = batch.iter_headers(data)
+        assert heads[0].base_offset <= offset <= heads[0].last_offset
+        out += data
+        offset = heads[-1].last_offset + 1
+    return bytes(out)
+
+
+@pytest.mark.asyncio
+async def test_closed_ledgers_are_offloaded_and_read_back_from_segments(store: EmbeddedMetadataStore) -> None:
+    ledgers, objects = MemoryLedgerClient(), MemoryObjectStore()
+    tiering = _tiering(store, ledgers, objects)
+    config = LogConfig(rollover_bytes=600, tail_cache_bytes=1)
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, config, tiering)
+    await plog.load()
+    for i in range(30):
+        await _append(plog, make_batch(3, base_ts=1000 + 10 * i))
+    expected = await _read_all(plog, 0)  # read before any offload finished: ledgers and tail
+    await tiering.offloader.idle()
+    segments = plog.segments
+    assert len(segments) >= 5
+    assert segments[0].base_offset == 0
+    assert all(a.last_offset + 1 == b.base_offset for a, b in itertools.pairwise(segments))
+    # every closed ledger is gone from the bookies; only the open tail ledger remains in the log
+    assert [r for r in plog.ledgers if not r.offloaded] == [plog.ledgers[-1]]
+    assert not plog.ledgers[-1].closed
+    assert [await ledgers.ledger_info(s.ledger_id) for s in segments] == [None] * len(segments)
+    assert await _read_all(plog, 0) == expected  # byte-exact across segments and the tail ledger
+    middle = segments[2].base_offset + 1
+    assert (await _read_all(plog, middle)) == expected[expected.index(b"".join((await plog.read(middle, 1)).batches)):]
+    found = await plog.find_by_timestamp(1000 + 10 * 4)
+    assert found is not None and batch.iter_headers(found)[0].base_offset == 12
+    newest = await plog.max_timestamp_entry()
+    assert newest is not None and batch.iter_headers(newest)[-1].last_offset == 89
+    # a restart (a new owner) reads the segments listed in metadata
+    await plog.close()
+    await tiering.offloader.close()
+    tiering = _tiering(store, ledgers, objects)
+    again = PartitionLog(store, KEYS, ledgers, "tid", 0, config, tiering)
+    await again.load()
+    await tiering.offloader.idle()
+    assert again.high_watermark == 90
+    assert await _read_all(again, 0) == expected
+    assert await _append(again, make_batch(1)) == 90
+    await again.close()
+    await tiering.offloader.close()
+
+
+@pytest.mark.asyncio
+async def test_offloader_commits_through_the_log_never_deposing_it(store: EmbeddedMetadataStore) -> None:
+    ledgers, objects = MemoryLedgerClient(), MemoryObjectStore()
+    tiering = _tiering(store, ledgers, objects)
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(rollover_bytes=300), tiering)
+    await plog.load()
+    for i in range(40):  # appends race the background offloads' commits
+        await _append(plog, make_batch(2, base_ts=1000 + i))
+    await tiering.offloader.idle()
+    assert await _append(plog, make_batch(1)) == 80  # still the owner: its cached version is current
+    stored = await store.get(KEYS.partition("tid", 0))
+    assert stored is not None
+    assert PartitionState.decode(stored.value) == await plog.current()
+    await plog.close()
+    with pytest.raises(PartitionMoved):
+        await plog.update(lambda s: s)
+    await tiering.offloader.close()
+
+
+@pytest.mark.asyncio
+async def test_offload_disabled_keeps_ledgers(store: EmbeddedMetadataStore) -> None:
+    ledgers, objects = MemoryLedgerClient(), MemoryObjectStore()
+    tiering = replace(_tiering(store, ledgers, objects), offload=False)
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(rollover_bytes=300), tiering)
+    await plog.load()
+    for i in range(10):
+        await _append(plog, make_batch(2, base_ts=1000 + i))
+    await tiering.offloader.idle()
+    assert plog.segments == ()
+    assert len(plog.ledgers) > 2 and not any(r.offloaded for r in plog.ledgers)
+    await plog.close()
+
+
+class _FlakyStore(MemoryObjectStore):
+    """A memory object store whose puts fail as an unreachable store's would while ``down``."""
+
+    down = False
+
+    async def put(self, key: str, data: bytes | memoryview, if_absent: bool = True) -> None:
+        if self.down:
+            raise ObjectStoreUnavailable("object store down (test)")
+        await super().put(key, data, if_absent)
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        if self.down:
+            raise ObjectStoreUnavailable("object store down (test)")
+        return await super().get_range(key, start, length)
+
+
+@pytest.mark.asyncio
+async def test_backpressure_while_offload_lags_then_recovers(store: EmbeddedMetadataStore) -> None:
+    ledgers, objects = MemoryLedgerClient(), _FlakyStore()
+    objects.down = True
+    fast = OffloadConfig(backoff_initial_s=0.01, backoff_max_s=0.02)
+    offloader = Offloader(store, KEYS, ledgers, objects, config=fast)
+    tiering = Tiering(objects, BlockCache(1 << 20), offloader, high_water_bytes=2000)
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(rollover_bytes=300), tiering)
+    await plog.load()
+    acked: list[int] = []
+    refused: LogError | None = None
+    for i in range(200):
+        try:
+            acked.append(await _append(plog, make_batch(2, base_ts=1000 + i)))
+        except LogError as e:
+            refused = e
+            break
+    assert refused is not None and refused.code == ErrorCode.not_enough_replicas  # retriable for clients
+    assert tiering.held.bytes > 2000
+    assert acked == list(range(0, 2 * len(acked), 2)) and plog.high_watermark == 2 * len(acked)
+    assert plog.segments == ()
+    objects.down = False  # the store is back: offload catches up and appends are taken again
+    for _attempt in range(1000):
+        try:
+            acked.append(await _append(plog, make_batch(2, base_ts=5000)))
+            break
+        except LogError as e:
+            assert e.code == ErrorCode.not_enough_replicas
+            await asyncio.sleep(0.01)
+    await offloader.idle()
+    assert acked[-1] == plog.high_watermark - 2
+    assert tiering.held.bytes < 2000 and plog.segments
+    offset, seen = 0, []
+    while offset < plog.high_watermark:  # nothing acknowledged was lost
+        for head in batch.iter_headers(b"".join((await plog.read(offset, 1 << 20)).batches)):
+            seen.append(head.base_offset)
+            offset = head.last_offset + 1
+    assert seen == acked
+    await plog.close()
+    assert tiering.held.bytes == 0
+    await offloader.close()
+
+
+@pytest.mark.asyncio
+async def test_delete_records_and_retention_remove_segments_and_objects(store: EmbeddedMetadataStore) -> None:
+    ledgers, objects = MemoryLedgerClient(), MemoryObjectStore()
+    tiering = _tiering(store, ledgers, objects)
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(rollover_bytes=300), tiering)
+    await plog.load()
+    for i in range(30):
+        await _append(plog, make_batch(2, base_ts=1000 + i))
+    await tiering.offloader.idle()
+    segments = plog.segments
+    assert len(segments) >= 6
+    cut = segments[2].base_offset + 3  # the second batch of segment 2: its first batch is wholly below
+    assert await plog.delete_records(cut) == cut
+    assert plog.segments == segments[2:]  # the two wholly below are gone: keys, then objects
+    assert {m.key for m in await objects.list("")} == {s.object_key for s in segments[2:]}
+    with pytest.raises(LogError) as info:
+        await plog.read(cut - 1, 100)
+    assert info.value.code == ErrorCode.offset_out_of_range
+    assert batch.iter_headers(b"".join((await plog.read(cut, 1)).batches))[0].base_offset == cut - 1
+    # ListOffsets by timestamp: records below the start never answer, even inside a cut segment
+    first_kept = (1000 + cut // 2 + 1, cut)  # the second record of the batch appended as number cut // 2
+    assert await list_offsets_lookup(plog, 0) == first_kept
+    assert await list_offsets_lookup(plog, 1000 + cut // 2) == first_kept
+    assert await list_offsets_lookup(plog, 1000 + cut // 2 + 2) == (1000 + cut // 2 + 2, cut + 2)
+    with pytest.raises(LogError) as info:
+        await plog.delete_records(plog.high_watermark + 1)
+    assert info.value.code == ErrorCode.offset_out_of_range
+    # retention by size deletes while what remains stays >= the limit (Kafka's rule); by time all old goes
+    assert plog.unoffloaded_bytes > 0  # the open ledger's bytes count toward retention.bytes too
+    keep = sum(s.data_length for s in segments[-2:]) + plog.unoffloaded_bytes
+    result = await plog.enforce_retention(retention_bytes=keep)
+    assert result is not None and plog.segments == segments[-2:]
+    assert plog.log_start_offset == segments[-2].base_offset
+    result = await plog.enforce_retention(retention_ms=1000, now_ms=10_000)
+    assert result is not None and plog.segments == ()
+    assert plog.log_start_offset == segments[-1].last_offset + 1
+    assert await objects.list("") == []
+    stored = await store.get(KEYS.partition("tid", 0))
+    assert stored is not None and PartitionState.decode(stored.value).log_start_offset == plog.log_start_offset
+    await plog.close()
+    await tiering.offloader.close()
+
+
+@pytest.mark.asyncio
+async def test_segment_read_failures_are_retriable_storage_errors(store: EmbeddedMetadataStore) -> None:
+    ledgers, objects = MemoryLedgerClient(), _FlakyStore()
+    tiering = _tiering(store, ledgers, objects)
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(rollover_bytes=300, tail_cache_bytes=1), tiering)
+    await plog.load()
+    for i in range(10):
+        await _append(plog, make_batch(2, base_ts=1000 + i))
+    await tiering.offloader.idle()
+    assert plog.segments
+    objects.down = True
+    with pytest.raises(LogError) as info:
+        await plog.read(0, 1000)
+    assert info.value.code == ErrorCode.kafka_storage_error  # consumers retry it
+    with pytest.raises(LogError) as info:
+        await plog.find_by_timestamp(1000)
+    assert info.value.code == ErrorCode.kafka_storage_error
+    objects.down = False
+    assert batch.iter_headers(b"".join((await plog.read(0, 1000)).batches))[0].base_offset == 0
+    await plog.close()
+    await tiering.offloader.close()
