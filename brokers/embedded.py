@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from brokers.broker import Broker
 from brokers.config import BrokerConfig, ConfigError
 from brokers.local_bookies import STATE_FILE, LocalBookies, LocalBookiesError
 from brokers.server import KafkaServer
+from metadata.dirlock import DirectoryLocked, lock_directory
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
 from storage.bookie.bookie import Bookie
@@ -39,8 +39,7 @@ log = logging.getLogger("tidelog")
 BOOKIES_START_TIMEOUT = 60.0
 
 
-class DataDirLocked(RuntimeError):
-    """Another process is using the data directory."""
+DataDirLocked = DirectoryLocked  # the name callers catch
 
 
 class DataDirMode(RuntimeError):
@@ -48,14 +47,7 @@ class DataDirMode(RuntimeError):
 
 
 def _lock(data_dir: Path) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirLocked(f"{data_dir} is in use by another Tidelog process") from None
-    return fd
+    return lock_directory(data_dir, "Tidelog process")
 
 
 def _check_mode(data_dir: Path, bookies: int) -> None:

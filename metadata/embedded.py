@@ -16,7 +16,6 @@ import asyncio
 import bisect
 import builtins
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -40,6 +39,7 @@ from metadata.api import (
     VersionConflict,
     Versioned,
 )
+from metadata.dirlock import DirectoryLocked, lock_directory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -423,14 +423,11 @@ class EmbeddedMetadataStore:
     def _load(self) -> None:
         """Blocking: lock the directory, load the snapshot, replay the log, open it for appending."""
         assert self._dir is not None  # noqa: S101
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self._dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
+            self._lock_fd = lock_directory(self._dir, "metadata store")
+        except DirectoryLocked as e:
             self._lock_fd = None
-            raise MetadataError(f"metadata directory {self._dir} is in use by another store") from None
+            raise MetadataError(f"metadata directory: {e}") from None
         with contextlib.suppress(FileNotFoundError):
             (self._dir / "snapshot.tmp").unlink()
         snapshot = self._dir / "snapshot"

@@ -19,7 +19,6 @@ in before it is indexed. The transport (in-process or TCP) lives in storage/book
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from metadata.dirlock import DirectoryLocked, lock_directory
 from storage.bookie import checkpoint
 from storage.bookie.index import EntryLocation, Index
 from storage.bookie.journal import (
@@ -74,8 +74,7 @@ class StartupReport:
     entries: int
 
 
-class DataDirLocked(RuntimeError):
-    """Another process (or Bookie) has the data directory open."""
+DataDirLocked = DirectoryLocked  # the name callers catch
 
 
 class Bookie:
@@ -403,14 +402,7 @@ async def _load_checkpoint(data_dir: Path, bookie_id: str) -> checkpoint.Checkpo
 
 
 def _lock(data_dir: Path) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirLocked(f"{data_dir} is in use by another bookie") from None
-    return fd
+    return lock_directory(data_dir, "bookie")
 
 
 def _resolve_id(data_dir: Path, wanted: str | None) -> str:
