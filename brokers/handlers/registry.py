@@ -4,36 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib import import_module
 from types import ModuleType
 from typing import Any
 
-from brokers.handlers import (
-    api_versions,
-    consumer_group_describe,
-    consumer_group_heartbeat,
-    create_partitions,
-    create_topics,
-    delete_groups,
-    delete_records,
-    delete_topics,
-    describe_cluster,
-    describe_configs,
-    describe_groups,
-    fetch,
-    find_coordinator,
-    heartbeat,
-    init_producer_id,
-    join_group,
-    leave_group,
-    list_groups,
-    list_offsets,
-    metadata,
-    offset_commit,
-    offset_delete,
-    offset_fetch,
-    produce,
-    sync_group,
-)
 from brokers.handlers.base import RequestContext
 
 Handle = Callable[[RequestContext, Any], Awaitable[Any]]
@@ -50,33 +24,35 @@ class HandlerSpec:
     advertised_min_version: int
 
 
-MODULES: tuple[ModuleType, ...] = (
-    api_versions,
-    consumer_group_describe,
-    consumer_group_heartbeat,
-    create_partitions,
-    create_topics,
-    delete_groups,
-    delete_records,
-    delete_topics,
-    describe_cluster,
-    describe_configs,
-    describe_groups,
-    fetch,
-    find_coordinator,
-    heartbeat,
-    init_producer_id,
-    join_group,
-    leave_group,
-    list_groups,
-    list_offsets,
-    metadata,
-    offset_commit,
-    offset_delete,
-    offset_fetch,
-    produce,
-    sync_group,
+# One module per API, named after it; adding an API is adding its name here.
+API_MODULES = (
+    "api_versions",
+    "consumer_group_describe",
+    "consumer_group_heartbeat",
+    "create_partitions",
+    "create_topics",
+    "delete_groups",
+    "delete_records",
+    "delete_topics",
+    "describe_cluster",
+    "describe_configs",
+    "describe_groups",
+    "fetch",
+    "find_coordinator",
+    "heartbeat",
+    "init_producer_id",
+    "join_group",
+    "leave_group",
+    "list_groups",
+    "list_offsets",
+    "metadata",
+    "offset_commit",
+    "offset_delete",
+    "offset_fetch",
+    "produce",
+    "sync_group",
 )
+MODULES: tuple[ModuleType, ...] = tuple(import_module(f"brokers.handlers.{name}") for name in API_MODULES)
 
 # A module may advertise versions it does not handle (ADVERTISED_MIN_VERSION): Kafka 4 lists Produce from
 # v0 because librdkafka <= 2.11 only enables gzip/snappy/lz4 when it sees Produce v0 (KAFKA-18659).
