@@ -25,7 +25,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, machine, table, tidelog_command
+from common import EmbeddedBroker, machine, table
 from produce_consume import create_topic, produce
 
 
@@ -45,64 +44,24 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class ReplicatedBroker:
+class ReplicatedBroker(EmbeddedBroker):
     """``tidelog run --bookies N`` as a subprocess; output in ``<data_dir>/../tidelog-bench.log``."""
 
     def __init__(self, data_dir: Path, bookies: int, configs: list[str]) -> None:
-        self.data_dir = data_dir
+        pairs = dict(kv.split("=", 1) for kv in configs)
+        super().__init__(data_dir, pairs, extra_args=["--bookies", str(bookies)])
         self.bookies = bookies
-        self.configs = configs
-        self.port = free_port()
-        self.log_path = data_dir.parent / "tidelog-bench.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> ReplicatedBroker:
-        cmd = [*tidelog_command(), "run", "--data-dir", str(self.data_dir), "--listen", self.bootstrap,
-               "--bookies", str(self.bookies)]  # fmt: skip
-        for kv in self.configs:
-            cmd += ["--config", kv]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"tidelog exited ({self.proc.returncode}):\n{self.log_path.read_text()[-4000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"tidelog did not listen within {timeout}s")
-            time.sleep(0.05)
+        super().start(timeout)
+        return self
 
     def bookie_pids(self) -> list[int]:
         state = json.loads((self.data_dir / "bookies.json").read_text())
         return [int(b["pid"]) for b in state["bookies"]]
 
-    def cpu_seconds(self) -> float:
-        """The broker process's user+system CPU seconds (produce() reads this)."""
-        return _cpu_seconds(self.proc.pid) if self.proc else 0.0
-
     def bookie_cpu_seconds(self) -> float:
         return sum(_cpu_seconds(pid) for pid in self.bookie_pids())
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class Profiler:

@@ -32,10 +32,17 @@ def tidelog_command() -> list[str]:
 class EmbeddedBroker:
     """``tidelog run`` as a subprocess; output goes to ``<data_dir>/../tidelog-bench.log``."""
 
-    def __init__(self, data_dir: Path, configs: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        configs: dict[str, str] | None = None,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.configs = configs or {}
+        self.extra_args = extra_args or []
         self.log_path = data_dir.parent / "tidelog-bench.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -45,6 +52,7 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 60.0) -> EmbeddedBroker:
         cmd = [*tidelog_command(), "run", "--data-dir", str(self.data_dir), "--listen", self.bootstrap]
+        cmd += self.extra_args
         for k, v in self.configs.items():
             cmd += ["--config", f"{k}={v}"]
         with self.log_path.open("ab") as log:
