@@ -21,6 +21,7 @@ from metadata.models import BrokerRecord, TopicRecord, decode_int, encode_int
 from storage.ledger.api import LedgerClient, LedgerError, NoSuchLedger
 from storage.objectstore.api import ObjectStore
 from storage.offload.offloader import Offloader
+from storage.offload.state import PartitionMoved
 from storage.segment.cache import BlockCache
 from storage.segment.format import partition_prefix
 
@@ -82,6 +83,7 @@ class Broker:
         self._spawn(self.logs.run_age_rollover())
         if self.tiering is not None:
             self._spawn(self._run_retention())
+            self._spawn(self._run_orphan_gc())
         self._lease = await self.store.lease(10.0)
         host, port = self.config.advertised
         await self.store.put(
@@ -227,3 +229,25 @@ class Broker:
         while True:
             await asyncio.sleep(self.config.retention_check_interval_ms / 1000)
             await self.enforce_retention()
+
+    # --- orphan GC -----------------------------------------------------------------------------
+    async def collect_orphans(self) -> int:
+        """One orphan-GC pass over the owned logs (objects no segment key or live intent names, left by
+        crashes); returns how many objects were deleted."""
+        if self.tiering is None:
+            return 0
+        deleted = 0
+        for plog in self.logs.all():
+            try:
+                deleted += len(await self.tiering.offloader.collect_orphans(plog.topic_id, plog.partition))
+            except PartitionMoved:
+                continue  # taken over meanwhile: the new owner collects
+            except Exception:
+                log.exception("orphan GC of %s/%d failed", plog.topic_id, plog.partition)
+        return deleted
+
+    async def _run_orphan_gc(self) -> None:
+        """Background task: an orphan-GC pass every ``offload.gc.interval.ms``."""
+        while True:
+            await asyncio.sleep(self.config.offload_gc_interval_ms / 1000)
+            await self.collect_orphans()

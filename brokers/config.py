@@ -149,6 +149,9 @@ class BrokerConfig:
     retention_check_interval_ms: int = field(
         default=300_000, metadata={"key": "log.retention.check.interval.ms", "parse": _positive}
     )
+    offload_gc_interval_ms: int = field(
+        default=600_000, metadata={"key": "offload.gc.interval.ms", "parse": _positive}
+    )
 
     @property
     def advertised(self) -> tuple[str, int]:
