@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -225,3 +226,39 @@ class SequenceProducer:
 
     def expected(self) -> list[bytes]:
         return [f"{i:08d}".encode() for i in range(self.sent)]
+
+
+def assert_healthy(*members: Member) -> None:
+    """No member saw a client error or a record of a partition it did not own."""
+    for m in members:
+        assert not m.errors, f"{m.name}: {m.errors[:5]}"
+        assert not m.stray, f"{m.name} got records of partitions it did not own: {m.stray[:5]}"
+
+
+def assert_join_moved_only_to(
+    first: list[Member], before: dict[str, tuple[frozenset[int], int]], joiner: Member
+) -> None:
+    """From the callbacks: each original member lost only what went to ``joiner``; nothing else moved."""
+    moved = joiner.snapshot()[0]
+    assert len(moved) in (1, 2)
+    for m in first:
+        owned_before, seen = before[m.name]
+        after = m.events_since(seen)
+        revoked = frozenset().union(*(e.partitions for e in after if e.kind == "revoke"))
+        assert all(e.kind == "revoke" for e in after), f"{m.name}: {after}"
+        assert revoked <= moved, f"{m.name} lost {sorted(revoked - moved)}, which did not go to the new member"
+        assert m.snapshot()[0] == owned_before - revoked, f"{m.name}: its other partitions were disturbed"
+    assert frozenset().union(*(before[m.name][0] - m.snapshot()[0] for m in first)) == moved
+    assert all(e.kind == "assign" for e in joiner.events_since(0))
+
+
+def assert_consumed_exactly_once(members: list[Member], producer: SequenceProducer) -> None:
+    """Stop ``producer``; every record it sent is consumed by exactly one of ``members``."""
+    total = producer.stop()
+    wait_until(lambda: sum(len(m.consumed) for m in members) >= total, f"{total} records to be consumed",
+               detail=lambda: {m.name: len(m.consumed) for m in members})
+    got = Counter(v for m in members for v in m.values())
+    dupes = [v for v, n in got.items() if n > 1]
+    assert not dupes, f"{len(dupes)} records consumed twice, e.g. {dupes[:5]}"
+    assert sorted(got) == producer.expected()
+    assert_healthy(*members)

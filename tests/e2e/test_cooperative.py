@@ -7,11 +7,17 @@ exactly once across the rebalance.
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from collections.abc import Callable
 
 from .broker_process import BrokerProcess
-from .group_members import Member, SequenceProducer, assignment_settled, wait_until
+from .group_members import (
+    Member,
+    SequenceProducer,
+    assert_consumed_exactly_once,
+    assert_join_moved_only_to,
+    assignment_settled,
+    wait_until,
+)
 
 PARTITIONS = 6
 BROKER = {"group.initial.rebalance.delay.ms": "0"}
@@ -45,29 +51,10 @@ def test_cooperative_sticky_join_revokes_only_what_moves_and_consumes_every_reco
         everyone.append(joiner)
         wait_until(lambda: assignment_settled(everyone, PARTITIONS) and bool(joiner.snapshot()[0]),
                    "four members to split six partitions", detail=lambda: [m.snapshot() for m in everyone])
-        moved = joiner.snapshot()[0]
-        assert len(moved) in (1, 2)
-        for m in first:
-            owned_before, seen = before[m.name]
-            after = m.events_since(seen)
-            revoked = frozenset().union(*(e.partitions for e in after if e.kind == "revoke"))
-            assert all(e.kind == "revoke" for e in after), f"{m.name}: {after}"
-            assert revoked <= moved, f"{m.name} lost {sorted(revoked - moved)}, which did not go to the new member"
-            assert m.snapshot()[0] == owned_before - revoked, f"{m.name}: its other partitions were disturbed"
-        assert frozenset().union(*(before[m.name][0] - m.snapshot()[0] for m in first)) == moved
-        assert all(e.kind == "assign" for e in joiner.events_since(0))
+        assert_join_moved_only_to(first, before, joiner)
 
         wait_until(lambda: bool(joiner.consumed), "the new member to consume")
-        total = producer.stop()
-        wait_until(lambda: sum(len(m.consumed) for m in everyone) >= total, f"{total} records to be consumed",
-                   detail=lambda: {m.name: len(m.consumed) for m in everyone})
-        got = Counter(v for m in everyone for v in m.values())
-        dupes = [v for v, n in got.items() if n > 1]
-        assert not dupes, f"{len(dupes)} records consumed twice, e.g. {dupes[:5]}"
-        assert sorted(got) == producer.expected()
-        for m in everyone:
-            assert not m.errors, f"{m.name}: {m.errors[:5]}"
-            assert not m.stray, f"{m.name} got records of partitions it did not own: {m.stray[:5]}"
+        assert_consumed_exactly_once(everyone, producer)
     finally:
         for m in everyone:
             m.stop()

@@ -20,7 +20,15 @@ from kio.schema.errors import ErrorCode
 from brokers.client import Connection, request_module
 
 from .broker_process import BrokerProcess
-from .group_members import Member, SequenceProducer, assignment_settled, wait_until
+from .group_members import (
+    Member,
+    SequenceProducer,
+    assert_consumed_exactly_once,
+    assert_healthy,
+    assert_join_moved_only_to,
+    assignment_settled,
+    wait_until,
+)
 
 PARTITIONS = 6
 FAST = {"group.consumer.heartbeat.interval.ms": "250", "group.consumer.session.timeout.ms": "10000"}
@@ -34,11 +42,6 @@ def stop_all(*members: Member) -> None:
     for m in members:
         m.stop()
 
-
-def assert_healthy(*members: Member) -> None:
-    for m in members:
-        assert not m.errors, f"{m.name}: {m.errors[:5]}"
-        assert not m.stray, f"{m.name} got records of partitions it did not own: {m.stray[:5]}"
 
 
 def test_kip848_member_joining_revokes_only_what_moves_and_every_record_is_consumed_once(
@@ -60,29 +63,11 @@ def test_kip848_member_joining_revokes_only_what_moves_and_every_record_is_consu
         everyone = [*first, joiner]
         wait_until(lambda: assignment_settled(everyone, PARTITIONS) and bool(joiner.snapshot()[0]),
                    "four members to split six partitions", detail=lambda: [m.snapshot() for m in everyone])
-        moved = joiner.snapshot()[0]
-        assert len(moved) in (1, 2)
-        for m in first:
-            owned_before, seen = before[m.name]
-            after = m.events_since(seen)
-            revoked = frozenset().union(*(e.partitions for e in after if e.kind == "revoke"))
-            # Only what moved to the new member was revoked, and nothing was given back or lost.
-            assert all(e.kind == "revoke" for e in after), f"{m.name}: {after}"
-            assert revoked <= moved, f"{m.name} lost {sorted(revoked - moved)}, which did not go to the new member"
-            assert m.snapshot()[0] == owned_before - revoked, f"{m.name}: its other partitions were disturbed"
-        assert frozenset().union(*(before[m.name][0] - m.snapshot()[0] for m in first)) == moved
-        assert all(e.kind == "assign" for e in joiner.events_since(0))
+        assert_join_moved_only_to(first, before, joiner)
 
         # Consumption goes on: everything produced, before and after the join, is consumed exactly once.
         wait_until(lambda: bool(joiner.consumed), "the new member to consume")
-        total = producer.stop()
-        wait_until(lambda: sum(len(m.consumed) for m in everyone) >= total, f"{total} records to be consumed",
-                   detail=lambda: {m.name: len(m.consumed) for m in everyone})
-        got = Counter(v for m in everyone for v in m.values())
-        dupes = [v for v, n in got.items() if n > 1]
-        assert not dupes, f"{len(dupes)} records consumed twice, e.g. {dupes[:5]}"
-        assert sorted(got) == producer.expected()
-        assert_healthy(*everyone)
+        assert_consumed_exactly_once(everyone, producer)
     finally:
         stop_all(*first, *([joiner] if "joiner" in locals() else []))
         producer.stop()
