@@ -33,6 +33,11 @@ def add_parser(sub: Any) -> None:
         "s3://bucket/prefix?endpoint=...&region=... (default: DATA/objects)",
     )
     run.add_argument(
+        "--admin", default="", metavar="HOST:PORT",
+        help="serve GET /metrics (Prometheus) and /v1/offload (JSON) over HTTP here (config admin.listen; "
+        "default off)",
+    )
+    run.add_argument(
         "--config", "-c", action="append", default=[], metavar="KEY=VALUE",
         help="a broker setting, e.g. ledger.rollover.bytes=1048576 (repeatable)",
     )
@@ -47,12 +52,14 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
         raise ConfigError(f"--node-id {args.node_id} must not be negative")
     if not 0 <= args.bookies <= MAX_LOCAL_BOOKIES:
         raise ConfigError(f"--bookies {args.bookies} must be between 0 and {MAX_LOCAL_BOOKIES}")
+    if args.admin:
+        parse_hostport(args.admin, "--admin")
     ensemble = min(args.bookies, 3) if args.bookies else 1  # the cluster default 3/3/2, embedded 1/1/1
     config = BrokerConfig(
         data_dir=os.path.abspath(args.data_dir), host=host, port=port,
         advertised_host=adv_host, advertised_port=adv_port, node_id=args.node_id, cluster=args.cluster,
         bookies=args.bookies, object_store=args.object_store, ledger_ensemble_size=ensemble,
-        ledger_write_quorum=ensemble, ledger_ack_quorum=min(ensemble, 2),
+        ledger_write_quorum=ensemble, ledger_ack_quorum=min(ensemble, 2), admin_listen=args.admin.strip(),
     )
     config = config.with_overrides(args.config)
     _check_quorums(config)

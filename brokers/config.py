@@ -54,6 +54,14 @@ def _off_or_non_negative(v: str) -> int:
     return n
 
 
+def _listen_or_off(v: str) -> str:
+    """HOST:PORT to listen on, or "" (off)."""
+    value = v.strip()
+    if value:
+        parse_hostport(value, "address")
+    return value
+
+
 def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     """HOST:PORT with a port in 0..65535; raises ConfigError."""
     host, sep, port = value.rpartition(":")
@@ -137,9 +145,8 @@ class BrokerConfig:
         default=10_000, metadata={"key": "offsets.snapshot.records", "parse": _positive}
     )
     object_store: str = ""  # `tidelog run --object-store URL`; "" = the local directory DATA/objects
-    # Off by default until issue 5 lands: the offloader re-reads each ledger from the bookies and builds the
-    # segment in memory, which cost ~40% of full-load produce throughput here (docs/benchmarks.md).
-    offload_enable: bool = field(default=False, metadata={"key": "offload.enable"})
+    # Closed ledgers are offloaded to the object store (design §7); false keeps everything on the bookies.
+    offload_enable: bool = field(default=True, metadata={"key": "offload.enable"})
     tiered_block_cache_bytes: int = field(
         default=256 * 1024 * 1024, metadata={"key": "tiered.block.cache.bytes", "parse": _non_negative}
     )
@@ -152,6 +159,7 @@ class BrokerConfig:
     offload_gc_interval_ms: int = field(
         default=600_000, metadata={"key": "offload.gc.interval.ms", "parse": _positive}
     )
+    admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
 
     @property
     def advertised(self) -> tuple[str, int]:

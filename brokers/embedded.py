@@ -18,10 +18,12 @@ import os
 import signal
 from pathlib import Path
 
+from brokers.admin_http import AdminServer
 from brokers.bookie_liveness import BookieLiveness
 from brokers.broker import Broker
-from brokers.config import BrokerConfig, ConfigError
+from brokers.config import BrokerConfig, ConfigError, parse_hostport
 from brokers.local_bookies import STATE_FILE, LocalBookies, LocalBookiesError
+from brokers.metrics import collect
 from brokers.server import KafkaServer
 from metadata.dirlock import DirectoryLocked, lock_directory
 from metadata.embedded import EmbeddedMetadataStore
@@ -134,9 +136,17 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
     bookies = _Bookies(config, data_dir, store)
     broker = Broker(config, store, bookies.ledgers, objects)
     server = KafkaServer(broker)
+    admin = AdminServer(lambda: collect(broker))
     try:
         await bookies.start()
         await broker.start()
+        if config.admin_listen:
+            admin_host, admin_port = parse_hostport(config.admin_listen, "admin.listen")
+            try:
+                admin_port = await admin.start(admin_host, admin_port)
+            except OSError as e:
+                raise ConfigError(f"admin.listen {config.admin_listen}: {e}") from None
+            log.info("admin HTTP (/metrics, /v1/offload) on %s:%d", admin_host, admin_port)
         port = await server.start(config.host, config.port)
         log.info("listening on %s:%d (data in %s)", config.host, port, data_dir)
         if ready is not None:
@@ -144,6 +154,7 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
         await stop.wait()
         log.info("shutting down")
     finally:
+        await admin.stop()
         await server.stop()
         await broker.stop()
         await bookies.stop()

@@ -127,6 +127,8 @@ class TieredLog:
         if self._tiering is not None and ledger_id not in self._held:
             self._held[ledger_id] = length
             self._tiering.held.bytes += length
+            if self._tiering.offload:
+                self._tiering.offloader.closed(self.topic_id, self.partition, ledger_id, length)
 
     def _sync_held(self) -> None:
         """Stop counting ledgers that were offloaded or left the log (all of them once deposed)."""
@@ -266,6 +268,11 @@ class TieredLog:
         )  # fmt: skip
         segments.remove(r.base_offset for r in result.removed)
         return result
+
+    @property
+    def offload_waiting(self) -> tuple[int, int]:
+        """(ledgers, bytes) of this log's closed ledgers not yet offloaded: its share of ``Tiering.held``."""
+        return len(self._held), sum(self._held.values())
 
     @property
     def unoffloaded_bytes(self) -> int:

@@ -43,6 +43,10 @@ class BacklogTracker:
         else:
             self._waiting.pop((topic_id, partition), None)
 
+    def closed(self, topic_id: str, partition: int, ledger_id: int, size: int) -> None:
+        """One more ledger of the partition waits for offload (from now, unless already counted)."""
+        self._waiting.setdefault((topic_id, partition), {}).setdefault(ledger_id, _Waiting(size, self._clock()))
+
     def done(self, topic_id: str, partition: int, ledger_id: int) -> None:
         waiting = self._waiting.get((topic_id, partition))
         if waiting is not None:

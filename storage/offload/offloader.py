@@ -70,10 +70,17 @@ class OffloadError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OffloadConfig:
-    """Knobs of the offloader. ``max_attempts`` None retries retriable failures until cancelled."""
+    """Knobs of the offloader. ``max_attempts`` None retries retriable failures until cancelled.
+
+    ``concurrency`` segments are built and uploaded at once, each in a reusable arena (kept while it is no
+    bigger than ``arena_max_bytes``): memory stays at about ``concurrency`` ledgers however many partitions
+    wait, and the kernel does not fault in and zero a fresh ledger-sized buffer per segment.
+    """
 
     read_entries: int = 32
     index_interval: int = DEFAULT_INDEX_INTERVAL
+    concurrency: int = 1
+    arena_max_bytes: int = 256 * 1024 * 1024
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 10.0
     max_attempts: int | None = None
@@ -116,6 +123,8 @@ class Offloader:
         self._again: set[tuple[str, int]] = set()
         self._backlog = BacklogTracker()
         self._stats = OffloadStats()
+        self._slots = asyncio.Semaphore(max(1, self._config.concurrency))
+        self._arenas: list[bytearray] = []
 
     # --- wiring ----------------------------------------------------------------------------------
     def attach(
@@ -163,6 +172,10 @@ class Offloader:
         return self._stats
 
     # --- background ------------------------------------------------------------------------------
+    def closed(self, topic_id: str, partition: int, ledger_id: int, size: int) -> None:
+        """A ledger of the partition closed: count it in the backlog at once (even while offload is stuck)."""
+        self._backlog.closed(topic_id, partition, ledger_id, size)
+
     def schedule(self, topic_id: str, partition: int) -> None:
         """Offload every closed ledger of the partition in the background (call when a ledger closes)."""
         key = (topic_id, partition)
@@ -286,9 +299,16 @@ class Offloader:
             intent, intent_version = OffloadIntent.decode(got.value), got.version
         self._step("intent")
 
-        data, writer = await self._build(topic_id, partition, current)
-        self._step("built")
-        footer = await self._upload(intent.object_key, data, current)
+        async with self._slots:
+            arena = self._arenas.pop() if self._arenas else bytearray()
+            data, writer = await self._build(topic_id, partition, current, arena)
+            self._step("built")
+            try:
+                footer = await self._upload(intent.object_key, data, current)
+            finally:
+                data.release()
+                if len(arena) <= self._config.arena_max_bytes and _resizable(arena):
+                    self._arenas.append(arena)
         self._step("uploaded")
 
         record = SegmentRecord(
@@ -336,8 +356,10 @@ class Offloader:
         self._step("committed")
         await self._finish(topic_id, partition, ref)
 
-    async def _build(self, topic_id: str, partition: int, ref: LedgerRef) -> tuple[bytearray, SegmentWriter]:
-        """The segment object of a closed ledger (its entries checked against its ref)."""
+    async def _build(
+        self, topic_id: str, partition: int, ref: LedgerRef, arena: bytearray
+    ) -> tuple[memoryview, SegmentWriter]:
+        """The segment object of a closed ledger (its entries checked against its ref), built in ``arena``."""
         reader = await self._ledgers.open_ledger(ref.ledger_id, recover=False)
         try:
             info = reader.info
@@ -349,7 +371,7 @@ class Offloader:
             producers = await self._base_snapshot(topic_id, partition, ref.first_offset)
             writer = SegmentWriter(
                 ref.first_offset, ref.ledger_id, producers=producers, index_interval=self._config.index_interval,
-                size_hint=info.length,
+                buffer=arena,
             )  # fmt: skip
             run = max(1, self._config.read_entries)
             for first in range(0, info.last_entry_id + 1, run):
@@ -392,9 +414,8 @@ class Offloader:
                 break
         return ()
 
-    async def _upload(self, key: str, data: bytearray, ref: LedgerRef) -> SegmentFooter:
+    async def _upload(self, key: str, view: memoryview, ref: LedgerRef) -> SegmentFooter:
         """Create the object; an existing valid segment of the same ledger counts as done."""
-        view = memoryview(data)
         ours = SegmentFooter.parse(view, len(view))
         try:
             await self._objects.put(key, view, if_absent=True)
@@ -448,6 +469,16 @@ class Offloader:
         )
         self._stats = replace(self._stats, orphans_deleted=self._stats.orphans_deleted + len(deleted))
         return deleted
+
+
+def _resizable(arena: bytearray) -> bool:
+    """False while a view of ``arena`` is still alive somewhere (reusing it then would corrupt that view)."""
+    try:
+        arena.append(0)
+    except BufferError:
+        return False
+    arena.pop()
+    return True
 
 
 def _append_all(writer: SegmentWriter, entries: list[bytes]) -> None:

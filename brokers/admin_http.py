@@ -1,0 +1,229 @@
+"""The admin HTTP endpoint (``admin.listen``, ``tidelog run --admin HOST:PORT``): a small HTTP/1.1 server.
+
+``GET /metrics``: the broker's figures in the Prometheus text format (brokers/metrics.py).
+``GET /v1/offload[?topic=NAME]``: offload backlog and progress as JSON (what ``tidelog offload status`` prints).
+
+One request per connection (answers carry ``Connection: close``); HEAD is answered like GET without a body.
+Bad input gets a status and the connection closed, nothing else: a malformed request line 400, an
+unsupported HTTP version 505, a request line past ``MAX_LINE`` 414, headers past ``MAX_HEAD`` (or
+``MAX_HEADERS`` lines) 431, a method other than GET/HEAD 405, an unknown path 404; a client that does not
+send its request head within ``HEAD_TIMEOUT`` gets 408; past ``MAX_CONNECTIONS`` at once, 503. Answers are
+written under ``WRITE_TIMEOUT``. The server runs on the broker's event loop and only reads figures already
+in memory, so it neither blocks nor changes anything the Kafka listener does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+from brokers.metrics import CONTENT_TYPE, BrokerFigures, offload_status, render_prometheus
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 8192
+MAX_HEAD = 16384
+MAX_HEADERS = 100
+HEAD_TIMEOUT = 10.0
+WRITE_TIMEOUT = 30.0
+MAX_CONNECTIONS = 64
+LINGER_S = 1.0
+LINGER_BYTES = 1 << 20
+JSON_TYPE = "application/json"
+_REQUEST_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP/(\d)\.(\d)")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An answer: status, content type and body."""
+
+    status: HTTPStatus
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    allow: str | None = None
+
+
+class BadRequest(Exception):
+    """The request head cannot be served; ``status`` says why."""
+
+    def __init__(self, status: HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _error(status: HTTPStatus, reason: str, allow: str | None = None) -> Response:
+    return Response(status, f"{status.value} {status.phrase}: {reason}\n".encode(), allow=allow)
+
+
+def route(method: str, target: str, figures: Callable[[], BrokerFigures]) -> Response:
+    """The answer to one parsed request (``figures`` is called only for a served path)."""
+    try:
+        url = urlsplit(target)
+    except ValueError:
+        return _error(HTTPStatus.BAD_REQUEST, "malformed request target")
+    if url.path not in ("/metrics", "/v1/offload"):
+        return _error(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; try /metrics or /v1/offload")
+    if method not in ("GET", "HEAD"):
+        return _error(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed here", allow="GET, HEAD")
+    if url.path == "/metrics":
+        return Response(HTTPStatus.OK, render_prometheus(figures()).encode(), CONTENT_TYPE)
+    query = parse_qs(url.query)
+    topics = query.get("topic", [])
+    if len(topics) > 1 or set(query) - {"topic"}:
+        return _error(HTTPStatus.BAD_REQUEST, "the only parameter is one topic=NAME")
+    body = json.dumps(offload_status(figures(), topics[0] if topics else None), indent=1)
+    return Response(HTTPStatus.OK, body.encode() + b"\n", JSON_TYPE)
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[str, str] | None:
+    """(method, target) of the next request, its headers read and dropped; None when the client closed
+    before sending anything. Raises BadRequest."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as e:
+        if not e.partial:
+            return None
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "the request line ended early") from None
+    except asyncio.LimitOverrunError:
+        raise BadRequest(HTTPStatus.REQUEST_URI_TOO_LONG, f"request line longer than {MAX_LINE} bytes") from None
+    match = _REQUEST_LINE.fullmatch(line.rstrip(b"\r\n").decode("latin-1"))
+    if match is None:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "malformed request line")
+    method, target, major = match.group(1), match.group(2), match.group(3)
+    if major != "1":
+        raise BadRequest(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.x is served")
+    size = count = 0
+    while True:
+        try:
+            header = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "a header line is too long") from None
+        except asyncio.IncompleteReadError:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "the headers ended early") from None
+        if header in (b"\r\n", b"\n"):
+            return method, target
+        size += len(header)
+        count += 1
+        if size > MAX_HEAD or count > MAX_HEADERS:
+            raise BadRequest(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"headers past {MAX_HEAD} bytes or {MAX_HEADERS} lines"
+            )
+        if b":" not in header or header[:1] in (b" ", b"\t"):  # no name, or obsolete line folding
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "malformed header line")
+
+
+def encode_response(response: Response, *, head_only: bool = False) -> bytes:
+    """The response's bytes: status line, headers (``Connection: close``), body."""
+    status = response.status
+    lines = [
+        f"HTTP/1.1 {status.value} {status.phrase}",
+        f"Content-Type: {response.content_type}",
+        f"Content-Length: {len(response.body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    if response.allow is not None:
+        lines.append(f"Allow: {response.allow}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + response.body
+
+
+class AdminServer:
+    """Serves ``/metrics`` and ``/v1/offload`` from a figures source (``metrics.collect`` of the broker)."""
+
+    def __init__(self, figures: Callable[[], BrokerFigures], *, head_timeout: float = HEAD_TIMEOUT) -> None:
+        self._figures = figures
+        self._head_timeout = head_timeout
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE)
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
+
+    async def stop(self) -> None:
+        """Stop listening and close every open connection."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        busy = len(self._connections) >= MAX_CONNECTIONS
+        if task is not None:
+            self._connections.add(task)
+        try:
+            response: Response | None
+            head_only = False
+            if busy:
+                response = _error(HTTPStatus.SERVICE_UNAVAILABLE, "too many admin connections")
+            else:
+                response, head_only = await self._answer(reader)
+            if response is not None:
+                await self._send(writer, response, head_only=head_only)
+                if response.status >= HTTPStatus.BAD_REQUEST:
+                    await _linger(reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client went away, or stop(): nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writer.wait_closed()
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[Response | None, bool]:
+        try:
+            async with asyncio.timeout(self._head_timeout):
+                head = await read_head(reader)
+        except TimeoutError:
+            return _error(HTTPStatus.REQUEST_TIMEOUT, f"no request within {self._head_timeout:g}s"), False
+        except BadRequest as e:
+            return _error(e.status, str(e)), False
+        if head is None:
+            return None, False
+        method, target = head
+        try:
+            return route(method, target, self._figures), method == "HEAD"
+        except Exception:
+            log.exception("admin request %s %s failed", method, target[:200])
+            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "see the broker log"), False
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, response: Response, *, head_only: bool = False) -> None:
+        writer.write(encode_response(response, head_only=head_only))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After an error answer to a request not read to its end: half-close, then read and drop what the client
+    still sends (for up to ``LINGER_S`` or ``LINGER_BYTES``), so closing does not reset the connection before
+    the client has read the answer."""
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write_eof()
+    dropped = 0
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(LINGER_S):
+            while dropped < LINGER_BYTES:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                dropped += len(chunk)

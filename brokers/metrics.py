@@ -1,0 +1,250 @@
+"""The broker's figures: a snapshot of its partition logs and offloader, rendered for Prometheus and as JSON.
+
+``collect(broker)`` takes the snapshot (no I/O: every figure is already in memory); ``render_prometheus`` and
+``offload_status`` are pure functions of it. Metric names follow Prometheus conventions: per-partition series
+carry ``topic`` and ``partition`` labels, broker-wide totals have their own ``tidelog_broker_*`` names (so
+``sum()`` over a family never counts anything twice), counters end in ``_total``. The offload figures are
+Tidelog's counterparts of Kafka's tiered-storage metrics (KIP-963: RemoteCopyLagBytes, RemoteCopyLagSegments).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from storage.offload.offloader import OffloadStats
+
+if TYPE_CHECKING:
+    from brokers.broker import Broker
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The Content-Type of the Prometheus text exposition format."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFigures:
+    """One owned partition: its offsets, its tiers and what of it waits for offload."""
+
+    topic: str
+    partition: int
+    log_start_offset: int = 0
+    high_watermark: int = 0
+    ledgers: int = 0
+    """Ledgers still read from the bookies (the open one included)."""
+    segments: int = 0
+    tiered_bytes: int = 0
+    """Bytes of the partition's segment objects."""
+    backlog_ledgers: int = 0
+    """Closed ledgers not yet offloaded."""
+    backlog_bytes: int = 0
+    lag_seconds: float = 0.0
+    """How long the oldest closed ledger has waited for offload."""
+    last_error: str | None = None
+    """The partition's latest offload failure; None once an offload succeeds."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerFigures:
+    """A snapshot of one broker's figures."""
+
+    node_id: int
+    tiering: bool = False
+    """Whether the broker has an object store."""
+    offload_enabled: bool = False
+    partitions: tuple[PartitionFigures, ...] = ()
+    held_bytes: int = 0
+    """Bytes of closed ledgers waiting for offload, broker-wide: what backpressure compares with the mark."""
+    high_water_bytes: int = -1
+    """``offload.bookie.high.water.bytes`` (-1: off; it is also off when offload is)."""
+    stats: OffloadStats = field(default_factory=OffloadStats)
+
+    @property
+    def backlog_ledgers(self) -> int:
+        return sum(p.backlog_ledgers for p in self.partitions)
+
+    @property
+    def lag_seconds(self) -> float:
+        return max((p.lag_seconds for p in self.partitions), default=0.0)
+
+    @property
+    def failing_partitions(self) -> int:
+        return sum(1 for p in self.partitions if p.last_error is not None)
+
+
+def collect(broker: Broker) -> BrokerFigures:
+    """The broker's figures now (owned partitions sorted by topic name and partition)."""
+    tiering = broker.tiering
+    parts: list[PartitionFigures] = []
+    for plog in broker.logs.all():
+        topic = broker.topics.by_id(plog.topic_id)
+        segments = plog.segments
+        waiting_ledgers, waiting_bytes = plog.offload_waiting
+        backlog = None if tiering is None else tiering.offloader.backlog(plog.topic_id, plog.partition)
+        parts.append(
+            PartitionFigures(
+                topic=plog.topic_id if topic is None else topic.name,
+                partition=plog.partition,
+                log_start_offset=plog.log_start_offset,
+                high_watermark=plog.high_watermark,
+                ledgers=sum(1 for ref in plog.ledgers if not ref.offloaded),
+                segments=len(segments),
+                tiered_bytes=sum(s.size for s in segments),
+                backlog_ledgers=waiting_ledgers,
+                backlog_bytes=waiting_bytes,
+                lag_seconds=0.0 if backlog is None else backlog.oldest_age_s,
+                last_error=None if backlog is None else backlog.last_error,
+            )
+        )
+    parts.sort(key=lambda p: (p.topic, p.partition))
+    if tiering is None:
+        return BrokerFigures(broker.config.node_id, partitions=tuple(parts))
+    return BrokerFigures(
+        broker.config.node_id,
+        tiering=True,
+        offload_enabled=tiering.offload,
+        partitions=tuple(parts),
+        held_bytes=tiering.held.bytes,
+        high_water_bytes=tiering.high_water_bytes,
+        stats=tiering.offloader.stats(),
+    )
+
+
+# --- Prometheus text exposition format 0.0.4 ------------------------------------------------------
+
+
+def escape_label_value(value: str) -> str:
+    """A label value as the text format wants it: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    """HELP text: backslash and line feed escaped."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    """A sample value: integers exactly, floats round-trip, NaN and infinities as Prometheus spells them."""
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+Sample = tuple[Sequence[tuple[str, str]], float]
+"""(labels, value) of one series."""
+
+
+def family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
+    """The lines of one metric family: HELP, TYPE, then one line per sample."""
+    lines = [f"# HELP {name} {escape_help(help_text)}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        if labels:
+            rendered = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
+            lines.append(f"{name}{{{rendered}}} {format_value(value)}")
+        else:
+            lines.append(f"{name} {format_value(value)}")
+    return lines
+
+
+_PARTITION_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("tidelog_offload_backlog_ledgers", "backlog_ledgers", "Closed ledgers of the partition waiting for offload."),
+    ("tidelog_offload_backlog_bytes", "backlog_bytes", "Bytes of the partition's ledgers waiting for offload."),
+    ("tidelog_offload_lag_seconds", "lag_seconds", "Seconds the partition's oldest closed ledger has waited."),
+    ("tidelog_partition_log_start_offset", "log_start_offset", "The partition's log start offset."),
+    ("tidelog_partition_high_watermark", "high_watermark", "The partition's high watermark."),
+    ("tidelog_partition_ledgers", "ledgers", "Ledgers of the partition read from the bookies (open one included)."),
+    ("tidelog_partition_segments", "segments", "Segments of the partition in the object store."),
+    ("tidelog_partition_tiered_bytes", "tiered_bytes", "Bytes of the partition's segment objects."),
+)
+
+
+def _labels(p: PartitionFigures) -> tuple[tuple[str, str], ...]:
+    return (("topic", p.topic), ("partition", str(p.partition)))
+
+
+def render_prometheus(figures: BrokerFigures) -> str:
+    """The snapshot in the Prometheus text exposition format, version 0.0.4."""
+    parts = figures.partitions
+    stats = figures.stats
+    lines: list[str] = []
+    lines += family(
+        "tidelog_offload_enabled", "gauge", "1 when closed ledgers are offloaded to the object store.",
+        [((), int(figures.offload_enabled))],
+    )  # fmt: skip
+    for name, attr, help_text in _PARTITION_GAUGES:
+        lines += family(name, "gauge", help_text, [(_labels(p), getattr(p, attr)) for p in parts])
+    lines += family(
+        "tidelog_offload_failing", "gauge", "1 while the partition's latest offload attempt failed.",
+        [(_labels(p), int(p.last_error is not None)) for p in parts],
+    )  # fmt: skip
+    high_water = figures.high_water_bytes if figures.offload_enabled else -1
+    for name, gauge, help_text in (
+        ("tidelog_broker_offload_backlog_ledgers", figures.backlog_ledgers,
+         "Closed ledgers waiting for offload, all partitions."),
+        ("tidelog_broker_offload_backlog_bytes", figures.held_bytes,
+         "Bytes of closed ledgers waiting for offload, all partitions (what backpressure counts)."),
+        ("tidelog_broker_offload_lag_seconds", figures.lag_seconds,
+         "Seconds the oldest closed ledger of any partition has waited for offload."),
+        ("tidelog_broker_offload_failing_partitions", figures.failing_partitions,
+         "Partitions whose latest offload attempt failed."),
+        ("tidelog_offload_bookie_high_water_bytes", high_water,
+         "Backlog bytes above which produce is refused with NOT_ENOUGH_REPLICAS (-1: off)."),
+    ):  # fmt: skip
+        lines += family(name, "gauge", help_text, [((), gauge)])
+    for name, value, help_text in (
+        ("tidelog_offload_segments_total", stats.segments, "Segments offloaded by this broker process."),
+        ("tidelog_offload_bytes_total", stats.bytes, "Bytes of segment objects offloaded by this broker process."),
+        ("tidelog_offload_retries_total", stats.retries, "Offload steps retried after a retriable failure."),
+        ("tidelog_offload_reuploads_total", stats.reuploads, "Segment objects written again (damaged or foreign)."),
+        ("tidelog_offload_orphans_deleted_total", stats.orphans_deleted, "Orphan segment objects deleted by GC."),
+    ):
+        lines += family(name, "counter", help_text, [((), value)])
+    return "\n".join(lines) + "\n"
+
+
+# --- offload status (JSON) -------------------------------------------------------------------------
+
+
+def offload_status(figures: BrokerFigures, topic: str | None = None) -> dict[str, Any]:
+    """The offload figures as a JSON-ready dict: broker totals and one entry per partition (of ``topic``
+    only, when given; the totals stay broker-wide)."""
+    stats = figures.stats
+    return {
+        "node_id": figures.node_id,
+        "object_store": figures.tiering,
+        "offload_enabled": figures.offload_enabled,
+        "totals": {
+            "ledgers_waiting": figures.backlog_ledgers,
+            "bytes_waiting": figures.held_bytes,
+            "oldest_age_s": figures.lag_seconds,
+            "failing_partitions": figures.failing_partitions,
+            "high_water_bytes": figures.high_water_bytes if figures.offload_enabled else -1,
+            "segments_offloaded": stats.segments,
+            "bytes_offloaded": stats.bytes,
+            "retries": stats.retries,
+            "reuploads": stats.reuploads,
+            "orphans_deleted": stats.orphans_deleted,
+        },
+        "partitions": [
+            {
+                "topic": p.topic,
+                "partition": p.partition,
+                "ledgers_waiting": p.backlog_ledgers,
+                "bytes_waiting": p.backlog_bytes,
+                "oldest_age_s": p.lag_seconds,
+                "last_error": p.last_error,
+                "segments": p.segments,
+                "offloaded_bytes": p.tiered_bytes,
+                "ledgers": p.ledgers,
+                "log_start_offset": p.log_start_offset,
+                "high_watermark": p.high_watermark,
+            }
+            for p in figures.partitions
+            if topic is None or p.topic == topic
+        ],
+    }
