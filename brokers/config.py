@@ -47,6 +47,18 @@ def _placement(v: str) -> str:
     return name
 
 
+MAX_LEDGER_BYTES = 4 * 1024**3
+"""A ledger becomes one segment object uploaded by one create-only PUT (S3 takes at most 5 GiB per PUT, and a
+conditional multipart completion is not available through obstore)."""
+
+
+def _ledger_bytes(v: str) -> int:
+    n = int(v)
+    if not 0 < n <= MAX_LEDGER_BYTES:
+        raise ValueError(f"{v} must be between 1 and {MAX_LEDGER_BYTES} (one segment is one create-only PUT)")
+    return n
+
+
 def _off_or_non_negative(v: str) -> int:
     n = int(v)
     if n < -1:
@@ -97,7 +109,7 @@ class BrokerConfig:
         default=100 * 1024 * 1024, metadata={"key": "socket.request.max.bytes", "parse": _positive}
     )
     ledger_rollover_bytes: int = field(
-        default=64 * 1024 * 1024, metadata={"key": "ledger.rollover.bytes", "parse": _positive}
+        default=64 * 1024 * 1024, metadata={"key": "ledger.rollover.bytes", "parse": _ledger_bytes}
     )
     ledger_rollover_ms: int = field(
         default=4 * 3600 * 1000, metadata={"key": "ledger.rollover.ms", "parse": _positive}
