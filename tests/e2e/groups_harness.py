@@ -248,4 +248,10 @@ def assert_exactly_once(members: Sequence[Member], expected: set[tuple[int, int]
     dups = sorted(k for k, n in counts.items() if n > 1)
     assert not missing, f"{who}: {len(missing)} records never consumed, e.g. {missing[:10]}"
     assert not extra, f"{who}: {len(extra)} unexpected records consumed, e.g. {extra[:10]}"
-    assert not dups, f"{who}: {len(dups)} records consumed more than once, e.g. {dups[:10]}"
+    if dups:
+        first = dups[0]
+        by = [(m.name, m.snapshot().count(first), m.assignments, m.revocations, m.errors[-3:]) for m in members]
+        raise AssertionError(
+            f"{who}: {len(dups)} records consumed more than once, e.g. {dups[:10]}; "
+            f"(name, times it got {first}, assignments, revocations, last commit errors): {by}"
+        )

@@ -51,29 +51,46 @@ def run_confluent(args: argparse.Namespace) -> None:
         conf["group.instance.id"] = args.instance_id
     c = Consumer(conf)
 
+    rebalances = [0]
+
     def on_assign(_c: Any, parts: list[Any]) -> None:
         owned.update(p.partition for p in parts)
+        rebalances[0] += 1
         emit(ev="assigned", parts=sorted(p.partition for p in parts))
 
     def on_revoke(_c: Any, parts: list[Any]) -> None:
         owned.difference_update(p.partition for p in parts)
+        rebalances[0] += 1
         emit(ev="revoked", parts=sorted(p.partition for p in parts))
 
     c.subscribe([args.topic], on_assign=on_assign, on_revoke=on_revoke)
+    # One message per poll(), not consume(n): librdkafka serves rebalance callbacks inside a batch call and
+    # keeps the messages it gathered before them, so an eager revoke-then-assign of the same partition in one
+    # consume() would hand back records of the old assignment next to a fresh fetch from the committed offset.
+    # Records gathered before a rebalance are dropped uncommitted; whoever owns them next re-reads them.
+    pending: list[tuple[int, int]] = []
+    seen = rebalances[0]
     try:
         while not STOP.is_set():
-            msgs = c.consume(args.batch, 0.2)
-            recs = [(m.partition(), m.offset()) for m in msgs if m.error() is None and m.partition() in owned]
-            if recs:
-                emit(ev="recs", recs=recs)
+            m = c.poll(0.2)
+            if rebalances[0] != seen:
+                seen = rebalances[0]
+                pending.clear()
+            if m is not None and m.error() is None and m.partition() in owned:
+                pending.append((m.partition(), m.offset()))
+                if len(pending) < args.batch:
+                    continue
+            if pending:
+                emit(ev="recs", recs=pending)
                 ends: dict[int, int] = {}
-                for p, o in recs:
+                for p, o in pending:
                     ends[p] = max(ends.get(p, 0), o + 1)
+                pending = []
                 try:
                     c.commit(offsets=[TopicPartition(args.topic, p, o) for p, o in ends.items()], asynchronous=False)
                 except KafkaException as e:
                     emit(ev="commit_error", error=str(e))
-            time.sleep(args.delay)
+                time.sleep(args.delay)
     finally:
         c.close()
 
