@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
+from brokers.listener import Listener
 from brokers.metrics import CONTENT_TYPE, BrokerFigures, offload_status, render_prometheus
 
 log = logging.getLogger(__name__)
@@ -135,39 +136,18 @@ def encode_response(response: Response, *, head_only: bool = False) -> bytes:
     return head if head_only else head + response.body
 
 
-class AdminServer:
+class AdminServer(Listener):
     """Serves ``/metrics`` and ``/v1/offload`` from a figures source (``metrics.collect`` of the broker)."""
 
+    read_limit = MAX_LINE
+
     def __init__(self, figures: Callable[[], BrokerFigures], *, head_timeout: float = HEAD_TIMEOUT) -> None:
+        super().__init__()
         self._figures = figures
         self._head_timeout = head_timeout
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE)
-        bound: int = self._server.sockets[0].getsockname()[1]
-        return bound
-
-    async def stop(self) -> None:
-        """Stop listening and close every open connection."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        busy = len(self._connections) >= MAX_CONNECTIONS
-        if task is not None:
-            self._connections.add(task)
+        busy = self.connections > MAX_CONNECTIONS
         try:
             response: Response | None
             head_only = False
@@ -185,8 +165,6 @@ class AdminServer:
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
-            if task is not None:
-                self._connections.discard(task)
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[Response | None, bool]:
         try:

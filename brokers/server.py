@@ -22,6 +22,7 @@ from brokers.codec.frame import FrameDecoder, FrameError, RequestHead, encode_re
 from brokers.handlers import api_versions
 from brokers.handlers.base import RequestContext
 from brokers.handlers.registry import HANDLERS
+from brokers.listener import Listener
 
 log = logging.getLogger(__name__)
 API_VERSIONS = 18
@@ -60,36 +61,16 @@ def encode_body_buffers(body: Any) -> list[bytes | bytearray | memoryview]:
     return chain.buffers()
 
 
-class KafkaServer:
+class KafkaServer(Listener):
     """Accepts Kafka clients on one listener."""
 
+    read_limit = _READ_CHUNK
+
     def __init__(self, broker: Broker) -> None:
+        super().__init__()
         self.broker = broker
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=_READ_CHUNK)
-        sock = self._server.sockets[0]
-        bound: int = sock.getsockname()[1]
-        return bound
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
         peer = "{}:{}".format(*writer.get_extra_info("peername", ("?", 0))[:2])
         decoder = FrameDecoder(self.broker.config.socket_request_max_bytes)
         pending: asyncio.Queue[asyncio.Future[list[bytes | bytearray | memoryview] | None] | None] = asyncio.Queue()
@@ -120,8 +101,6 @@ class KafkaServer:
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
-            if task is not None:
-                self._connections.discard(task)
 
     async def _write_loop(
         self,

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.moto_server import MotoServer
+
 from .broker_process import BrokerProcess
 from .helpers import create_topic
 
@@ -111,3 +113,11 @@ def node() -> str:
     if not (NODE_DIR / "node_modules" / "kafkajs").is_dir():
         pytest.fail(f"kafkajs is not installed in {NODE_DIR} (`make node-deps` installs it)")
     return path
+
+
+@pytest.fixture(scope="module")
+def moto(request: pytest.FixtureRequest) -> Iterator[MotoServer]:
+    """A moto S3 server (real HTTP on 127.0.0.1) per test module, with the bucket the module names ``BUCKET``."""
+    with MotoServer() as server:
+        server.create_bucket(request.module.BUCKET)
+        yield server

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,13 +61,6 @@ SMALL = {
     "tail.cache.bytes.per.partition": "65536",
 }
 BUCKET = "tidelog-tiered"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        server.create_bucket(BUCKET)
-        yield server
 
 
 def list_offsets_of(bootstrap: str, topic: str, timestamp: int, parts: int = PARTS) -> dict[int, int]:

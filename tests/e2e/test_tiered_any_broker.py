@@ -14,10 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.moto_server import MotoServer
 
@@ -26,14 +23,7 @@ from .helpers import assert_acks_in_order, assert_same_records, confluent_produc
 from .test_rollover import PARTS, STEP_MS, check_offsets_for_times, check_tail, increasing_records
 from .test_tiered import SMALL, tier_offsets, wait_all_offloaded
 
-BUCKET = "tidelog-any-broker"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        server.create_bucket(BUCKET)
-        yield server
+BUCKET = "tidelog-any-broker"  # the conftest's moto fixture creates it
 
 
 def test_a_broker_with_only_metadata_and_the_object_store_serves_offloaded_data(

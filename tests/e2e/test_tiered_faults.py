@@ -25,7 +25,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,13 +52,6 @@ CONFIGS = {
     "tail.cache.bytes.per.partition": "65536",
     "num.partitions": "1",
 }
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        server.create_bucket(BUCKET)
-        yield server
 
 
 @dataclass
