@@ -132,11 +132,15 @@ class PartitionSegments:
         return out
 
     def _prefetch_next(self, i: int) -> None:
-        if i + 1 < len(self._records):
-            window = self.reader(self._records[i]).window
-            nxt = self.reader(self._records[i + 1])
+        """Prefetch the next segment; past small (``whole``) ones, up to ``read_ahead`` segments ahead, so a
+        sequential reader keeps about as many bytes in flight as within one large segment."""
+        window = self.reader(self._records[i]).window
+        for j in range(i + 1, min(i + 1 + max(1, self._read_ahead), len(self._records))):
+            nxt = self.reader(self._records[j])
             if nxt.last_block == -2:
                 nxt.prefetch(window)
+            if not nxt.whole:
+                break
 
     async def find_timestamp(self, timestamp: int) -> memoryview | None:
         """The first batch of any segment whose max timestamp is >= ``timestamp``."""

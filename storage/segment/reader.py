@@ -116,11 +116,37 @@ class SegmentReader:
     async def _fetch_tail(self) -> tuple[SegmentFooter, SegmentIndex, bytes]:
         rec = self._record
         tail = await self._store.get_range(rec.object_key, rec.data_length, rec.size - rec.data_length)
+        return self._take_tail(tail)
+
+    def _take_tail(self, tail: bytes) -> tuple[SegmentFooter, SegmentIndex, bytes]:
+        rec = self._record
         footer, index = parse_tail(tail, rec.size, rec.data_length)
         if footer.checksum != rec.checksum or footer.base_offset != rec.base_offset:
             raise CorruptSegment(f"segment {rec.object_key}: footer does not match its metadata record")
         self._bounds = _block_bounds(index, self._block_size)
         return footer, index, tail
+
+    @property
+    def whole(self) -> bool:
+        """Whether a sequential reader fetches this segment in one GET, index and data together: it is no
+        bigger than one read-ahead window (8 MiB segments would otherwise cost two GETs in series each)."""
+        return self._read_ahead > 0 and self._record.size <= self._max_window * self._block_size
+
+    async def _fetch_whole(self) -> tuple[SegmentFooter, SegmentIndex, bytes]:
+        """The whole object in one GET: its tail parsed as by ``_fetch_tail``, its blocks (slices of the one
+        buffer) put in the cache unless cached or loading already."""
+        rec = self._record
+        data = await self._store.get_range(rec.object_key, 0, rec.size)
+        if len(data) != rec.size:
+            raise CorruptSegment(f"segment {rec.object_key}: got {len(data)} bytes, expected {rec.size}")
+        view = memoryview(data)
+        got = self._take_tail(bytes(view[rec.data_length :]))
+        bounds = self._bounds
+        for block in range(self.block_count):
+            key = (rec.object_key, block)
+            if key not in self._cache and self._cache.loading(key) is None:
+                self._cache.put(key, view[bounds[block] : bounds[block + 1]])
+        return got
 
     # --- reads -----------------------------------------------------------------------------------
     async def read(self, offset: int, max_bytes: int) -> list[memoryview]:
@@ -250,12 +276,16 @@ class SegmentReader:
     # --- read-ahead ------------------------------------------------------------------------------
     def prefetch(self, window: int | None = None) -> None:
         """Start loading the index and the first blocks in the background (a sequential reader about to
-        reach this segment); ``window`` carries the previous segment's GET size over."""
+        reach this segment; a ``whole`` segment in one GET); ``window`` carries the previous segment's GET
+        size over."""
         if self._closed or self._read_ahead <= 0:
             return
         if window is not None:
             self._window = max(1, min(window, self._max_window))
-        task = asyncio.get_running_loop().create_task(self._prefetch_head())
+        loop = asyncio.get_running_loop()
+        if self._tail is None and self.whole:  # now, so a read arriving before the task runs shares the GET
+            self._tail = loop.create_task(self._fetch_whole())
+        task = loop.create_task(self._prefetch_head())
         self._own.add(task)
         task.add_done_callback(self._own.discard)
 

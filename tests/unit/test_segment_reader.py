@@ -282,3 +282,53 @@ async def test_partition_segments_read_across_segment_boundaries(store: Recordin
     assert (records[1].object_key, 0) in cache
     await segments.settle()
     await segments.close()
+
+
+@pytest.mark.asyncio
+async def test_small_segments_are_fetched_whole_in_one_get_and_several_ahead(store: RecordingStore) -> None:
+    records: list[SegmentRecord] = []
+    all_batches: list[Batch] = []
+    offset = 0
+    for ledger in range(1, 9):
+        entries, batches = make_log(10 + ledger, 6, first_offset=offset, value_size=(500, 2000))
+        records.append(await put_segment(store, entries, base=offset, ledger=ledger))
+        all_batches.extend(batches)
+        offset = batches[-1].last_offset + 1
+    cache = BlockCache(64 * 1024 * 1024)
+    segments = PartitionSegments(store, cache, records, block_size=32 * KIB, read_ahead=2)
+    assert all(segments.reader(r).whole for r in records)  # each no bigger than one 16-block window
+    # reading segment 0's end prefetches the next two small segments, each with one whole-object GET
+    await segments.read(records[0].last_offset, 1)
+    await segments.settle()
+    whole = [(r.object_key, 0, r.size) for r in records]
+    assert [g for g in store.ranges if g in whole[1:]] == whole[1:3]
+    for j in (1, 2):
+        assert all((records[j].object_key, b) in cache for b in range(segments.reader(records[j]).block_count))
+    assert not any(k == records[3].object_key for k, _, _ in store.ranges)
+    out = bytearray()
+    pos = 0
+    while pos < offset:
+        got = await segments.read(pos, 64 * KIB)
+        for v in got:
+            out += v
+        last = next(b for b in all_batches if b.data == bytes(got[-1]))
+        pos = last.last_offset + 1
+    await segments.settle()
+    assert bytes(out) == b"".join(b.data for b in all_batches)
+    # segments 1.. were each fetched with exactly one GET; segment 0 (read before any prefetch) by ranges
+    for r in records[1:]:
+        assert [(s, n) for k, s, n in store.ranges if k == r.object_key] == [(0, r.size)]
+    await segments.close()
+
+
+@pytest.mark.asyncio
+async def test_a_segment_larger_than_a_window_is_not_fetched_whole(store: RecordingStore) -> None:
+    entries, _ = make_log(30, 60, value_size=(500, 2000))
+    record = await put_segment(store, entries)
+    reader = SegmentReader(store, record, BlockCache(64 * 1024 * 1024), block_size=8 * KIB, read_ahead=2)
+    assert record.size > 16 * 8 * KIB and not reader.whole
+    reader.prefetch()
+    await reader.settle()
+    assert (record.object_key, 0, record.size) not in store.ranges
+    assert (record.object_key, record.data_length, record.size - record.data_length) in store.ranges
+    await reader.close()
