@@ -48,14 +48,14 @@ def _placement(v: str) -> str:
 
 
 MAX_LEDGER_BYTES = 4 * 1024**3
-"""A ledger becomes one segment object uploaded by one create-only PUT (S3 takes at most 5 GiB per PUT, and a
-conditional multipart completion is not available through obstore)."""
+"""A ledger becomes one segment object, built in memory by the offloader and created on S3 by one
+conditional PUT (at most 5 GiB) or, from 128 MiB, a multipart upload and one conditional server-side copy."""
 
 
 def _ledger_bytes(v: str) -> int:
     n = int(v)
     if not 0 < n <= MAX_LEDGER_BYTES:
-        raise ValueError(f"{v} must be between 1 and {MAX_LEDGER_BYTES} (one segment is one create-only PUT)")
+        raise ValueError(f"{v} must be between 1 and {MAX_LEDGER_BYTES} (a ledger is offloaded as one segment)")
     return n
 
 

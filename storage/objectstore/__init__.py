@@ -7,8 +7,9 @@ URLs understood by :func:`open_object_store`:
 * ``s3://bucket[/prefix][?param=value&...]`` with optional parameters ``endpoint``, ``region``,
   ``access_key_id``, ``secret_access_key``, ``session_token``, ``virtual_hosted_style_request``
   (true/false), ``connect_timeout``, ``request_timeout``, ``retry_timeout`` (durations: ``250ms``,
-  ``2s``, ``5m`` or plain seconds) and ``max_retries``. Credentials not in the URL come from the
-  standard AWS environment variables.
+  ``2s``, ``5m`` or plain seconds), ``max_retries`` and ``multipart_threshold`` (bytes; create-only puts
+  this large are multipart, default 128 MiB). Credentials not in the URL come from the standard AWS
+  environment variables.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from storage.objectstore.obstore_store import MemoryObjectStore, ObstoreObjectSt
 from storage.objectstore.s3 import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_MULTIPART_THRESHOLD,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_TIMEOUT,
     S3ObjectStore,
@@ -62,6 +64,7 @@ _S3_PARAMS = frozenset(
         "request_timeout",
         "retry_timeout",
         "max_retries",
+        "multipart_threshold",
     }
 )
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
@@ -117,6 +120,9 @@ def _open_s3(url: str) -> S3ObjectStore:
         request_timeout=_duration(params, "request_timeout", DEFAULT_REQUEST_TIMEOUT),
         retry_timeout=_duration(params, "retry_timeout", DEFAULT_RETRY_TIMEOUT),
         max_retries=_count("max_retries", params.get("max_retries"), default=DEFAULT_MAX_RETRIES),
+        multipart_threshold=_count(
+            "multipart_threshold", params.get("multipart_threshold"), default=DEFAULT_MULTIPART_THRESHOLD
+        ),
     )
 
 

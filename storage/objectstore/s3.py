@@ -3,16 +3,28 @@
 Create-only puts are real conditional writes: one PUT with ``If-None-Match: *``; the service answers 412
 when the key exists (AWS since 2024-08, MinIO, moto 5). A concurrent conditional write to the same key may
 get 409 on AWS; that maps to ObjectStoreUnavailable, and the retry then meets ObjectExists.
+
+Create-only puts of ``multipart_threshold`` bytes or more (128 MiB by default; a URL parameter) are
+multipart: obstore cannot make a multipart upload conditional, so the bytes go up in parts to a staging key
+(``KEY.upload-NONCE``, unique per attempt), then a server-side copy to ``KEY`` that S3 completes only if
+``KEY`` does not exist (obstore's ``copy_if_not_exists="multipart"``: UploadPartCopy, then
+CompleteMultipartUpload with ``If-None-Match: *``), then the staging key is deleted. A crash leaves a staging
+object under the partition's prefix, which orphan GC deletes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import obstore
+from obstore.exceptions import AlreadyExistsError, PreconditionError
 from obstore.store import S3Store
 
+from storage.objectstore.api import ObjectExists, ObjectStoreError, ObjectStoreUnavailable
 from storage.objectstore.obstore_store import ObstoreObjectStore
 
 if TYPE_CHECKING:
@@ -21,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MULTIPART_THRESHOLD",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_RETRY_TIMEOUT",
     "S3ObjectStore",
@@ -31,6 +44,8 @@ DEFAULT_REQUEST_TIMEOUT = timedelta(minutes=5)
 """Whole-request limit; generous because a segment is uploaded in one conditional PUT."""
 DEFAULT_MAX_RETRIES = 10
 DEFAULT_RETRY_TIMEOUT = timedelta(minutes=3)
+DEFAULT_MULTIPART_THRESHOLD = 128 * 1024 * 1024
+"""Create-only puts this large or larger are multipart (S3 suggests multipart above ~100 MB)."""
 
 
 class S3ObjectStore(ObstoreObjectStore):
@@ -56,14 +71,18 @@ class S3ObjectStore(ObstoreObjectStore):
         request_timeout: timedelta = DEFAULT_REQUEST_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_timeout: timedelta = DEFAULT_RETRY_TIMEOUT,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
     ) -> None:
         if not bucket:
             raise ValueError("an S3 object store needs a bucket")
         if (access_key_id is None) != (secret_access_key is None):
             raise ValueError("give both access_key_id and secret_access_key, or neither")
+        if multipart_threshold < 1:
+            raise ValueError(f"multipart_threshold must be at least 1 byte, got {multipart_threshold}")
         self._bucket = bucket
         self._prefix = prefix.strip("/")
-        config: S3Config = {"virtual_hosted_style_request": virtual_hosted_style}
+        self._multipart_threshold = multipart_threshold
+        config: S3Config = {"virtual_hosted_style_request": virtual_hosted_style, "copy_if_not_exists": "multipart"}
         if endpoint is not None:
             config["endpoint"] = endpoint
         if region is not None:
@@ -100,3 +119,22 @@ class S3ObjectStore(ObstoreObjectStore):
     def prefix(self) -> str:
         """The key prefix inside the bucket ("" for none), without surrounding slashes."""
         return self._prefix
+
+    async def _write(self, key: str, data: bytes | memoryview, if_absent: bool) -> None:
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        if not if_absent or size < self._multipart_threshold:
+            await super()._write(key, data, if_absent)
+            return
+        staging = f"{key}.upload-{secrets.token_hex(8)}"
+        await super()._write(staging, data, False)  # multipart: an overwrite of at least MULTIPART_THRESHOLD
+        try:
+            await obstore.copy_async(self._store, staging, key, overwrite=False)
+        except (AlreadyExistsError, PreconditionError) as exc:
+            raise ObjectExists(key) from exc
+        except FileNotFoundError as exc:  # the staging object vanished (orphan GC, a lifecycle rule): retry
+            raise ObjectStoreUnavailable(f"{self!r}: put {key!r}: staging object {staging!r} is gone") from exc
+        except Exception as exc:
+            self._raise(exc, key, "put")
+        finally:
+            with contextlib.suppress(ObjectStoreError):
+                await self.delete([staging])

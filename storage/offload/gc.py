@@ -1,4 +1,5 @@
-"""Garbage collection of orphan segment objects: objects that no segment key and no live intent name.
+"""Garbage collection of orphan segment objects: objects that no segment key and no live intent name
+(a live intent's multipart staging objects, ``NAME.upload-NONCE``, are kept too).
 
 Orphans come from crashes: retention deletes metadata first and objects after, and an offload whose ledger
 left the log (DeleteRecords, retention) before its commit leaves its upload behind.
@@ -47,14 +48,16 @@ async def collect_orphans(
     live_ledgers = {r.ledger_id for r in state.ledgers if not r.offloaded}
     newest_known = max((r.ledger_id for r in state.ledgers), default=-1)
     keep = {SegmentRecord.decode(v.value).object_key for v in segments}
+    uploading: list[str] = []  # a live intent's multipart staging objects (S3 store: KEY.upload-NONCE)
     dead_intents: list[tuple[str, int]] = []
     for found in intents:
         intent = OffloadIntent.decode(found.value)
         if intent.ledger_id in live_ledgers or intent.ledger_id > newest_known:
             keep.add(intent.object_key)
+            uploading.append(intent.object_key + ".upload-")
         else:
             dead_intents.append((found.key, found.version))
-    orphans = [meta.key for meta in listed if meta.key not in keep]
+    orphans = [m.key for m in listed if m.key not in keep and not any(m.key.startswith(u) for u in uploading)]
     if orphans:
         await objects.delete(orphans)
         log.info("deleted %d orphan segment objects of %s/%d: %s", len(orphans), topic_id, partition, orphans[:5])

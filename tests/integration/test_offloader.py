@@ -241,8 +241,10 @@ async def test_orphan_gc_removes_only_unreferenced_objects(world: World) -> None
     with pytest.raises(Crash):
         await crashing.offload(topic, PARTITION, refs[1])  # a live intent: its object must stay
     prefix = partition_prefix("tidelog", topic, PARTITION)
+    live_key = object_key("tidelog", topic, PARTITION, refs[1].first_offset, refs[1].ledger_id)
+    live_staging = f"{live_key}.upload-0a0b"  # a multipart upload of the live intent, not yet copied in
     stray = [f"{prefix}00000000000000999999-12345.seg", f"{prefix}junk"]
-    for key in stray:
+    for key in [*stray, live_staging]:
         await world.objects.put(key, b"left over")
     # a retention that crashed between its metadata commit and deleting the object
     seg0 = (await list_segments(world.store, world.keys, topic, PARTITION))[0]
@@ -253,16 +255,40 @@ async def test_orphan_gc_removes_only_unreferenced_objects(world: World) -> None
     await world.store.put(world.keys.offload_intent(topic, PARTITION, refs[0].ledger_id), dead_intent, 0)
     await world.objects.put(dead_key, b"dead attempt")
 
+    await world.objects.put(f"{dead_key}.upload-0c0d", b"dead attempt's staging")
+
     deleted = await offloader.collect_orphans(topic, PARTITION)
-    assert sorted(deleted) == sorted([*stray, seg0.object_key, dead_key])
+    assert sorted(deleted) == sorted([*stray, seg0.object_key, dead_key, f"{dead_key}.upload-0c0d"])
     remaining = {m.key for m in await world.objects.list(prefix)}
-    assert remaining == {object_key("tidelog", topic, PARTITION, refs[1].first_offset, refs[1].ledger_id)}
+    assert remaining == {live_key, live_staging}
     intents = await world.store.list(world.keys.offload_intents_prefix(topic, PARTITION))
     assert [OffloadIntent.decode(v.value).ledger_id for v in intents] == [refs[1].ledger_id]
     assert await offloader.collect_orphans(topic, PARTITION) == []
-    # and the interrupted offload still completes
+    # and the interrupted offload still completes; then its staging leftover is an orphan like any other
     await offloader.offload_pending(topic, PARTITION)
     assert len(await list_segments(world.store, world.keys, topic, PARTITION)) == 2  # seg0's key was removed
+    assert await offloader.collect_orphans(topic, PARTITION) == [live_staging]
+
+
+@pytest.mark.asyncio
+async def test_segments_over_the_multipart_threshold_go_up_in_parts(tmp_path: Path, moto: MotoServer) -> None:
+    prefix_name = f"mp-{uuid.uuid4().hex[:8]}"
+    url = moto.s3_url(BUCKET, prefix_name, multipart_threshold=str(5 * 1024 * 1024))
+    world = await open_world(tmp_path / "meta", tmp_path / "bookie", url)
+    try:
+        topic = "t-" + uuid.uuid4().hex
+        batches = await write_ledgers(world, topic, 2, seed=9, entries=150, value_size=(2000, 6000))
+        offloader = Offloader(world.store, world.keys, world.ledgers, world.objects, config=FAST)
+        records = await offloader.offload_pending(topic, PARTITION)
+        assert len(records) == 2 and all(r.size >= 5 * 1024 * 1024 for r in records)
+        segments = await check_invariants(world, topic, batches)  # everything reads back byte-exact
+        for s in segments:
+            head = moto.head_object(BUCKET, f"{prefix_name}/{s.object_key}")
+            assert head is not None and "-" in head["etag"]  # completed as a multipart upload
+        listed = [m.key for m in await world.objects.list(partition_prefix("tidelog", topic, PARTITION))]
+        assert listed == [s.object_key for s in segments]  # staging objects deleted
+    finally:
+        await world.close()
 
 
 # --- retention ---------------------------------------------------------------------------------------
