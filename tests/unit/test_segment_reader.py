@@ -241,16 +241,38 @@ async def test_a_record_that_does_not_match_the_object_is_refused(store: Recordi
         await shifted.index()
 
 
-@pytest.mark.asyncio
-async def test_partition_segments_read_across_segment_boundaries(store: RecordingStore) -> None:
+async def put_segments(
+    store: RecordingStore, count: int, *, seed: int, entries: int
+) -> tuple[list[SegmentRecord], list[Batch], int]:
+    """``count`` consecutive segments of ``entries`` entries each: their records, all batches, the end offset."""
     records: list[SegmentRecord] = []
     all_batches: list[Batch] = []
     offset = 0
-    for ledger in range(1, 5):
-        entries, batches = make_log(20 + ledger, 60, first_offset=offset, value_size=(500, 2000))
-        records.append(await put_segment(store, entries, base=offset, ledger=ledger))
+    for ledger in range(1, count + 1):
+        log_entries, batches = make_log(seed + ledger, entries, first_offset=offset, value_size=(500, 2000))
+        records.append(await put_segment(store, log_entries, base=offset, ledger=ledger))
         all_batches.extend(batches)
         offset = batches[-1].last_offset + 1
+    return records, all_batches, offset
+
+
+async def read_all(segments: PartitionSegments, batches: list[Batch], end: int, max_bytes: int) -> bytes:
+    """Everything from offset 0 to ``end``, read as a consumer would: ``max_bytes`` at a time."""
+    out = bytearray()
+    pos = 0
+    while pos < end:
+        got = await segments.read(pos, max_bytes)
+        assert got and sum(len(v) for v in got) <= max(max_bytes, len(got[0]))
+        for v in got:
+            out += v
+        last = next(b for b in batches if b.data == bytes(got[-1]))
+        pos = last.last_offset + 1
+    return bytes(out)
+
+
+@pytest.mark.asyncio
+async def test_partition_segments_read_across_segment_boundaries(store: RecordingStore) -> None:
+    records, all_batches, offset = await put_segments(store, 4, seed=20, entries=60)
     cache = BlockCache(64 * 1024 * 1024)
     segments = PartitionSegments(store, cache, reversed(records), block_size=32 * KIB, read_ahead=2)
     assert (segments.start_offset, segments.end_offset) == (0, offset)
@@ -260,16 +282,7 @@ async def test_partition_segments_read_across_segment_boundaries(store: Recordin
     assert [(records[1].object_key, b) in cache for b in range(3)] == [True, True, False]
     assert (records[2].object_key, 0) not in cache
     assert segments.segment_for(records[2].base_offset) == records[2]
-    out = bytearray()
-    pos = 0
-    while pos < offset:
-        got = await segments.read(pos, 200 * KIB)
-        assert got and sum(len(v) for v in got) <= max(200 * KIB, len(got[0]))
-        for v in got:
-            out += v
-        last = next(b for b in all_batches if b.data == bytes(got[-1]))
-        pos = last.last_offset + 1
-    assert bytes(out) == b"".join(b.data for b in all_batches)
+    assert await read_all(segments, all_batches, offset, 200 * KIB) == b"".join(b.data for b in all_batches)
     # each segment's index was fetched once
     tail_gets = [k for k, s, _ in store.ranges if any(r.object_key == k and s == r.data_length for r in records)]
     assert sorted(tail_gets) == sorted(r.object_key for r in records)
@@ -286,14 +299,7 @@ async def test_partition_segments_read_across_segment_boundaries(store: Recordin
 
 @pytest.mark.asyncio
 async def test_small_segments_are_fetched_whole_in_one_get_and_several_ahead(store: RecordingStore) -> None:
-    records: list[SegmentRecord] = []
-    all_batches: list[Batch] = []
-    offset = 0
-    for ledger in range(1, 9):
-        entries, batches = make_log(10 + ledger, 6, first_offset=offset, value_size=(500, 2000))
-        records.append(await put_segment(store, entries, base=offset, ledger=ledger))
-        all_batches.extend(batches)
-        offset = batches[-1].last_offset + 1
+    records, all_batches, offset = await put_segments(store, 8, seed=10, entries=6)
     cache = BlockCache(64 * 1024 * 1024)
     segments = PartitionSegments(store, cache, records, block_size=32 * KIB, read_ahead=2)
     assert all(segments.reader(r).whole for r in records)  # each no bigger than one 16-block window
@@ -305,16 +311,8 @@ async def test_small_segments_are_fetched_whole_in_one_get_and_several_ahead(sto
     for j in (1, 2):
         assert all((records[j].object_key, b) in cache for b in range(segments.reader(records[j]).block_count))
     assert not any(k == records[3].object_key for k, _, _ in store.ranges)
-    out = bytearray()
-    pos = 0
-    while pos < offset:
-        got = await segments.read(pos, 64 * KIB)
-        for v in got:
-            out += v
-        last = next(b for b in all_batches if b.data == bytes(got[-1]))
-        pos = last.last_offset + 1
+    assert await read_all(segments, all_batches, offset, 64 * KIB) == b"".join(b.data for b in all_batches)
     await segments.settle()
-    assert bytes(out) == b"".join(b.data for b in all_batches)
     # segments 1.. were each fetched with exactly one GET; segment 0 (read before any prefetch) by ranges
     for r in records[1:]:
         assert [(s, n) for k, s, n in store.ranges if k == r.object_key] == [(0, r.size)]
