@@ -91,6 +91,13 @@ def wait_all_offloaded(bootstrap: str, topic: str, parts: int = PARTS) -> None:
         time.sleep(0.5)
 
 
+async def stored_topic_id(store: EmbeddedMetadataStore, keys: Keys, topic: str) -> str:
+    """The id the broker's metadata store records for ``topic`` (read with the broker stopped)."""
+    found = await store.get(keys.topic(topic))
+    assert found is not None, f"no topic {topic} in the metadata store"
+    return TopicRecord.decode(found.value).topic_id
+
+
 def check_bookie_emptied(data_dir: Path, topic: str, ends: dict[int, int]) -> None:
     """With the broker stopped: every record is in a listed segment, no ledger but the last ref is left in
     the partition state, and the bookie's journal index holds no entry of any offloaded ledger."""
@@ -99,9 +106,7 @@ def check_bookie_emptied(data_dir: Path, topic: str, ends: dict[int, int]) -> No
         store = await EmbeddedMetadataStore.open(data_dir / "metadata")
         keys = Keys("tidelog")
         try:
-            found = await store.get(keys.topic(topic))
-            assert found is not None
-            topic_id = TopicRecord.decode(found.value).topic_id
+            topic_id = await stored_topic_id(store, keys, topic)
             ledger_ids: list[int] = []
             for p in range(PARTS):
                 segments = await list_segments(store, keys, topic_id, p)

@@ -33,14 +33,14 @@ from confluent_kafka import Producer
 
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
-from metadata.models import OffloadIntent, SegmentRecord, TopicRecord
+from metadata.models import OffloadIntent, SegmentRecord
 from storage.objectstore import open_object_store
 from storage.segment.format import partition_prefix
 from tests.moto_server import MotoServer
 
 from .broker_process import BrokerProcess
 from .helpers import confluent_read, create_topic
-from .test_tiered import produce_raw, wait_all_offloaded
+from .test_tiered import produce_raw, stored_topic_id, wait_all_offloaded
 
 BUCKET = "tidelog-faults"
 WAIT = 120.0  # hang guard only
@@ -102,9 +102,7 @@ async def partition_objects(data_dir: Path, url: str, topic: str) -> tuple[list[
     keys = Keys("tidelog")
     store = await EmbeddedMetadataStore.open(data_dir / "metadata")
     try:
-        found = await store.get(keys.topic(topic))
-        assert found is not None
-        topic_id = TopicRecord.decode(found.value).topic_id
+        topic_id = await stored_topic_id(store, keys, topic)
         segments = sorted(
             (SegmentRecord.decode(v.value) for v in await store.list(keys.segments_prefix(topic_id, 0))),
             key=lambda r: r.base_offset,

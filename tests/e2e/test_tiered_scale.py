@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
-from metadata.models import PartitionState, TopicRecord
+from metadata.models import PartitionState
 from storage.bookie.bookie import Bookie
 from storage.objectstore import open_object_store
 from storage.segment.catalog import list_segments
@@ -31,7 +31,7 @@ from tests.moto_server import MotoServer
 
 from .broker_process import BrokerProcess
 from .helpers import consumer_config, create_topic
-from .test_tiered import wait_all_offloaded
+from .test_tiered import stored_topic_id, wait_all_offloaded
 
 TOTAL = 2 * 1024**3
 VALUE = 16 * 1024
@@ -129,9 +129,7 @@ def check_all_in_segments(data_dir: Path, topic: str, end: int) -> int:
         keys = Keys("tidelog")
         store = await EmbeddedMetadataStore.open(data_dir / "metadata")
         try:
-            found = await store.get(keys.topic(topic))
-            assert found is not None
-            topic_id = TopicRecord.decode(found.value).topic_id
+            topic_id = await stored_topic_id(store, keys, topic)
             segments = await list_segments(store, keys, topic_id, 0)
             assert segments[0].base_offset == 0 and segments[-1].last_offset == end - 1
             assert all(a.last_offset + 1 == b.base_offset for a, b in itertools.pairwise(segments))
