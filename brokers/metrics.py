@@ -80,7 +80,6 @@ def collect(broker: Broker) -> BrokerFigures:
     for plog in broker.logs.all():
         topic = broker.topics.by_id(plog.topic_id)
         segments = plog.segments
-        waiting_ledgers, waiting_bytes = plog.offload_waiting
         backlog = None if tiering is None else tiering.offloader.backlog(plog.topic_id, plog.partition)
         parts.append(
             PartitionFigures(
@@ -91,8 +90,8 @@ def collect(broker: Broker) -> BrokerFigures:
                 ledgers=sum(1 for ref in plog.ledgers if not ref.offloaded),
                 segments=len(segments),
                 tiered_bytes=sum(s.size for s in segments),
-                backlog_ledgers=waiting_ledgers,
-                backlog_bytes=waiting_bytes,
+                backlog_ledgers=0 if backlog is None else backlog.ledgers,
+                backlog_bytes=0 if backlog is None else backlog.bytes,
                 lag_seconds=0.0 if backlog is None else backlog.oldest_age_s,
                 last_error=None if backlog is None else backlog.last_error,
             )

@@ -270,11 +270,6 @@ class TieredLog:
         return result
 
     @property
-    def offload_waiting(self) -> tuple[int, int]:
-        """(ledgers, bytes) of this log's closed ledgers not yet offloaded: its share of ``Tiering.held``."""
-        return len(self._held), sum(self._held.values())
-
-    @property
     def unoffloaded_bytes(self) -> int:
         """Bytes still only on the bookies: closed ledgers waiting for offload and the open one."""
         tiering = self._tiering
