@@ -76,6 +76,7 @@ class BrokerFigures:
 def collect(broker: Broker) -> BrokerFigures:
     """The broker's figures now (owned partitions sorted by topic name and partition)."""
     tiering = broker.tiering
+    offloading = tiering is not None and tiering.offload  # with offload off, nothing waits: no lag
     parts: list[PartitionFigures] = []
     for plog in broker.logs.all():
         topic = broker.topics.by_id(plog.topic_id)
@@ -92,7 +93,7 @@ def collect(broker: Broker) -> BrokerFigures:
                 tiered_bytes=sum(s.size for s in segments),
                 backlog_ledgers=0 if backlog is None else backlog.ledgers,
                 backlog_bytes=0 if backlog is None else backlog.bytes,
-                lag_seconds=0.0 if backlog is None else backlog.oldest_age_s,
+                lag_seconds=backlog.oldest_age_s if backlog is not None and offloading else 0.0,
                 last_error=None if backlog is None else backlog.last_error,
             )
         )

@@ -127,8 +127,7 @@ class TieredLog:
         if self._tiering is not None and ledger_id not in self._held:
             self._held[ledger_id] = length
             self._tiering.held.bytes += length
-            if self._tiering.offload:
-                self._tiering.offloader.closed(self.topic_id, self.partition, ledger_id, length)
+            self._tiering.offloader.closed(self.topic_id, self.partition, ledger_id, length)
 
     def _sync_held(self) -> None:
         """Stop counting ledgers that were offloaded or left the log (all of them once deposed)."""
