@@ -302,13 +302,10 @@ class SegmentWriter:
         )  # fmt: skip
         tail = meta + footer.pack_without_checksum()
         size = pos + len(tail) + 8
-        if self._lent:
-            if len(buf) < size:
-                buf.extend(bytes(size - len(buf)))
-        else:
-            del buf[size:]
-            if len(buf) < size:
-                buf.extend(bytes(size - len(buf)))
+        if not self._lent:
+            del buf[size:]  # an own buffer is trimmed; a lent arena keeps its capacity
+        if len(buf) < size:
+            buf.extend(bytes(size - len(buf)))
         buf[pos : size - 8] = tail
         view = memoryview(buf)
         buf[size - 8 : size] = xxhash.xxh64_intdigest(view[: size - 8]).to_bytes(8, "big")
