@@ -19,6 +19,7 @@ from kio.serial import entity_reader, entity_writer
 from brokers.broker import Broker
 from brokers.codec.chain import BufferChain
 from brokers.codec.frame import FrameDecoder, FrameError, RequestHead, encode_response, peek_request_head
+from brokers.codec.request_check import RequestCheckError, check_request
 from brokers.handlers import api_versions
 from brokers.handlers.base import RequestContext
 from brokers.handlers.registry import HANDLERS
@@ -154,6 +155,10 @@ class KafkaServer(Listener):
                 f"API {head.api_key} v{head.api_version} unsupported "
                 f"(supported v{spec.min_version}-v{spec.max_version})"
             )
+        try:  # every length checked against the frame before kio allocates anything (a huge count aborts kio)
+            check_request(frame, head.api_key, head.api_version)
+        except RequestCheckError as e:
+            raise CloseConnection(f"invalid API {head.api_key} v{head.api_version} request: {e}") from None
         read_header, read_body = _request_reader(head.api_key, head.api_version)
         try:
             header, used = read_header(frame, 0)

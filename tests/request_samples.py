@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime
 import io
+import re
+import struct
 import uuid
-from dataclasses import MISSING, Field, fields
+from dataclasses import MISSING, Field, dataclass, fields
 from functools import cache
 from typing import Any
 
@@ -159,3 +161,161 @@ def _samples(topic: str) -> tuple[tuple[int, int, bytes], ...]:
 def sample_requests(topic: str = SAMPLE_TOPIC) -> list[tuple[int, int, bytes]]:
     """(api_key, version, header+body) for every advertised API version kio has a schema for, two variants each."""
     return list(_samples(topic))
+
+
+# --------------------------------------------------------------------------- length positions
+
+
+@dataclass(frozen=True)
+class LengthPosition:
+    """Where a length sits in a sample frame: byte offset, encoded width, encoding and what it counts.
+
+    Found by walking the frame with kio's schema classes directly (independently of
+    brokers/codec/request_check.py, so that a mistake there cannot hide a position here).
+    """
+
+    offset: int
+    width: int  # encoded bytes of the length as written
+    encoding: str  # "int16", "int32" or "uvarint"
+    what: str  # "array", "string", "bytes", "tag-count", "tag-size"
+    nullable: bool
+    path: str  # e.g. "topics[0].partitions"
+
+    @property
+    def schema_path(self) -> str:
+        """The path with element indices removed: one name per position of the schema."""
+        return re.sub(r"\[\d+\]", "[]", self.path)
+
+
+def mutations(pos: LengthPosition) -> list[tuple[str, bytes]]:
+    """Hostile values for one position: a huge length, a negative one, and null where null is not allowed."""
+    if pos.encoding == "int16":
+        out = [("0x7fff", struct.pack(">h", 0x7FFF)), ("-2", struct.pack(">h", -2))]
+        if not pos.nullable:
+            out.append(("null", struct.pack(">h", -1)))
+    elif pos.encoding == "int32":
+        out = [("0x7fffffff", struct.pack(">i", 0x7FFFFFFF)), ("-2", struct.pack(">i", -2))]
+        if not pos.nullable:
+            out.append(("null", struct.pack(">i", -1)))
+    else:
+        out = [("ffffffff0f", b"\xff\xff\xff\xff\x0f")]
+        if not pos.nullable and pos.what in ("array", "string", "bytes"):
+            out.append(("null", b"\x00"))
+    return out
+
+
+def mutate(frame: bytes, pos: LengthPosition, value: bytes) -> bytes:
+    """``frame`` with the length at ``pos`` replaced by the encoded ``value`` (which may differ in width)."""
+    return frame[: pos.offset] + value + frame[pos.offset + pos.width :]
+
+
+def length_positions(api_key: int, version: int, frame: bytes) -> list[LengthPosition]:
+    """Every length in a valid frame (header and body), in frame order."""
+    cls: Any = load_request_schema(api_key, version)
+    out: list[LengthPosition] = []
+    pos = _walk_entity(cls.__header_schema__, frame, 0, "header", out, nullable=False)
+    end = _walk_entity(cls, frame, pos, "", out, nullable=False)
+    if end != len(frame):
+        raise ValueError(f"walked {end} of {len(frame)} bytes")
+    return out
+
+
+_FIXED_WIDTH = {
+    "bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "error_code": 2, "int32": 4, "uint32": 4,
+    "timedelta_i32": 4, "int64": 8, "uint64": 8, "float64": 8, "timedelta_i64": 8, "datetime_i64": 8, "uuid": 16,
+}  # fmt: skip
+
+
+def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _walk_primitive(
+    kafka_type: str, flexible: bool, nullable: bool, buf: bytes, pos: int, path: str, out: list[LengthPosition],
+    legacy_string: bool = False,
+) -> int:  # fmt: skip
+    if kafka_type in _FIXED_WIDTH:
+        return pos + _FIXED_WIDTH[kafka_type]
+    what = "string" if kafka_type == "string" else "bytes"
+    if flexible and not legacy_string:
+        n, p = _read_uvarint(buf, pos)
+        out.append(LengthPosition(pos, p - pos, "uvarint", what, nullable, path))
+        return p + max(n - 1, 0)
+    fmt = ">h" if kafka_type == "string" else ">i"
+    length: int = struct.unpack_from(fmt, buf, pos)[0]
+    width = struct.calcsize(fmt)
+    out.append(LengthPosition(pos, width, "int16" if width == 2 else "int32", what, nullable, path))
+    return pos + width + max(length, 0)
+
+
+def _walk_field(
+    field: Field[Any], flexible: bool, header: bool, buf: bytes, pos: int, path: str, out: list[LengthPosition]
+) -> int:
+    tagged = get_field_tag(field) is not None
+    if header and field.name == "client_id":
+        return _walk_primitive("string", flexible, True, buf, pos, path, out, legacy_string=True)
+    kind = classify_field(field)
+    if isinstance(kind, PrimitiveField):
+        kafka_type = get_schema_field_type(field)
+        return _walk_primitive(kafka_type, flexible, is_optional(field) and not tagged, buf, pos, path, out)
+    if isinstance(kind, EntityField):
+        return _walk_entity(kind.type_, buf, pos, path, out, nullable=is_optional(field))
+    # arrays
+    if flexible:
+        n, p = _read_uvarint(buf, pos)
+        out.append(LengthPosition(pos, p - pos, "uvarint", "array", is_optional(field), path))
+        n -= 1
+    else:
+        (n,) = struct.unpack_from(">i", buf, pos)
+        p = pos + 4
+        out.append(LengthPosition(pos, 4, "int32", "array", is_optional(field), path))
+    for i in range(max(n, 0)):
+        item = f"{path}[{i}]"
+        if isinstance(kind, EntityTupleField):
+            p = _walk_entity(kind.type_, buf, p, item, out, nullable=False)
+        else:
+            p = _walk_primitive(get_schema_field_type(field), flexible, False, buf, p, item, out)
+    return p
+
+
+def _walk_entity(cls: type[Any], buf: bytes, pos: int, path: str, out: list[LengthPosition], nullable: bool) -> int:
+    if nullable:
+        marker = buf[pos]
+        pos += 1
+        if marker == 0xFF:
+            return pos
+    flexible = bool(cls.__flexible__)
+    header = cls.__name__ == "RequestHeader"
+    tagged: dict[int, Field[Any]] = {}
+    for field in fields(cls):
+        tag = get_field_tag(field)
+        if tag is not None:
+            tagged[int(tag)] = field
+            continue
+        pos = _walk_field(field, flexible, header, buf, pos, _join(path, field.name), out)
+    if not flexible:
+        return pos
+    count, p = _read_uvarint(buf, pos)
+    out.append(LengthPosition(pos, p - pos, "uvarint", "tag-count", True, _join(path, "<tagged fields>")))
+    pos = p
+    for _ in range(count):
+        wire_tag, pos = _read_uvarint(buf, pos)
+        size, p = _read_uvarint(buf, pos)
+        name = _join(path, tagged[wire_tag].name)
+        out.append(LengthPosition(pos, p - pos, "uvarint", "tag-size", True, name))
+        end = _walk_field(tagged[wire_tag], flexible, header, buf, p, name, out)
+        if end != p + size:
+            raise ValueError(f"tagged field {name} is {end - p} bytes, declared {size}")
+        pos = end
+    return pos
