@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from metadata.disk_reserve import refusing
 from storage.offload.offloader import OffloadStats
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ class BrokerFigures:
     high_water_bytes: int = -1
     """``offload.bookie.high.water.bytes`` (-1: off; it is also off when offload is)."""
     stats: OffloadStats = field(default_factory=OffloadStats)
+    disk_refusing: tuple[str, ...] = ()
+    """Data directories of this process refusing writes for a full or failing disk (journal, metadata)."""
+    tiered_read_failures: int = 0
+    """Segment reads that ended in KAFKA_STORAGE_ERROR for the client (object store down or damaged data)."""
 
     @property
     def backlog_ledgers(self) -> int:
@@ -98,10 +103,13 @@ def collect(broker: Broker) -> BrokerFigures:
             )
         )
     parts.sort(key=lambda p: (p.topic, p.partition))
+    disk = tuple(sorted(refusing()))
     if tiering is None:
-        return BrokerFigures(broker.config.node_id, partitions=tuple(parts))
+        return BrokerFigures(broker.config.node_id, partitions=tuple(parts), disk_refusing=disk)
     return BrokerFigures(
         broker.config.node_id,
+        disk_refusing=disk,
+        tiered_read_failures=tiering.read_failures.count,
         tiering=True,
         offload_enabled=tiering.offload,
         partitions=tuple(parts),
@@ -204,6 +212,17 @@ def render_prometheus(figures: BrokerFigures) -> str:
         ("tidelog_offload_orphans_deleted_total", stats.orphans_deleted, "Orphan segment objects deleted by GC."),
     ):
         lines += family(name, "counter", help_text, [((), value)])
+    lines += family(
+        "tidelog_storage_disk_full", "gauge",
+        "1 while a data directory of this process refuses writes for a full or failing disk (produce gets "
+        "KAFKA_STORAGE_ERROR; deletes still work).",
+        [((), int(bool(figures.disk_refusing)))],
+    )  # fmt: skip
+    lines += family(
+        "tidelog_tiered_read_failures_total", "counter",
+        "Reads of offloaded data that failed for the client with KAFKA_STORAGE_ERROR (object store down).",
+        [((), figures.tiered_read_failures)],
+    )  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,11 @@ written to ``<dir>/snapshot`` (atomically) and the log is emptied. Opening loads
 log (dropping a torn tail left by a crash) and then deletes every key that was bound to a lease: leases
 live only as long as the process that granted them, so after a restart they have all expired.
 
+Disk full: the store keeps a reserve file (``<dir>/reserve``, metadata/disk_reserve.py). A log append that
+fails for want of space releases it and is tried once more, so deletes (of topics, ledgers, segments) still
+commit on a full disk and free space elsewhere; the reserve is written again, at most once a second on a
+later write, once the disk has room. One log line when the reserve goes, one when it is back.
+
 Watches are served from memory: live changes are pushed to each watch, and the last ``history_size``
 events are kept so a watch can start from a recent revision (older ones raise RevisionCompacted).
 """
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Sequence
@@ -40,12 +46,14 @@ from metadata.api import (
     Versioned,
 )
 from metadata.dirlock import DirectoryLocked, lock_directory
+from metadata.disk_reserve import DEFAULT_RESERVE_BYTES, DiskReserve, is_no_space, report_refusing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_HISTORY_SIZE = 10_000
 DEFAULT_COMPACT_BYTES = 8 * 1024 * 1024
+RESERVE_PROBE_S = 1.0  # how often a write tries to put the released reserve back
 WATCH_BUFFER = 1024  # revisions queued per watch before it falls back to catching up from history
 
 
@@ -171,8 +179,11 @@ class EmbeddedWatch:
 class EmbeddedMetadataStore:
     """MetadataStore for a single process. Create with ``await EmbeddedMetadataStore.open(path)``."""
 
-    def __init__(self, directory: Path | None, history_size: int, compact_bytes: int) -> None:
+    def __init__(self, directory: Path | None, history_size: int, compact_bytes: int, reserve_bytes: int) -> None:
         self._dir = directory
+        self._reserve = None if directory is None else DiskReserve(directory / "reserve", reserve_bytes)
+        self._reserve_out = False  # released for a full disk and not yet written again
+        self._reserve_probe_at = 0.0
         self._history_size = history_size
         self._compact_bytes = compact_bytes
         self._data: dict[str, Versioned] = {}
@@ -197,6 +208,7 @@ class EmbeddedMetadataStore:
         *,
         history_size: int = DEFAULT_HISTORY_SIZE,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> EmbeddedMetadataStore:
         """Open (creating if needed) the store in directory ``path``; ``None`` keeps it only in memory.
 
@@ -205,7 +217,7 @@ class EmbeddedMetadataStore:
         """
         if history_size < 1:
             raise ValueError("history_size must be >= 1")
-        store = cls(None if path is None else Path(path), history_size, compact_bytes)
+        store = cls(None if path is None else Path(path), history_size, compact_bytes, reserve_bytes)
         if store._dir is None:
             return store
         try:
@@ -382,7 +394,7 @@ class EmbeddedMetadataStore:
         record = codec.Record(self._revision + 1, tuple((p.key, bytes(p.value), p.lease) for p in puts), tuple(present))
         if self._log is not None:
             try:
-                await asyncio.to_thread(self._log.append, codec.encode_record(record))
+                await asyncio.to_thread(self._append, self._log, codec.encode_record(record))
             except OSError as e:
                 raise StoreUnavailable(f"metadata log write failed: {e}") from e
         events = self._apply(record)
@@ -391,6 +403,36 @@ class EmbeddedMetadataStore:
         if self._log is not None and self._log.size > self._compact_at:
             await self._compact()
         return record.revision, present
+
+    @property
+    def disk_full(self) -> bool:
+        """Whether the reserve was given up for a full disk and is not back yet."""
+        return self._reserve_out
+
+    def _append(self, log_file: codec.LogFile, data: bytes) -> None:
+        """Blocking: append a record; on a full disk give up the reserve and try once more."""
+        reserve = self._reserve
+        try:
+            log_file.append(data)
+        except OSError as e:
+            if reserve is None or log_file.broken or not is_no_space(e) or not reserve.release():
+                raise
+            self._reserve_out = True
+            self._reserve_probe_at = time.monotonic() + RESERVE_PROBE_S
+            report_refusing(reserve.path.parent, str(e))
+            log.error("metadata store %s: disk full; reserve file released so deletes can still commit", self._dir)
+            log_file.append(data)
+            return
+        if self._reserve_out and reserve is not None and time.monotonic() >= self._reserve_probe_at:
+            self._reserve_probe_at = time.monotonic() + RESERVE_PROBE_S
+            try:
+                back = reserve.restore(margin=reserve.size)
+            except OSError:
+                back = False
+            if back:
+                self._reserve_out = False
+                report_refusing(reserve.path.parent, None)
+                log.warning("metadata store %s: disk has room again; reserve file restored", self._dir)
 
     def _apply(self, record: codec.Record) -> builtins.list[Event]:
         """Apply a durable record to memory and history (also used by replay, before _keys is built)."""
@@ -447,6 +489,13 @@ class EmbeddedMetadataStore:
         finally:
             self._loading = False
         self._log = codec.LogFile(wal, good)
+        if self._reserve is not None:
+            try:
+                self._reserve.ensure()
+            except OSError as e:  # opened on a full disk: no reserve until a write finds room for it
+                self._reserve.release()
+                self._reserve_out = True
+                log.error("metadata store %s: cannot write the reserve file (%s)", self._dir, e)
 
     async def _compact(self) -> None:
         """Snapshot the key space and empty the log (called under the write lock)."""
@@ -461,7 +510,7 @@ class EmbeddedMetadataStore:
         try:
             await asyncio.to_thread(work)
             self._compact_at = self._compact_bytes
-        except OSError:
+        except OSError as e:
             # Nothing is lost (the log still holds every record); try again after more growth.
-            log.exception("metadata snapshot failed; will retry later")
+            log.warning("metadata snapshot failed (%s); will retry after %d more bytes of log", e, self._compact_bytes)
             self._compact_at = log_file.size + self._compact_bytes

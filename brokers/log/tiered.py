@@ -7,6 +7,13 @@ version, updating its cached state) — a commit of theirs never makes the log's
 Reads go tail cache → ledger (refs not offloaded) → segments (``PartitionSegments``) for offsets below the
 first ledger not offloaded. A ledger read may fail with NoSuchLedger when the offloader deleted the ledger
 just after the read was routed to it: the read is routed again, to the segment.
+
+An object store that fails or does not answer while offloaded data is read: the segment read is retried
+with a backoff (0.1 s doubling to 1 s) for at most ``SEGMENT_READ_BOUND_S`` in all, each attempt bounded
+by what is left of it, then the fetch gets KAFKA_STORAGE_ERROR for the partition (retriable: clients fetch
+again and resume once the store answers), never an empty success. Each failed read counts in
+``ReadFailures`` (the metric ``tidelog_tiered_read_failures_total``). A stalled GET keeps going in the block
+cache after the attempt gives up (the cache shields its loads), so a later fetch picks up its result.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from storage.segment.format import CorruptSegment
 
 READ_ATTEMPTS = 3
 SCAN_BYTES = 1 << 20
+SEGMENT_READ_BOUND_S = 5.0  # well inside clients' fetch request timeouts (30 s and more)
+SEGMENT_RETRY_MIN_S = 0.1
+SEGMENT_RETRY_MAX_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,16 @@ class HeldBytes:
 
     def __init__(self) -> None:
         self.bytes = 0
+
+
+class ReadFailures:
+    """Segment reads that ended in an error for the client (object store down, slow or damaged data)."""
+
+    __slots__ = ("count", "last_error")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +82,7 @@ class Tiering:
     high_water_bytes: int = -1
     """When closed ledgers not yet offloaded hold more than this, appends are refused (retriably); -1: never."""
     held: HeldBytes = field(default_factory=HeldBytes)
+    read_failures: ReadFailures = field(default_factory=ReadFailures)
 
 
 class TieredLog:
@@ -293,6 +314,7 @@ class TieredLog:
             if segments is not None and offset < self._ledger_start(live):
                 got = await self._from_segments(segments, offset, max_bytes)
                 if got:
+                    self._read_succeeded()
                     return got
             if not live:
                 return []
@@ -303,18 +325,50 @@ class TieredLog:
         raise LogError(ErrorCode.kafka_storage_error, f"offset {offset} moved between tiers repeatedly; retry")
 
     async def _from_segments(self, segments: PartitionSegments, offset: int, max_bytes: int) -> list[memoryview]:
-        """A segment read; object store trouble becomes a retriable KAFKA_STORAGE_ERROR, and a segment that
-        retention removed meanwhile OFFSET_OUT_OF_RANGE."""
-        try:
-            return await segments.read(offset, max_bytes)
-        except ObjectNotFound:
-            start = self._state.log_start_offset
-            if offset < start:
-                raise LogError(ErrorCode.offset_out_of_range, f"offset {offset} is below the start {start}") from None
-            raise LogError(ErrorCode.kafka_storage_error, f"segment holding offset {offset} is missing") from None
-        except (ObjectStoreError, CorruptSegment) as e:
-            log.warning("%s/%d: segment read at offset %d failed: %r", self.topic_id, self.partition, offset, e)
-            raise LogError(ErrorCode.kafka_storage_error, f"object store read failed: {e}") from None
+        """A segment read, retried within ``SEGMENT_READ_BOUND_S``; object store trouble then becomes a
+        retriable KAFKA_STORAGE_ERROR, and a segment that retention removed meanwhile OFFSET_OUT_OF_RANGE."""
+        deadline = time.monotonic() + SEGMENT_READ_BOUND_S
+        backoff = SEGMENT_RETRY_MIN_S
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    return await segments.read(offset, max_bytes)
+            except ObjectNotFound:
+                start = self._state.log_start_offset
+                if offset < start:
+                    raise LogError(
+                        ErrorCode.offset_out_of_range, f"offset {offset} is below the start {start}"
+                    ) from None
+                self._read_failed(offset, "segment missing")
+                raise LogError(ErrorCode.kafka_storage_error, f"segment holding offset {offset} is missing") from None
+            except CorruptSegment as e:
+                self._read_failed(offset, repr(e))
+                raise LogError(ErrorCode.kafka_storage_error, f"segment read failed: {e}") from None
+            except (ObjectStoreError, TimeoutError) as e:
+                error = e if isinstance(e, ObjectStoreError) else f"no answer in {SEGMENT_READ_BOUND_S:.0f}s"
+                if time.monotonic() + backoff >= deadline:
+                    self._read_failed(offset, str(error))
+                    raise LogError(ErrorCode.kafka_storage_error, f"object store read failed: {error}") from None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, SEGMENT_RETRY_MAX_S)
+
+    def _read_failed(self, offset: int, error: str) -> None:
+        """Count a segment read that failed for the client; one warning when a run of failures starts."""
+        tiering = self._tiering
+        if tiering is None:
+            return
+        failures = tiering.read_failures
+        if failures.last_error is None:
+            log.warning("%s/%d: segment read at offset %d failed: %s (fetches get KAFKA_STORAGE_ERROR until the "
+                        "object store answers)", self.topic_id, self.partition, offset, error)  # fmt: skip
+        failures.count += 1
+        failures.last_error = error
+
+    def _read_succeeded(self) -> None:
+        tiering = self._tiering
+        if tiering is not None and tiering.read_failures.last_error is not None:
+            tiering.read_failures.last_error = None
+            log.warning("%s/%d: segment reads work again", self.topic_id, self.partition)
 
     async def _find_timestamp_tiers(self, timestamp: int, hw: int) -> memoryview | None:
         for _attempt in range(READ_ATTEMPTS):

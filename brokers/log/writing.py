@@ -9,7 +9,9 @@ entry is written to it again — same offsets, same bytes, in order — so their
 there. If that is impossible for now (fewer than Qa bookies alive) the waiting requests get
 NOT_ENOUGH_REPLICAS (retriable; none of them was acknowledged), the entries stay queued, and the next
 append retries after a short backoff. A fenced write means another broker took the partition over:
-NOT_LEADER_OR_FOLLOWER, never a retry.
+NOT_LEADER_OR_FOLLOWER, never a retry. When the bookies failed for want of disk (full or failing: a
+DiskError), the answer is KAFKA_STORAGE_ERROR instead of NOT_ENOUGH_REPLICAS, as Kafka answers for a log
+directory that is offline; the partition carries on by itself once the bookies take writes again.
 
 ``LedgerWriting`` is a mixin of ``PartitionLog`` (partition.py), which owns the attributes declared here.
 """
@@ -32,16 +34,22 @@ from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup
 from brokers.log.producers import ProducerTable
 from brokers.log.types import LogConfig, LogError
-from metadata.api import MetadataStore, VersionConflict
+from metadata.api import MetadataError, MetadataStore, VersionConflict
 from metadata.models import LedgerRef, PartitionState
 from storage import log_entry
-from storage.ledger.api import LedgerClient, LedgerError, LedgerFenced, LedgerWriter
+from storage.ledger.api import DiskError, LedgerClient, LedgerError, LedgerFenced, LedgerWriter
 
 log = logging.getLogger(__name__)
 
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 1.0
 UPGRADE_CHECK_S = 1.0  # how often a ledger on a smaller ensemble checks for enough live bookies
+
+
+def unavailable_code(error: BaseException | None) -> ErrorCode:
+    """The retriable error for a write the bookies could not take: KAFKA_STORAGE_ERROR when their disks are
+    full or failing (it clears once they have room), else NOT_ENOUGH_REPLICAS."""
+    return ErrorCode.kafka_storage_error if isinstance(error, DiskError) else ErrorCode.not_enough_replicas
 
 
 class LedgerWriting:
@@ -182,10 +190,10 @@ class LedgerWriting:
     async def _repair_for_append(self) -> None:
         if time.monotonic() < self._retry_at:
             raise LogError(
-                ErrorCode.not_enough_replicas, f"write-ahead tier unavailable ({self._failed!r}); retrying shortly"
+                unavailable_code(self._failed), f"write-ahead tier unavailable ({self._failed!r}); retrying shortly"
             )
         if not await self._try_repair():
-            raise LogError(ErrorCode.not_enough_replicas, f"write-ahead tier unavailable: {self._failed!r}")
+            raise LogError(unavailable_code(self._failed), f"write-ahead tier unavailable: {self._failed!r}")
 
     async def _try_repair(self) -> bool:
         """Under the lock: close the failed ledger by recovery, open the next one on live bookies and write
@@ -206,7 +214,7 @@ class LedgerWriting:
         except LogError:
             raise
         except Exception as e:
-            if not isinstance(e, LedgerError):
+            if not isinstance(e, LedgerError | MetadataError):
                 log.exception("%s/%d: ledger switch failed", self.topic_id, self.partition)
             self._give_up_for_now(e)
             return False
@@ -225,14 +233,15 @@ class LedgerWriting:
         return True
 
     def _give_up_for_now(self, error: BaseException) -> None:
-        if self._failed is None:
-            self._failed = error
+        if self._failed is None or isinstance(error, DiskError):
+            self._failed = error  # the latest cause decides the error code the waiting requests get
         first = self._backoff == RETRY_MIN_S  # the first failure since the last success: worth a warning
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, RETRY_MAX_S)
         message = f"write-ahead tier unavailable: {error}"
+        code = unavailable_code(error)
         for pending in self._inflight:
-            pending.fail(lambda: LogError(ErrorCode.not_enough_replicas, message))
+            pending.fail(lambda: LogError(code, message))
         log.log(
             logging.WARNING if first else logging.DEBUG,
             "%s/%d: cannot switch ledgers (%r); %d entries wait, retrying on appends",
@@ -322,7 +331,7 @@ class LedgerWriting:
                 with contextlib.suppress(LedgerError):
                     await prepared.close()
             if not await self._try_repair():
-                raise LogError(ErrorCode.not_enough_replicas, f"write-ahead tier unavailable: {self._failed!r}")
+                raise LogError(unavailable_code(self._failed), f"write-ahead tier unavailable: {self._failed!r}")
             return
         if prepared is not None:
             await self._start_ledger(prepared, True)
@@ -334,7 +343,7 @@ class LedgerWriting:
             )
         except LedgerError as e:
             self._give_up_for_now(e)
-            raise LogError(ErrorCode.not_enough_replicas, f"cannot open a ledger: {e}") from e
+            raise LogError(unavailable_code(e), f"cannot open a ledger: {e}") from e
         await self._start_ledger(writer, full)
 
     async def _start_ledger(self, writer: LedgerWriter, full: bool) -> None:

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metadata.dirlock import DirectoryLocked, lock_directory
+from metadata.disk_reserve import DEFAULT_RESERVE_BYTES
 from storage.bookie import checkpoint
 from storage.bookie.index import EntryLocation, Index
 from storage.bookie.journal import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_ROLL_SIZE,
     HEADER_SIZE,
+    BookieDiskError,
     FileReclaimed,
     Journal,
     JournalRecord,
@@ -101,13 +103,15 @@ class Bookie:
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         maintenance: MaintenanceConfig | None = None,
         use_checkpoint: bool = True,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> Bookie:
         """Open (creating) the bookie in ``data_dir``: load the index checkpoint and replay the journal after
         it (or, with no usable checkpoint or ``use_checkpoint=False``, the whole journal).
 
         ``bookie_id`` defaults to the id stored in the directory, or a new random one on first start; a
         different id than the stored one is refused (the directory belongs to another bookie). Raises
-        DataDirLocked if the directory is open elsewhere.
+        DataDirLocked if the directory is open elsewhere. ``reserve_bytes``: the journal's reserve file,
+        released on a full disk so that deletes still go through (storage/bookie/journal.py).
         """
         started = time.monotonic()
         path = Path(data_dir)
@@ -121,7 +125,7 @@ class Bookie:
             try:
                 bookie._journal = await Journal.open(
                     journal_dir, bookie._apply, roll_size=journal_roll_size, max_batch_bytes=max_batch_bytes,
-                    start=None if cp is None else (cp.file_no, cp.offset),
+                    start=None if cp is None else (cp.file_no, cp.offset), reserve_bytes=reserve_bytes,
                 )  # fmt: skip
             except JournalStartError as exc:
                 log.warning("bookie %s: checkpoint unusable (%s); rescanning the whole journal", resolved, exc)
@@ -129,8 +133,9 @@ class Bookie:
                 await asyncio.to_thread(checkpoint.remove, path)  # never to be trusted again
                 bookie._index = index = Index()
                 bookie._journal = await Journal.open(
-                    journal_dir, bookie._apply, roll_size=journal_roll_size, max_batch_bytes=max_batch_bytes
-                )
+                    journal_dir, bookie._apply, roll_size=journal_roll_size, max_batch_bytes=max_batch_bytes,
+                    reserve_bytes=reserve_bytes,
+                )  # fmt: skip
         except BaseException:
             os.close(lock_fd)
             raise
@@ -221,6 +226,8 @@ class Bookie:
         """Fence the ledger durably (creating its state if this bookie never saw it); returns its LAC."""
         journal = self._live_journal()
         self._check_exists(ledger_id)
+        if journal.disk_error is not None:  # refused before the ledger is marked: nothing changes
+            raise BookieDiskError(f"bookie {self._id} refuses writes for now: {journal.disk_error}")
         state = self._index.mark_fenced(ledger_id)
         if not state.fence_durable:
             await journal.append(RecordKind.FENCE, ledger_id, -1, -1, 0, b"", 0)
@@ -244,7 +251,11 @@ class Bookie:
             self._deleting.discard(ledger_id)
         maintenance = self._maintenance
         if maintenance is not None:
-            await maintenance.reclaim(inline_checkpoint=False)  # files already dead go now
+            try:
+                # files already dead go now; on a full disk inline, as freeing space is the point
+                await maintenance.reclaim(inline_checkpoint=journal.disk_error is not None)
+            except OSError as exc:  # the checkpoint could not be written: the files go on a later pass
+                log.warning("bookie %s: journal files not reclaimed yet: %s", self._id, exc)
             maintenance.kick()  # compaction, and the rest once a checkpoint covers it
 
     # --- journal upkeep -----------------------------------------------------------------------
@@ -342,7 +353,9 @@ class Bookie:
     async def health(self) -> BookieHealth:
         journal = self._journal
         stats = None if journal is None else journal.stats()
-        ok = not self._closed and stats is not None and stats.failed is None
+        # a disk that refuses writes makes the bookie read-only, as in BookKeeper: not placed in new ensembles
+        ok = not self._closed and stats is not None and stats.failed is None and stats.disk_error is None
+        error = None if stats is None else (stats.failed or stats.disk_error)
         return BookieHealth(
             self._id,
             ok,
@@ -351,7 +364,7 @@ class Bookie:
             0 if stats is None else stats.files,
             0 if stats is None else stats.pending,
             0 if stats is None else stats.fsyncs,
-            "closed" if self._closed else (None if stats is None else stats.failed),
+            "closed" if self._closed else error,
         )
 
     async def close(self) -> None:

@@ -20,6 +20,16 @@ left by a crash during an unacknowledged write: the file is truncated there. A b
 records follow is corruption, not a torn tail: it is skipped like in older files, except that a record
 whose header holds and only its payload fails its CRC is still indexed, so reads of it report the damage
 (CorruptEntry, and the reader goes to another replica) rather than claim the entry was never written.
+
+Disk full and disk errors: a write or fdatasync that fails with an OSError never acknowledges its batch
+(BookieDiskError; the ledger client reports StorageUnavailable, the broker KAFKA_STORAGE_ERROR). The file's
+state after a failed fsync is unknown (the kernel may have dropped the dirty pages and marked them clean,
+as PostgreSQL learned in 2018), so the journal cuts it back to its last synced record where it can and
+never writes to it again: the next write starts a new file. The journal then refuses entries and fences
+at once (no queue grows) and releases its reserve file (``reserve``, metadata/disk_reserve.py), so DELETE
+records — deleting a topic is how an operator frees space — still go through. About once a second the
+writer thread tries to write the reserve again; once that write and its fsync succeed, the journal takes
+writes again by itself. One log line when writes stop, one when they resume.
 """
 
 from __future__ import annotations
@@ -31,10 +41,12 @@ import os
 import queue
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from metadata.disk_reserve import DEFAULT_RESERVE_BYTES, DiskReserve, is_no_space, report_refusing
 from storage.bookie.records import (
     HEADER_SIZE,
     MAGIC,
@@ -46,11 +58,11 @@ from storage.bookie.records import (
     scan_file,
 )
 from storage.entry import BookieUnavailable, CorruptEntry, entry_crc
-from storage.ledger.api import NoSuchEntry
+from storage.ledger.api import DiskError, NoSuchEntry
 
 __all__ = [
-    "HEADER_SIZE", "MAGIC", "Apply", "FileReclaimed", "Journal", "JournalRecord", "JournalStartError",
-    "JournalStats", "RecordKind", "encode_header", "file_name", "scan_file",
+    "HEADER_SIZE", "MAGIC", "Apply", "BookieDiskError", "FileReclaimed", "Journal", "JournalRecord",
+    "JournalStartError", "JournalStats", "RecordKind", "encode_header", "file_name", "scan_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +71,8 @@ DEFAULT_ROLL_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES = 16 * 1024 * 1024
 _IOV_MAX = 1024
 _FILE_RE = re.compile(r"^journal-(\d{8})\.log$")
+PROBE_INTERVAL_S = 1.0  # how often a journal stopped by a disk error tries to write its reserve again
+RESERVE_NAME = "reserve"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,8 @@ class JournalStats:
     files: int
     pending: int
     failed: str | None
+    disk_error: str | None = None  # why writes are refused for now (disk full, I/O error); None: taking writes
+    disk_errors: int = 0  # times writes stopped for a disk error since open
 
 
 class _Pending(NamedTuple):
@@ -85,6 +101,10 @@ class _Pending(NamedTuple):
     ledger_length: int
     crc: int
     future: asyncio.Future[JournalRecord]
+
+
+class BookieDiskError(BookieUnavailable, DiskError):
+    """The bookie's disk is full or failing: the write was not made durable (and is not acknowledged)."""
 
 
 class FileReclaimed(NoSuchEntry):
@@ -126,7 +146,9 @@ def _pwritev_all(fd: int, bufs: list[bytes | memoryview], offset: int) -> int:
 class Journal:
     """An append-only, group-committed journal in one directory. Open with ``await Journal.open(...)``."""
 
-    def __init__(self, directory: Path, apply: Apply, roll_size: int, max_batch_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, apply: Apply, roll_size: int, max_batch_bytes: int, reserve_bytes: int
+    ) -> None:
         self._dir = directory
         self._apply = apply
         self._roll_size = roll_size
@@ -146,6 +168,11 @@ class Journal:
         self._applied_pos = (0, 0)
         self.replayed_bytes = 0  # journal bytes scanned at start-up
         self._records = self._bytes = self._batches = self._fsyncs = 0
+        self._reserve = DiskReserve(directory / RESERVE_NAME, reserve_bytes)
+        self._disk_error: OSError | None = None  # set by the writer thread: writes refused until a probe succeeds
+        self._disk_errors = 0
+        self._probe_at = 0.0
+        self._abandoned = False  # the current file saw a failed write or fsync: the next write starts a new one
         self._thread = threading.Thread(target=self._run, name=f"journal-writer:{directory}", daemon=True)
 
     @classmethod
@@ -157,14 +184,16 @@ class Journal:
         roll_size: int = DEFAULT_ROLL_SIZE,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         start: tuple[int, int] | None = None,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> Journal:
         """Open (creating) the journal in ``directory``, replaying its records through ``apply``: every
         record, or with ``start`` = (file, offset) only those from that position on (JournalStartError if
-        the journal does not reach it).
+        the journal does not reach it). ``reserve_bytes`` are kept in a reserve file, released when the disk
+        fills so that deletes can still be written.
 
         ``apply`` is then called on the event loop for every record once it is durable, in journal order.
         """
-        journal = cls(Path(directory), apply, roll_size, max_batch_bytes)
+        journal = cls(Path(directory), apply, roll_size, max_batch_bytes, reserve_bytes)
         try:
             await asyncio.to_thread(journal._recover, start)
         except BaseException:
@@ -201,6 +230,11 @@ class Journal:
             self._open_file(1)
         self._applied_file_no = self._file_no
         self._applied_pos = (self._file_no, self._offset)
+        try:
+            self._reserve.ensure()
+        except OSError as exc:  # a disk already full: start refusing writes, probe until it has room
+            self._reserve.release()
+            self._stop_writes(exc)
 
     @staticmethod
     def list_files(directory: Path) -> list[int]:
@@ -210,9 +244,16 @@ class Journal:
 
     def _open_file(self, file_no: int) -> None:
         path = self._dir / file_name(file_no)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size == 0:  # left by an earlier attempt that failed before any record
+                path.unlink()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        _fsync_dir(self._dir)
-        self._read_fds[file_no] = os.open(path, os.O_RDONLY)
+        try:
+            _fsync_dir(self._dir)
+            self._read_fds[file_no] = os.open(path, os.O_RDONLY)
+        except OSError:
+            os.close(fd)
+            raise
         if self._wfd >= 0:
             os.close(self._wfd)
         self._wfd, self._file_no, self._offset = fd, file_no, 0
@@ -241,6 +282,9 @@ class Journal:
             raise BookieUnavailable(f"journal failed: {self._failed!r}")
         if self._closing:
             raise BookieUnavailable("journal closed")
+        disk_error = self._disk_error
+        if disk_error is not None and kind is not RecordKind.DELETE:
+            raise BookieDiskError(f"journal {self._dir}: writes refused until the disk has room again: {disk_error}")
         self._queue.put(item)  # after a failure the writer thread fails whatever still arrives
         return future
 
@@ -248,7 +292,16 @@ class Journal:
         """The writer thread: one write and one fdatasync per batch of everything queued."""
         q = self._queue
         while True:
-            first = q.get()
+            if self._disk_error is not None and not self._aborted:
+                try:
+                    first = q.get(timeout=max(0.0, self._probe_at - time.monotonic()))
+                except queue.Empty:
+                    self._probe()
+                    continue
+                if time.monotonic() >= self._probe_at:
+                    self._probe()
+            else:
+                first = q.get()
             if first is None:
                 return
             batch = [first]
@@ -269,21 +322,85 @@ class Journal:
             elif self._failed is not None:
                 self._fail(self._failed, batch)
             else:
-                try:
-                    done = self._write(batch)
-                except BaseException as exc:
-                    log.error("journal %s failed; the bookie stops taking writes: %r", self._dir, exc)
-                    self._failed = exc
-                    self._fail(exc, batch)
-                else:
-                    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
-                        self._loop.call_soon_threadsafe(self._complete, done)
+                self._write_or_fail(batch)
             if stop:
                 return
 
+    def _write_or_fail(self, batch: list[_Pending]) -> None:
+        """Write a batch; a disk error stops writes for now (nothing of the batch is acknowledged)."""
+        disk_error = self._disk_error
+        if disk_error is not None:  # queued before writes stopped: only deletes still go through
+            refused = [p for p in batch if p.kind is not RecordKind.DELETE]
+            if refused:
+                self._fail(BookieDiskError(f"writes refused until the disk takes writes again: {disk_error}"), refused)
+                batch = [p for p in batch if p.kind is RecordKind.DELETE]
+            if not batch:
+                return
+        try:
+            done = self._write(batch)
+        except OSError as exc:
+            self._abandon_file()
+            self._stop_writes(exc)
+            self._fail(BookieDiskError(f"journal {self._dir}: {exc}"), batch)
+        except BaseException as exc:
+            log.error("journal %s failed; the bookie stops taking writes: %r", self._dir, exc)
+            self._failed = exc
+            self._fail(exc, batch)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
+                self._loop.call_soon_threadsafe(self._complete, done)
+
+    def _abandon_file(self) -> None:
+        """After a failed write or fsync: cut the file back to its last synced record if possible, and
+        never write to it again (its unsynced pages may be lost whatever a later fsync says)."""
+        if self._wfd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._wfd, self._offset)
+            os.fsync(self._wfd)
+        with contextlib.suppress(OSError):
+            os.close(self._wfd)
+        self._wfd = -1
+        self._abandoned = True
+
+    def _stop_writes(self, exc: OSError) -> None:
+        """Refuse writes (deletes excepted) until ``_probe`` finds the disk writable; one log line."""
+        self._disk_errors += 1
+        self._probe_at = time.monotonic() + PROBE_INTERVAL_S
+        released = self._reserve.release() if is_no_space(exc) else False
+        if self._disk_error is None:
+            log.error(
+                "journal %s: %s; refusing writes until the disk takes writes again%s",
+                self._dir, exc, " (reserve released for deletes)" if released else "",
+            )  # fmt: skip
+        self._disk_error = exc
+        report_refusing(self._dir, str(exc))
+
+    def _probe(self) -> None:
+        """While writes are refused: write the reserve again; once that works, take writes again."""
+        if self._disk_error is None:
+            return
+        self._probe_at = time.monotonic() + PROBE_INTERVAL_S
+        try:
+            if is_no_space(self._disk_error):
+                ok = self._reserve.restore(margin=self._reserve.size)
+            else:  # an I/O error: the reserve is still there, so test a real write and fsync
+                self._reserve.probe()
+                ok = True
+        except OSError as exc:
+            log.debug("journal %s: disk still refuses writes: %s", self._dir, exc)
+            ok = False
+            if is_no_space(exc):
+                self._reserve.release()
+        if ok:
+            log.warning("journal %s: the disk takes writes again; taking writes", self._dir)
+            self._disk_error = None
+            report_refusing(self._dir, None)
+
     def _write(self, batch: list[_Pending]) -> list[tuple[JournalRecord, asyncio.Future[JournalRecord]]]:
-        if self._offset >= self._roll_size:
+        if self._offset >= self._roll_size or self._abandoned or self._wfd < 0:
             self._open_file(self._file_no + 1)
+            self._abandoned = False
         file_no, start = self._file_no, self._offset
         pos = start
         bufs: list[bytes | memoryview] = []
@@ -308,7 +425,7 @@ class Journal:
         return done
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
-        error = BookieUnavailable(f"journal write failed: {exc!r}")
+        error = exc if isinstance(exc, BookieDiskError) else BookieUnavailable(f"journal write failed: {exc!r}")
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._fail_futures, batch, error)
 
@@ -316,7 +433,7 @@ class Journal:
     def _fail_futures(items: list[_Pending], error: BookieUnavailable) -> None:
         for item in items:
             if not item.future.done():
-                item.future.set_exception(BookieUnavailable(str(error)))
+                item.future.set_exception(type(error)(str(error)))
 
     def _complete(self, done: list[tuple[JournalRecord, asyncio.Future[JournalRecord]]]) -> None:
         apply = self._apply
@@ -410,7 +527,13 @@ class Journal:
         return JournalStats(
             self._records, self._bytes, self._batches, self._fsyncs, len(self._read_fds), pending,
             None if self._failed is None else repr(self._failed),
+            None if self._disk_error is None else str(self._disk_error), self._disk_errors,
         )
+
+    @property
+    def disk_error(self) -> OSError | None:
+        """Why writes (other than deletes) are refused for now; None while the journal takes writes."""
+        return self._disk_error
 
     @property
     def failed(self) -> bool:
@@ -436,6 +559,7 @@ class Journal:
         self._close_fds()
 
     def _close_fds(self) -> None:
+        report_refusing(self._dir, None)
         if self._wfd >= 0:
             os.close(self._wfd)
             self._wfd = -1

@@ -24,6 +24,7 @@ from pathlib import Path
 from storage.bookie import checkpoint
 from storage.bookie.index import Index, LiveRecord
 from storage.bookie.journal import Journal, JournalRecord, RecordKind
+from storage.ledger.api import DiskError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ class Maintenance:
             await self.reclaim(inline_checkpoint=True)
         except asyncio.CancelledError:
             raise
+        except (OSError, DiskError) as exc:  # disk full or failing: the journal logs the state change
+            log.debug("bookie %s: journal maintenance postponed: %s", self._id, exc)
+            self._next_allowed = time.monotonic() + 1.0
+            self._retry_later()
         except Exception:
             log.exception("bookie %s: journal maintenance failed", self._id)
 
@@ -194,6 +199,8 @@ class Maintenance:
     async def compact(self) -> list[int]:
         """Copy the live records of sparse files forward; returns the files emptied (reclaimed later)."""
         emptied: list[int] = []
+        if self._journal.disk_error is not None:
+            return emptied  # copying needs space the disk does not have; deletes and reclaiming still work
         async with self._work_lock:
             copied = 0
             for file_no in self.candidates():
@@ -224,18 +231,29 @@ class Maintenance:
                 log.warning("bookie %s: cannot compact journal file %d: %s", self._id, file_no, error)
                 await asyncio.gather(*futures, return_exceptions=True)
                 return None
-            for rec, loc, payload in zip(chunk, locs, payloads, strict=True):
-                if self._index.is_deleted(rec.ledger_id):
-                    continue
-                futures.append(
-                    journal.append(
-                        RecordKind.ENTRY, rec.ledger_id, rec.entry_id, loc.lac, loc.ledger_length, payload, loc.crc
+            try:
+                for rec, loc, payload in zip(chunk, locs, payloads, strict=True):
+                    if self._index.is_deleted(rec.ledger_id):
+                        continue
+                    futures.append(
+                        journal.append(
+                            RecordKind.ENTRY, rec.ledger_id, rec.entry_id, loc.lac, loc.ledger_length, payload, loc.crc
+                        )
                     )
-                )
-                copied += loc.size
-        others = (r for r in records if r.kind is not RecordKind.ENTRY)
-        futures.extend(journal.append(r.kind, r.ledger_id, -1, -1, 0, b"", 0) for r in others)
-        await asyncio.gather(*futures)
+                    copied += loc.size
+            except DiskError:
+                await asyncio.gather(*futures, return_exceptions=True)
+                raise
+        others = [r for r in records if r.kind is not RecordKind.ENTRY]
+        try:
+            futures.extend(journal.append(r.kind, r.ledger_id, -1, -1, 0, b"", 0) for r in others)
+        except DiskError:
+            await asyncio.gather(*futures, return_exceptions=True)
+            raise
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return copied
 
     # --- shutdown -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from storage.bookie import wire
 from storage.bookie.bookie import Bookie
 from storage.bookie.journal import JournalRecord
 from storage.entry import BookieUnavailable, CorruptEntry, StoredEntry, entry_crc
-from storage.ledger.api import LedgerFenced, NoSuchEntry, NoSuchLedger
+from storage.ledger.api import DiskError, LedgerFenced, NoSuchEntry, NoSuchLedger
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def error_code(exc: BaseException) -> wire.Code:
         return wire.Code.NO_SUCH_LEDGER
     if isinstance(exc, CorruptEntry):
         return wire.Code.CORRUPT
+    if isinstance(exc, DiskError):
+        return wire.Code.DISK
     if isinstance(exc, BookieUnavailable):
         return wire.Code.UNAVAILABLE
     if isinstance(exc, ValueError):

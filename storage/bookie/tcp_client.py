@@ -26,6 +26,7 @@ from typing import Any
 
 from storage.bookie import wire
 from storage.bookie.bookie import BookieHealth
+from storage.bookie.journal import BookieDiskError
 from storage.entry import BookieUnavailable, CorruptEntry, StoredEntry, entry_crc
 from storage.ledger.api import LedgerError, LedgerFenced, NoSuchEntry, NoSuchLedger
 
@@ -49,6 +50,8 @@ def wire_error(code: wire.Code, message: str) -> LedgerError:
         return NoSuchLedger(message)
     if code is wire.Code.CORRUPT:
         return CorruptEntry(message)
+    if code is wire.Code.DISK:
+        return BookieDiskError(f"{code.name}: {message}")
     return BookieUnavailable(f"{code.name}: {message}")
 
 

@@ -64,6 +64,7 @@ class Code(IntEnum):
     BAD_REQUEST = 6  # the request was well framed but its fields make no sense
     UNSUPPORTED_VERSION = 7  # the message names the server's version
     INTERNAL = 8  # anything else went wrong on the bookie
+    DISK = 9  # the bookie's disk is full or failing: nothing was written; clears once it takes writes again
 
 
 FLAG_RECOVERY = 0x01

@@ -30,6 +30,16 @@ class NotEnoughBookies(LedgerError):
     """Fewer than the ack quorum of bookies are reachable (retriable on a new ledger)."""
 
 
+class DiskError(LedgerError):
+    """A bookie's disk is full or failing: it could not make a write durable (nothing was acknowledged).
+
+    It clears by itself once the disk takes writes again; the broker reports KAFKA_STORAGE_ERROR."""
+
+
+class StorageUnavailable(NotEnoughBookies, DiskError):
+    """Fewer than the ack quorum of bookies took a write because their disks are full or failing."""
+
+
 class NoSuchLedger(LedgerError):
     """The ledger does not exist (never created, or deleted)."""
 

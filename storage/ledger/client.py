@@ -31,6 +31,7 @@ from metadata.models import decode_int, encode_int
 from storage.bookie.protocol import BookieClient
 from storage.entry import BookieUnavailable, CorruptEntry, StoredEntry, entry_crc
 from storage.ledger.api import (
+    DiskError,
     LedgerClosed,
     LedgerError,
     LedgerFenced,
@@ -39,6 +40,7 @@ from storage.ledger.api import (
     NoSuchEntry,
     NoSuchLedger,
     NotEnoughBookies,
+    StorageUnavailable,
 )
 from storage.ledger.info import decode_ledger_info, encode_ledger_info
 from storage.ledger.placement import DEFAULT_RACK, LeastLoadedPlacement, PlacementPolicy, check_quorums
@@ -157,9 +159,10 @@ class QuorumLedgerWriter:
     def _on_failure(self, add: _Add, exc: BaseException) -> None:
         add.failures += 1
         if not add.quorum and not add.failed and self._qw - add.failures < self._qa:
+            kind = StorageUnavailable if isinstance(exc, DiskError) else NotEnoughBookies
             self._fail_from(
                 add.entry_id,
-                NotEnoughBookies(
+                kind(
                     f"ledger {self.ledger_id} entry {add.entry_id}: fewer than {self._qa} bookies took it "
                     f"(last error: {exc!r})"
                 ),

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 
 from storage.bookie.protocol import BookieClient
 from storage.entry import BookieUnavailable, CorruptEntry, StoredEntry, entry_crc
-from storage.ledger.api import LedgerError, LedgerInfo, NoSuchEntry, NoSuchLedger, NotEnoughBookies
+from storage.ledger.api import (
+    DiskError,
+    LedgerError,
+    LedgerInfo,
+    NoSuchEntry,
+    NoSuchLedger,
+    NotEnoughBookies,
+    StorageUnavailable,
+)
 from storage.ledger.placement import covers, write_set
 
 Resolve = Callable[[str], BookieClient | None]
@@ -99,7 +107,8 @@ async def fence_ensemble(info: LedgerInfo, resolve: Resolve) -> int:
         responded.add(pos)
         lac = max(lac, result)
     if not covers(responded, len(info.ensemble), info.write_quorum, info.ack_quorum):
-        raise NotEnoughBookies(
+        disk = any(isinstance(r, DiskError) for r in results)
+        raise (StorageUnavailable if disk else NotEnoughBookies)(
             f"ledger {info.ledger_id}: fencing reached too few bookies to cover every ack quorum: {errors}"
         )
     return lac

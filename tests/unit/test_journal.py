@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from storage.bookie import journal as journal_module
 from storage.bookie.bookie import Bookie
-from storage.bookie.journal import HEADER_SIZE, Journal, JournalRecord, RecordKind, file_name
+from storage.bookie.journal import HEADER_SIZE, BookieDiskError, Journal, JournalRecord, RecordKind, file_name
 from storage.entry import BookieUnavailable, CorruptEntry, entry_crc
 from storage.ledger.api import LedgerFenced, NoSuchEntry, NoSuchLedger
 
@@ -281,22 +282,99 @@ def test_every_acked_entry_survives_kill_9(tmp_path: Path) -> None:
     asyncio.run(check())
 
 
+async def _resume(bookie: Bookie, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the writer's next probe run now and wait (bounded) until the journal takes writes again."""
+    monkeypatch.setattr(journal_module, "PROBE_INTERVAL_S", 0.05)
+    bookie.journal._probe_at = 0.0
+    await bookie.delete_ledger(999)  # deletes still go through; it also wakes the writer thread
+    for _ in range(200):
+        if bookie.journal.disk_error is None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the journal did not take writes again")
+
+
 @pytest.mark.asyncio
-async def test_a_failed_fsync_stops_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bookie = await Bookie.open(tmp_path)
+async def test_a_failed_fsync_refuses_writes_then_resumes_in_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed fsync is never acknowledged; the file it hit is not written again (its state is unknown):
+    writes are refused until a probe write succeeds, then go to a new journal file."""
+    monkeypatch.setattr(journal_module, "PROBE_INTERVAL_S", 3600.0)
+    bookie = await Bookie.open(tmp_path, reserve_bytes=64 * 1024)
     await bookie.add_entry(1, 0, -1, b"before")
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+    broken = {"on": True}
 
-    def broken(fd: int) -> None:
-        raise OSError(5, "Input/output error")
+    def fdatasync(fd: int) -> None:
+        if broken["on"]:
+            raise OSError(5, "Input/output error")
+        real_fdatasync(fd)
 
-    monkeypatch.setattr(os, "fdatasync", broken)
-    with pytest.raises(BookieUnavailable):
+    def fsync(fd: int) -> None:
+        if broken["on"]:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(BookieDiskError):
         await bookie.add_entry(1, 1, 0, b"lost")
-    with pytest.raises(BookieUnavailable):
+    with pytest.raises(BookieDiskError):
         await bookie.add_entry(1, 2, 0, b"refused at once")
     health = await bookie.health()
     assert not health.ok and health.error is not None
     assert (await bookie.read_entry(1, 0)).payload == b"before"
     with pytest.raises(NoSuchEntry):
         await bookie.read_entry(1, 1)
+    broken["on"] = False
+    await _resume(bookie, monkeypatch)
+    assert (await bookie.health()).ok
+    await bookie.add_entry(1, 1, 0, b"after")
+    assert bookie.journal.current_file_no == 2  # a new file, not the one the failed fsync hit
+    await bookie.close()
+    bookie = await Bookie.open(tmp_path)
+    assert [(await bookie.read_entry(1, e)).payload for e in (0, 1)] == [b"before", b"after"]
+    await bookie.close()
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_releases_the_reserve_and_deletes_still_go_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "PROBE_INTERVAL_S", 3600.0)
+    bookie = await Bookie.open(tmp_path, reserve_bytes=64 * 1024)
+    reserve = tmp_path / "journal" / "reserve"
+    assert reserve.stat().st_size == 64 * 1024
+    await bookie.add_entry(1, 0, -1, b"to be deleted")
+    await bookie.add_entry(2, 0, -1, b"kept")
+    real_pwritev = os.pwritev
+    full = {"left": 1}
+
+    def pwritev(fd: int, bufs: list[bytes], offset: int) -> int:
+        if full["left"]:
+            full["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwritev(fd, bufs, offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    with pytest.raises(BookieDiskError):
+        await bookie.add_entry(2, 1, 0, b"not acked")
+    assert not reserve.exists(), "the reserve is released for deletes"
+    with pytest.raises(BookieDiskError):
+        await bookie.add_entry(2, 1, 0, b"refused at once")
+    with pytest.raises(BookieDiskError):
+        await bookie.fence(2)
+    await bookie.delete_ledger(1)  # written with the reserve's space
+    with pytest.raises(NoSuchLedger):
+        await bookie.read_entry(1, 0)
+    assert bookie.journal.stats().disk_error is not None
+    await _resume(bookie, monkeypatch)
+    assert reserve.stat().st_size == 64 * 1024, "the reserve is back before writes resume"
+    await bookie.add_entry(2, 1, 0, b"after")
+    await bookie.close()
+    bookie = await Bookie.open(tmp_path)
+    assert [(await bookie.read_entry(2, e)).payload for e in (0, 1)] == [b"kept", b"after"]
+    with pytest.raises(NoSuchLedger):
+        await bookie.read_entry(1, 0)
     await bookie.close()

@@ -215,7 +215,7 @@ async def test_a_lagging_watch_catches_up_from_history(monkeypatch: pytest.Monke
 
 @pytest.mark.asyncio
 async def test_a_failed_log_write_applies_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = await EmbeddedMetadataStore.open(tmp_path)
+    store = await EmbeddedMetadataStore.open(tmp_path, reserve_bytes=0)  # no reserve to fall back on
     await store.put("/k/a", b"1")
     real_fdatasync = os.fdatasync
     calls = {"n": 0}
@@ -318,3 +318,35 @@ async def test_every_acknowledged_write_survives_kill_9(tmp_path: Path) -> None:
         start = max(acked) + 10
         await store.close()
     assert (tmp_path / "snapshot").exists()  # the kills also hit a store that had compacted
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_releases_the_reserve_so_the_write_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the log: the reserve file goes, the write is tried once more and commits (a delete on a
+    full disk must get through); the reserve comes back on a later write once there is room."""
+    monkeypatch.setattr(embedded, "RESERVE_PROBE_S", 0.0)
+    store = await EmbeddedMetadataStore.open(tmp_path, reserve_bytes=64 * 1024)
+    reserve = tmp_path / "reserve"
+    assert reserve.stat().st_size == 64 * 1024
+    await store.put("/k/a", b"1")
+    real_fdatasync = os.fdatasync
+    calls = {"n": 0}
+
+    def full_once(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", full_once)
+    assert await store.delete("/k/a")
+    assert not reserve.exists() and store.disk_full
+    assert "/k/a" not in [i.key for i in await store.list("/k/")]
+    await store.put("/k/b", b"2")  # room again: the reserve is written back
+    assert reserve.stat().st_size == 64 * 1024 and not store.disk_full
+    await store.close()
+    store = await EmbeddedMetadataStore.open(tmp_path)
+    assert [i.key for i in await store.list("/k/")] == ["/k/b"]
+    await store.close()

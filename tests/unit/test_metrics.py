@@ -91,6 +91,7 @@ def test_every_line_is_in_the_text_format_and_every_family_is_typed() -> None:
         "tidelog_broker_offload_failing_partitions", "tidelog_offload_bookie_high_water_bytes",
         "tidelog_offload_segments_total", "tidelog_offload_bytes_total", "tidelog_offload_retries_total",
         "tidelog_offload_reuploads_total", "tidelog_offload_orphans_deleted_total",
+        "tidelog_storage_disk_full", "tidelog_tiered_read_failures_total",
     }  # fmt: skip
     assert set(families) == expected
     for name, (_kind, samples) in families.items():
@@ -173,3 +174,11 @@ def test_offload_status_json_per_partition_and_totals() -> None:
     assert [(p["topic"], p["partition"]) for p in only["partitions"]] == [(ODD, 0)]
     assert only["totals"] == status["totals"]  # totals stay broker-wide
     assert offload_status(FIGURES, topic="absent")["partitions"] == []
+
+
+def test_disk_full_and_tiered_read_failures_are_exposed() -> None:
+    figures = BrokerFigures(0, disk_refusing=("/data/bookie/journal",), tiered_read_failures=3)
+    families = parse(render_prometheus(figures))
+    assert families["tidelog_storage_disk_full"] == ("gauge", [({}, 1.0)])
+    assert families["tidelog_tiered_read_failures_total"] == ("counter", [({}, 3.0)])
+    assert parse(render_prometheus(BrokerFigures(0)))["tidelog_storage_disk_full"] == ("gauge", [({}, 0.0)])
