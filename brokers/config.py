@@ -171,6 +171,15 @@ class BrokerConfig:
     offload_gc_interval_ms: int = field(
         default=600_000, metadata={"key": "offload.gc.interval.ms", "parse": _positive}
     )
+    # Disk full (storage/bookie/journal.py, metadata/disk_reserve.py): the in-process bookie's journal file
+    # size (a file is reclaimed whole once nothing in it is live) and the reserve file kept by the journal and
+    # by the embedded metadata store, released on a full disk so that deletes still go through.
+    bookie_journal_roll_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"key": "bookie.journal.roll.bytes", "parse": _positive}
+    )
+    disk_reserve_bytes: int = field(
+        default=4 * 1024 * 1024, metadata={"key": "disk.reserve.bytes", "parse": _non_negative}
+    )
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
 
     @property

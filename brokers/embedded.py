@@ -79,7 +79,11 @@ class _Bookies:
     async def start(self) -> None:
         config = self._config
         if not config.bookies:
-            self._bookie = await Bookie.open(self._data_dir / "bookie")
+            self._bookie = await Bookie.open(
+                self._data_dir / "bookie",
+                journal_roll_size=config.bookie_journal_roll_bytes,
+                reserve_bytes=config.disk_reserve_bytes,
+            )
             self.ledgers.add_bookie(LocalBookieClient(self._bookie))
             return
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
@@ -126,7 +130,7 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    store = await EmbeddedMetadataStore.open(data_dir / "metadata")
+    store = await EmbeddedMetadataStore.open(data_dir / "metadata", reserve_bytes=config.disk_reserve_bytes)
     try:
         objects = open_object_store(config.object_store or str(data_dir / "objects"))
     except ValueError as e:
