@@ -236,6 +236,7 @@ def main() -> None:
     ap.add_argument("--max-records", type=int, default=3_000_000, help="per produce phase")
     ap.add_argument("--linger-ms", type=int, default=5, help="full-load producer linger.ms")
     ap.add_argument("--batch-size", type=int, default=1_000_000, help="full-load producer batch.size (bytes)")
+    ap.add_argument("--compression", default="none", help="full-load producer compression.type (default none)")
     ap.add_argument("--idle-seconds", type=float, default=5.0, help="idle pause after the full load")
     ap.add_argument("--rate-fraction", type=float, default=0.25)
     ap.add_argument("--rate", type=float, default=None, help="fixed-rate records/s (overrides --rate-fraction)")
@@ -286,7 +287,7 @@ def main() -> None:
                 "batch.num.messages": 100_000,
                 "queue.buffering.max.messages": 200_000,
                 "queue.buffering.max.kbytes": 256 * 1024,
-                "compression.type": "none",
+                "compression.type": args.compression,
             },
         )
         # Broker CPU with no client traffic right after the full load: background work (ledger

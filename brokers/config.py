@@ -47,6 +47,13 @@ def _placement(v: str) -> str:
     return name
 
 
+def _timestamp_type(v: str) -> str:
+    name = v.strip()
+    if name not in ("CreateTime", "LogAppendTime"):
+        raise ValueError(f"{v!r} is not CreateTime or LogAppendTime")
+    return name
+
+
 MAX_LEDGER_BYTES = 4 * 1024**3
 """A ledger becomes one segment object, built in memory by the offloader and created on S3 by one
 conditional PUT (at most 5 GiB) or, from 128 MiB, a multipart upload and one conditional server-side copy."""
@@ -179,6 +186,16 @@ class BrokerConfig:
     )
     disk_reserve_bytes: int = field(
         default=4 * 1024 * 1024, metadata={"key": "disk.reserve.bytes", "parse": _non_negative}
+    )
+    # Produce batch validation (brokers/codec/validate.py): defaults of the topic configs message.timestamp.*.
+    log_message_timestamp_type: str = field(
+        default="CreateTime", metadata={"key": "log.message.timestamp.type", "parse": _timestamp_type}
+    )
+    log_message_timestamp_before_max_ms: int = field(
+        default=2**63 - 1, metadata={"key": "log.message.timestamp.before.max.ms", "parse": _non_negative}
+    )
+    log_message_timestamp_after_max_ms: int = field(
+        default=2**63 - 1, metadata={"key": "log.message.timestamp.after.max.ms", "parse": _non_negative}
     )
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
 

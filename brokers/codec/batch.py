@@ -9,7 +9,7 @@ baseSequence i32 @53, recordsCount i32 @57, records @61.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import crc32c
 
@@ -138,3 +138,22 @@ def assign_offsets(
         _EPOCH.pack_into(buf, shift + head.position + 12, leader_epoch)
         next_offset += head.record_span
     return next_offset
+
+
+_ATTRIBUTES = struct.Struct(">h")
+_TIMESTAMP = struct.Struct(">q")
+_CRC = struct.Struct(">I")
+
+
+def restamp(buf: bytearray, head: BatchHeader, attributes: int, max_timestamp: int) -> BatchHeader:
+    """Rewrite the attributes and max timestamp of the batch at ``head`` in ``buf`` and its CRC-32C.
+
+    As Kafka's ``setMaxTimestamp``: a LogAppendTime topic stamps the broker's time, and a CreateTime
+    batch whose header claims another maximum than its records carry gets the records' one.
+    """
+    pos = head.position
+    _ATTRIBUTES.pack_into(buf, pos + 21, attributes)
+    _TIMESTAMP.pack_into(buf, pos + 35, max_timestamp)
+    crc = crc32c.crc32c(memoryview(buf)[pos + 21 : pos + head.size])
+    _CRC.pack_into(buf, pos + 17, crc)
+    return replace(head, attributes=attributes, max_timestamp=max_timestamp, crc=crc)

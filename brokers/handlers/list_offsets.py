@@ -1,5 +1,10 @@
 """ListOffsets (2): earliest, latest, max timestamp, and the first offset at or after a timestamp — across the
-bookie and object-store tiers (KIP-1005's earliest-local and latest-tiered name the boundary between them)."""
+bookie and object-store tiers (KIP-1005's earliest-local and latest-tiered name the boundary between them).
+
+Work is proportional to the batches of the one entry found, never to the offsets a batch spans: a
+LogAppendTime batch gives every record its max timestamp, so its answer comes from the header alone. A batch
+whose records cannot be read (stored before producer batches were validated) is answered from its header.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.codec.batch import iter_headers
+from brokers.codec.batch import HEADER_SIZE, TIMESTAMP_TYPE_FLAG, BatchError, BatchHeader, iter_headers
 from brokers.codec.records import record_timestamps
+from brokers.codec.validate import MAX_DECOMPRESSED_BYTES
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.log.partition import LogError, PartitionLog
 
@@ -69,9 +75,16 @@ async def lookup(plog: PartitionLog, timestamp: int) -> tuple[int, int]:
         if batches is None:
             return -1, -1
         best = (-1, -1)
+        start = plog.log_start_offset
         for head in iter_headers(batches):
-            for offset, ts in record_timestamps(batches, head):
-                if ts > best[0] and offset >= plog.log_start_offset:
+            if head.max_timestamp <= best[0] or head.last_offset < start:
+                continue
+            times = _record_times(batches, head)
+            if times is None:
+                best = (head.max_timestamp, max(head.base_offset, start))
+                continue
+            for offset, ts in times:
+                if ts > best[0] and offset >= start:
                     best = (ts, offset)
         return best
     if timestamp < 0:
@@ -80,9 +93,37 @@ async def lookup(plog: PartitionLog, timestamp: int) -> tuple[int, int]:
     if batches is None:
         return -1, -1
     for head in iter_headers(batches):
-        if head.max_timestamp < timestamp:
-            continue
-        for offset, ts in record_timestamps(batches, head):
-            if ts >= timestamp and offset >= plog.log_start_offset:
-                return ts, offset
+        found = _first_at_or_after(batches, head, timestamp, plog.log_start_offset)
+        if found is not None:
+            return found
     return -1, -1
+
+
+MIN_RECORD_BYTES = 7  # length, attributes, timestamp and offset deltas, key, value and header counts
+
+
+def _record_times(batches: memoryview, head: BatchHeader) -> list[tuple[int, int]] | None:
+    """(offset, timestamp) of the batch's records, or None where its header must answer: a LogAppendTime
+    batch (every record carries the batch's max timestamp) or records that cannot be read."""
+    if head.attributes & TIMESTAMP_TYPE_FLAG:
+        return None
+    room = MAX_DECOMPRESSED_BYTES if head.compression else head.size - HEADER_SIZE
+    if head.records_count * MIN_RECORD_BYTES > room:
+        return None  # a header claiming more records than fit: do not walk it
+    try:
+        return record_timestamps(batches, head)
+    except BatchError:
+        return None
+
+
+def _first_at_or_after(batches: memoryview, head: BatchHeader, timestamp: int, start: int) -> tuple[int, int] | None:
+    """(timestamp, offset) of the batch's first record at or after ``start`` stamped >= ``timestamp``."""
+    if head.max_timestamp < timestamp or head.last_offset < start:
+        return None
+    times = _record_times(batches, head)
+    if times is None:
+        return head.max_timestamp, max(head.base_offset, start)
+    for offset, ts in times:
+        if ts >= timestamp and offset >= start:
+            return ts, offset
+    return None

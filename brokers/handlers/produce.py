@@ -1,16 +1,29 @@
-"""Produce (0): validate batches (magic, framing, CRC-32C, size), append, answer once quorum-durable.
+"""Produce (0): validate batches (framing, CRC-32C, size, then Kafka's LogValidator rules in
+brokers/codec/validate.py), append, answer once quorum-durable.
 
-acks=1 and acks=all both mean durable on an ack quorum of bookies; acks=0 gets no response.
+A refused batch appends nothing for its partition; the others in the request go on. acks=1 and acks=all
+both mean durable on an ack quorum of bookies; acks=0 gets no response.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import time
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.codec.batch import BatchError, UnsupportedMagic, validate
+from brokers.codec.batch import TIMESTAMP_TYPE_FLAG, BatchError, BatchHeader, UnsupportedMagic, restamp, validate
+from brokers.codec.validate import (
+    InvalidRecord,
+    InvalidTimestamp,
+    TopicRules,
+    UnsupportedCompression,
+    check_request_batches,
+    validate_batch,
+)
+from brokers.config import BrokerConfig
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.log.partition import AppendResult, LogError
 from brokers.topics import INTERNAL_TOPICS
@@ -22,16 +35,18 @@ ADVERTISED_MIN_VERSION = 0  # v0-2 are refused (message formats v0/v1), but libr
 
 
 class _Outcome:
-    __slots__ = ("error", "message", "pending", "result")
+    __slots__ = ("append_time", "error", "message", "pending", "record_errors", "result")
 
     def __init__(self) -> None:
         self.error = ErrorCode.none
         self.message: str | None = None
         self.pending: asyncio.Future[AppendResult] | None = None
         self.result: AppendResult | None = None
+        self.record_errors: tuple[tuple[int, str], ...] = ()
+        self.append_time = -1
 
-    def fail(self, code: ErrorCode, message: str) -> None:
-        self.error, self.message = code, message
+    def fail(self, code: ErrorCode, message: str, record_errors: tuple[tuple[int, str], ...] = ()) -> None:
+        self.error, self.message, self.record_errors = code, message, record_errors
 
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
@@ -47,6 +62,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
             max_message = int(
                 (topic.configs.get("max.message.bytes") if topic else None) or broker.config.message_max_bytes
             )
+            rules = topic_rules(topic.configs if topic else {}, broker.config)
             for pdata in topic_data.partition_data:
                 out = _Outcome()
                 parts.append((pdata.index, out))
@@ -60,21 +76,10 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 if not records:
                     out.fail(ErrorCode.corrupt_message, "no records")
                     continue
-                try:
-                    headers = validate(records)
-                except UnsupportedMagic as e:
-                    out.fail(ErrorCode.unsupported_for_message_format, str(e))
+                checked = _check(records, max_message, rules, ctx.api_version, request.transactional_id, out)
+                if checked is None:
                     continue
-                except BatchError as e:
-                    out.fail(ErrorCode.corrupt_message, str(e))
-                    continue
-                too_big = next((h for h in headers if h.size > max_message), None)
-                if too_big is not None:
-                    out.fail(
-                        ErrorCode.message_too_large,
-                        f"batch of {too_big.size} bytes exceeds max.message.bytes={max_message}",
-                    )
-                    continue
+                records, headers = checked
                 try:
                     plog = await broker.logs.get(topic.topic_id, pdata.index)
                     out.pending = await plog.append(records, headers)
@@ -107,11 +112,94 @@ def _response(ctx: RequestContext, outcomes: list[tuple[str, list[tuple[int, _Ou
                     index=index,
                     error_code=out.error,
                     base_offset=result.base_offset if result else -1,
-                    log_append_time=None,
+                    log_append_time=_append_time(out.append_time if result else -1),
                     log_start_offset=result.log_start_offset if result else -1,
-                    record_errors=(),
+                    record_errors=tuple(
+                        make(mod.BatchIndexAndErrorMessage, batch_index=i, batch_index_error_message=m)
+                        for i, m in out.record_errors
+                    ),
                     error_message=out.message,
                 )
             )
         topics.append(make(mod.TopicProduceResponse, name=name, partition_responses=tuple(responses)))
     return make(mod.ProduceResponse, responses=tuple(topics), throttle_time=NO_THROTTLE)
+
+
+def topic_rules(configs: dict[str, str], config: BrokerConfig) -> TopicRules:
+    """The validation rules of a topic: its message.timestamp.* and cleanup.policy, else the broker's."""
+    ts_type = configs.get("message.timestamp.type") or config.log_message_timestamp_type
+    before = configs.get("message.timestamp.before.max.ms")
+    after = configs.get("message.timestamp.after.max.ms")
+    return TopicRules(
+        log_append_time=ts_type == "LogAppendTime",
+        before_max_ms=_ms(before, config.log_message_timestamp_before_max_ms),
+        after_max_ms=_ms(after, config.log_message_timestamp_after_max_ms),
+        compacted="compact" in (configs.get("cleanup.policy") or ""),
+    )
+
+
+def _ms(value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return max(0, int(float(value)))
+
+
+def _check(
+    records: bytes,
+    max_message: int,
+    rules: TopicRules,
+    version: int,
+    transactional_id: str | None,
+    out: _Outcome,
+) -> tuple[bytes, list[BatchHeader]] | None:
+    """The partition's records and batch headers ready to append, or None with ``out`` failed."""
+    try:
+        headers = validate(records)
+        head = check_request_batches(headers)
+        if head.size > max_message:
+            out.fail(ErrorCode.message_too_large, f"batch of {head.size} bytes exceeds max.message.bytes={max_message}")
+            return None
+        now = int(time.time() * 1000)
+        checked = validate_batch(records, head, rules, now, version)
+    except UnsupportedMagic as e:  # ProduceRequest.validateRecords: v3+ carries magic 2 only
+        out.fail(ErrorCode.invalid_record, str(e))
+        return None
+    except UnsupportedCompression as e:
+        out.fail(ErrorCode.unsupported_compression_type, str(e))
+        return None
+    except InvalidTimestamp as e:
+        out.fail(ErrorCode.invalid_timestamp, str(e), e.record_errors)
+        return None
+    except InvalidRecord as e:
+        out.fail(ErrorCode.invalid_record, str(e), e.record_errors)
+        return None
+    except BatchError as e:
+        out.fail(ErrorCode.corrupt_message, str(e))
+        return None
+    if head.is_transactional:
+        # No transaction coordinator here: Kafka refuses transactional records sent without a
+        # transactional id this way, and with one no transaction can be open on this broker.
+        if transactional_id is None:
+            out.fail(ErrorCode.transactional_id_authorization_failed, "transactional records need a transactional id")
+        else:
+            out.fail(ErrorCode.invalid_txn_state, "this broker has no transactions: none is open")
+        return None
+    if rules.log_append_time:
+        buf = bytearray(records)
+        head = restamp(buf, head, head.attributes | TIMESTAMP_TYPE_FLAG, now)
+        out.append_time = now
+        return bytes(buf), [head]
+    if checked.max_timestamp != head.max_timestamp:
+        buf = bytearray(records)
+        head = restamp(buf, head, head.attributes, checked.max_timestamp)
+        return bytes(buf), [head]
+    return records, headers
+
+
+def _append_time(ms: int) -> datetime.datetime | None:
+    if ms < 0:
+        return None
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
