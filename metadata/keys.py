@@ -12,6 +12,7 @@ Layout (one prefix per cluster)::
     /tidelog/{cluster}/ledgers/{ledger_id:020d}             ledger metadata
     /tidelog/{cluster}/counters/{name}                      id allocators (ledger ids, producer ids)
     /tidelog/{cluster}/controller                           controller election (leased)
+    /tidelog/{cluster}/assignments/{topic_id}               desired owner of each partition (written by the controller)
     /tidelog/{cluster}/config/broker                        cluster-wide broker config overrides
     /tidelog/{cluster}/cluster_id                           the cluster id reported to clients
 """
@@ -68,6 +69,18 @@ class Keys:
 
     def owners_prefix(self) -> str:
         return f"{self.root}owners/"
+
+    def owner_id(self, key: str) -> tuple[str, int]:
+        """(topic id, partition) of an ownership key."""
+        topic_id, _, partition = key[len(self.owners_prefix()) :].rpartition("/")
+        return topic_id, int(partition)
+
+    def assignments_prefix(self) -> str:
+        return f"{self.root}assignments/"
+
+    def assignment(self, topic_id: str) -> str:
+        """The controller's desired owners of every partition of one topic (one key per topic)."""
+        return f"{self.assignments_prefix()}{topic_id}"
 
     def segments_prefix(self, topic_id: str, partition: int) -> str:
         return f"{self.root}segments/{topic_id}/{partition}/"

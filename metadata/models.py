@@ -217,6 +217,60 @@ class BrokerRecord:
         return cls(int(d["id"]), str(d["host"]), int(d["port"]), d.get("rack"))
 
 
+@dataclass(frozen=True, slots=True)
+class ControllerRecord:
+    """The elected controller (``controller``, bound to its session lease)."""
+
+    node_id: int
+
+    def encode(self) -> bytes:
+        return _pack({"id": self.node_id})
+
+    @classmethod
+    def decode(cls, data: bytes) -> ControllerRecord:
+        return cls(int(_unpack(data)["id"]))
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRecord:
+    """Who owns a partition (``owners/{topic_id}/{p}``, bound to the owner's lease) and at which epoch.
+
+    ``epoch`` is the partition epoch the owner set in PartitionState when it took the partition, so a
+    metadata view can answer leader and leader epoch from this one key.
+    """
+
+    node_id: int
+    epoch: int
+
+    def encode(self) -> bytes:
+        return _pack({"id": self.node_id, "epoch": self.epoch})
+
+    @classmethod
+    def decode(cls, data: bytes) -> OwnerRecord:
+        d = _unpack(data)
+        return cls(int(d["id"]), int(d["epoch"]))
+
+
+@dataclass(frozen=True, slots=True)
+class TopicAssignment:
+    """The controller's desired owner of each partition of one topic (``assignments/{topic_id}``).
+
+    ``owners[p]`` is the node id that should own partition ``p``. One key per topic: a topic's partitions
+    change together in one put, and a 50-partition ``__consumer_offsets`` is one watch event, not 50.
+    """
+
+    topic_id: str
+    owners: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return _pack({"topic": self.topic_id, "owners": list(self.owners)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> TopicAssignment:
+        d = _unpack(data)
+        return cls(str(d["topic"]), tuple(int(n) for n in d["owners"]))
+
+
 def encode_int(value: int) -> bytes:
     """Counters are stored as decimal text so they read well in etcdctl."""
     return str(value).encode()
