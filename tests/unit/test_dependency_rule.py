@@ -25,6 +25,12 @@ FORBIDDEN: dict[str, frozenset[str]] = {
 SANS_IO_DIR = ("brokers", "codec")  # brokers/codec/** must not import asyncio
 SANS_IO_FORBIDDEN = frozenset({"asyncio"})
 
+# Sub-package rules (docs/architecture.md, "Cluster (in progress)"): the cluster code is wired in by a
+# composition root; the partition log, groups and handlers never reach into it, and it reaches only down.
+NEVER_IMPORTS_CLUSTER = ("brokers/log/", "brokers/groups/", "brokers/handlers/")
+CLUSTER_DIR = "brokers/cluster/"
+CLUSTER_MAY_IMPORT = ("metadata", "brokers.config", "brokers.cluster")
+
 
 @dataclass(frozen=True)
 class Import:
@@ -99,6 +105,33 @@ def test_codec_imports_no_asyncio() -> None:
     prefix = "/".join(SANS_IO_DIR) + "/"
     offending = [imp for imp in _all_imports() if imp.file.startswith(prefix) and _top(imp.module) in SANS_IO_FORBIDDEN]
     assert not offending, f"{prefix} is sans-io and must not import asyncio:\n" + "\n".join(map(str, offending))
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _is_project(module: str) -> bool:
+    return _top(module) in LAYERS
+
+
+@pytest.mark.parametrize("folder", NEVER_IMPORTS_CLUSTER)
+def test_log_groups_and_handlers_never_import_the_cluster(folder: str) -> None:
+    imports = _all_imports()
+    offending = [imp for imp in imports if imp.file.startswith(folder) and _within(imp.module, "brokers.cluster")]
+    assert not offending, f"{folder} must not import brokers.cluster:\n" + "\n".join(map(str, offending))
+
+
+def test_the_cluster_imports_only_metadata_config_and_itself() -> None:
+    assert any(imp.file.startswith(CLUSTER_DIR) for imp in _all_imports()), "brokers/cluster/ has no imports?"
+    offending = [
+        imp
+        for imp in _all_imports()
+        if imp.file.startswith(CLUSTER_DIR)
+        and _is_project(imp.module)
+        and not any(_within(imp.module, allowed) for allowed in CLUSTER_MAY_IMPORT)
+    ]
+    assert not offending, f"{CLUSTER_DIR} may import only {CLUSTER_MAY_IMPORT}:\n" + "\n".join(map(str, offending))
 
 
 # -- the scanner itself ---------------------------------------------------------------------------------

@@ -1,0 +1,295 @@
+"""Controller election and the controller's one job: keep ``assignments/{topic_id}`` equal to the desired
+assignment of every partition to the live brokers.
+
+Election (``ControllerElection``): every broker watches ``controller`` (a PrefixCache, so ``leader_id`` is
+known everywhere for Metadata/DescribeCluster answers) and, while the key is absent and its session alive,
+tries to create it bound to its session lease with a ControllerRecord (compare: absent). The winner leads
+until its lease is lost, the key changes, or it steps down (``stop`` deletes the key if still its own). The
+loss of the lease deposes it synchronously, from the session's lost-callback: it stops acting at once,
+without waiting for the store.
+
+Controller (``Controller``): while leading, any change of the live brokers, the topics (``topics/``) or the
+assignments (``assignments/``) schedules one reconciliation (changes arriving together are coalesced by a
+short debounce). Reconciling computes ``assignment.assign`` (count-balanced, sticky, by load when a
+``loads`` source is given) over the live brokers and every topic's partitions - ``__consumer_offsets``
+included, it is a topic like the others - starting from the assignments stored, and writes only the topics
+whose owners changed, deleting the assignments of topics that are gone. Every write is a commit that also
+checks the controller key is still at the version this controller created, so a deposed controller's late
+write is refused by the store itself (VersionConflict deposes it).
+
+One key per topic (TopicAssignment: owner node id per partition): a topic's partitions change in one put,
+and a broker learns its partitions from one watch over ``assignments/``. Brokers act on it (take what is
+assigned to them and not owned, release what is owned and no longer assigned) - wired in a later step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+
+from brokers.cluster.assignment import PartitionSpec, TopicPartition, assign, by_topic
+from brokers.cluster.membership import LiveBrokers
+from metadata.api import MAX_COMMIT_OPS, Check, MetadataError, MetadataStore, Put, VersionConflict
+from metadata.keys import Keys
+from metadata.models import ControllerRecord, TopicAssignment, TopicRecord
+from metadata.prefix_cache import PrefixCache
+from metadata.session import LeasedSession, SessionLost
+
+log = logging.getLogger(__name__)
+
+RETRY_INTERVAL = 0.5
+"""How often a broker retries its campaign or a failed reconciliation (the watch wakes it sooner)."""
+DEBOUNCE = 0.05
+"""How long a reconciliation waits for more changes to arrive together (a broker leaving drops many keys)."""
+
+Loads = Callable[[], Mapping[TopicPartition, float]]
+
+
+def _decode_controller(suffix: str, value: bytes) -> ControllerRecord:
+    if suffix:
+        raise ValueError(f"not the controller key: {suffix!r}")
+    return ControllerRecord.decode(value)
+
+
+def _decode_assignment(suffix: str, value: bytes) -> TopicAssignment:
+    record = TopicAssignment.decode(value)
+    if record.topic_id != suffix:
+        raise ValueError(f"assignment of {record.topic_id} stored under {suffix!r}")
+    return record
+
+
+class ControllerElection:
+    """Campaigns for the controller key under the session lease (module docstring)."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        keys: Keys,
+        session: LeasedSession,
+        node_id: int,
+        *,
+        on_elected: Callable[[], None] | None = None,
+        on_deposed: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._session = session
+        self.node_id = node_id
+        self._on_elected = on_elected
+        self._on_deposed = on_deposed
+        self._view: PrefixCache[ControllerRecord] = PrefixCache(
+            store, keys.controller(), _decode_controller, on_change=self._changed, name="controller"
+        )
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.version = 0
+        """Version of the controller key this broker created while it leads (0: not leading)."""
+        self.elections_won = 0
+        session.on_lost(self._lease_lost)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.version != 0
+
+    @property
+    def leader_id(self) -> int | None:
+        """The current controller's node id as last seen (None while there is none)."""
+        record = self._view.items.get("")
+        return None if record is None else record.node_id
+
+    async def start(self) -> None:
+        await self._view.start()
+        self._wake.set()
+        self._task = asyncio.create_task(self._campaign(), name=f"controller-election-{self.node_id}")
+
+    async def stop(self) -> None:
+        """Stop campaigning; if leading, step down (delete the key if it is still ours) so another takes over."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        version = self.version
+        if version:
+            self.depose("stepping down")
+            with contextlib.suppress(VersionConflict, MetadataError):
+                await self._store.delete(self._keys.controller(), expected_version=version)
+        await self._view.stop()
+
+    def _lease_lost(self, reason: str) -> None:
+        if self.is_leader:
+            self.depose(f"session lost: {reason}")
+        self._wake.set()
+
+    def _changed(self, _keys: frozenset[str]) -> None:
+        current = self._view.version_of("")
+        if self.is_leader and current != self.version:
+            self.depose("the controller key changed or vanished")
+        self._wake.set()
+
+    def depose(self, reason: str) -> None:
+        if not self.version:
+            return
+        self.version = 0
+        log.warning("broker %d is no longer the controller: %s", self.node_id, reason)
+        if self._on_deposed is not None:
+            self._on_deposed(reason)
+
+    async def _campaign(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRY_INTERVAL):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self.is_leader or not self._session.alive or "" in self._view.items:
+                continue
+            try:
+                version = await self._session.put(
+                    self._keys.controller(), ControllerRecord(self.node_id).encode(), expected_version=0
+                )
+            except (VersionConflict, SessionLost):
+                continue
+            except MetadataError as exc:
+                log.warning("controller campaign of broker %d failed (will retry): %r", self.node_id, exc)
+                continue
+            if not self._session.alive:  # lost while the put was in flight: the key dies with the lease
+                continue
+            self.version = version
+            self.elections_won += 1
+            log.info("broker %d is the controller", self.node_id)
+            if self._on_elected is not None:
+                self._on_elected()
+
+
+class Controller:
+    """While elected, writes the desired assignment of every partition (module docstring)."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        keys: Keys,
+        session: LeasedSession,
+        node_id: int,
+        live: LiveBrokers,
+        *,
+        loads: Loads | None = None,
+        debounce: float = DEBOUNCE,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._live = live
+        self._loads = loads
+        self._debounce = debounce
+        self.election = ControllerElection(
+            store, keys, session, node_id, on_elected=self._elected, on_deposed=self._deposed
+        )
+        self.topics: PrefixCache[TopicRecord] = PrefixCache(
+            store, keys.topics_prefix(), lambda _name, value: TopicRecord.decode(value), name="topics"
+        )
+        self.assignments: PrefixCache[TopicAssignment] = PrefixCache(
+            store, keys.assignments_prefix(), _decode_assignment, name="assignments"
+        )
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.reconciliations = 0
+        """Reconciliations that wrote something (observability, tests)."""
+        for view in (self.topics, self.assignments):
+            view.add_listener(self._kick)
+        live.add_listener(self._kick)
+
+    async def start(self) -> None:
+        """Follow topics and assignments, then campaign (``live`` must be started by the owner)."""
+        await self.topics.start()
+        await self.assignments.start()
+        await self.election.start()
+
+    async def stop(self) -> None:
+        await self.election.stop()  # deposes: the reconcile task is cancelled
+        await self._cancel()
+        await self.assignments.stop()
+        await self.topics.stop()
+
+    # --- leadership ---------------------------------------------------------------------------
+    def _elected(self) -> None:
+        self._dirty.set()
+        self._task = asyncio.create_task(self._run(), name=f"controller-{self.election.node_id}")
+
+    def _deposed(self, _reason: str) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()  # stop acting at once: no await between losing the lease and this
+
+    async def _cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _kick(self, _keys: frozenset[str]) -> None:
+        self._dirty.set()
+
+    async def _run(self) -> None:
+        while self.election.is_leader:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRY_INTERVAL * 10):
+                    await self._dirty.wait()
+            await asyncio.sleep(self._debounce)
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except VersionConflict:
+                self.election.depose("an assignment write found the controller key changed")
+                return
+            except MetadataError as exc:
+                log.warning("controller: reconciliation failed (will retry): %r", exc)
+                self._dirty.set()
+                await asyncio.sleep(RETRY_INTERVAL)
+
+    # --- the assignment -----------------------------------------------------------------------
+    def desired(self) -> dict[str, TopicAssignment]:
+        """The assignment the live brokers, topics and stored assignments call for, by topic id."""
+        brokers = sorted(self._live.brokers)
+        counts = {t.topic_id: t.partitions for t in self.topics.items.values()}
+        current = {
+            (a.topic_id, p): owner
+            for a in self.assignments.items.values()
+            for p, owner in enumerate(a.owners)
+            if owner >= 0
+        }
+        loads = self._loads() if self._loads is not None else {}
+        specs = [PartitionSpec(tid, p, loads.get((tid, p))) for tid, n in sorted(counts.items()) for p in range(n)]
+        result = assign(brokers, specs, current)
+        return {tid: TopicAssignment(tid, owners) for tid, owners in by_topic(result, counts).items()}
+
+    async def reconcile(self) -> int:
+        """Write every topic whose desired owners differ from the stored ones; returns how many keys changed.
+
+        Does nothing while no broker is live (an empty assignment helps no one). Raises VersionConflict if
+        this broker is no longer the controller (the store refused the write).
+        """
+        version = self.election.version
+        if not version or not self._live.brokers:
+            return 0
+        desired = self.desired()
+        stored = self.assignments.items
+        puts = [
+            Put(self._keys.assignment(tid), a.encode()) for tid, a in sorted(desired.items()) if stored.get(tid) != a
+        ]
+        deletes = [self._keys.assignment(tid) for tid in sorted(stored) if tid not in desired]
+        ops: list[Put | str] = [*puts, *deletes]
+        for start in range(0, len(ops), MAX_COMMIT_OPS):
+            chunk = ops[start : start + MAX_COMMIT_OPS]
+            if not self.election.is_leader:
+                return 0
+            await self._store.commit(
+                [Check(self._keys.controller(), version)],
+                [op for op in chunk if isinstance(op, Put)],
+                [op for op in chunk if isinstance(op, str)],
+            )
+        if ops:
+            self.reconciliations += 1
+            log.info("controller %d: wrote %d assignments, removed %d", self.election.node_id, len(puts), len(deletes))
+        return len(ops)

@@ -1,0 +1,202 @@
+"""Controller election and assignment (brokers/cluster/controller.py) on the embedded store and a real etcd:
+brokers in one process, each with its own store client, session, membership and controller."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pytest
+
+from brokers.cluster.controller import Controller
+from brokers.cluster.membership import BrokerMembership, LiveBrokers
+from metadata.api import VersionConflict
+from metadata.keys import Keys
+from metadata.models import TopicAssignment, TopicRecord
+from metadata.session import LeasedSession
+from tests.cluster.conftest import ClusterEnv
+
+WAIT = 15.0
+KEYS = Keys("ctl")
+EVENTS = TopicRecord("events", str(uuid.UUID(int=1)), 12)
+OFFSETS = TopicRecord("__consumer_offsets", str(uuid.UUID(int=2)), 50)
+
+
+@dataclass
+class Node:
+    node_id: int
+    session: LeasedSession
+    live: LiveBrokers
+    controller: Controller
+
+    async def stop(self) -> None:
+        await self.controller.stop()
+        await self.live.stop()
+        await self.session.close()
+
+
+async def start_node(env: ClusterEnv, node_id: int) -> Node:
+    store = await env.peer()
+    session = LeasedSession(store, env.ttl)
+    await session.start()
+    await BrokerMembership(store, KEYS, session, host="127.0.0.1", port=9000 + node_id, node_id=node_id).join()
+    live = LiveBrokers(store, KEYS)
+    await live.start()
+    controller = Controller(store, KEYS, session, node_id, live, debounce=0.01)
+    await controller.start()
+    return Node(node_id, session, live, controller)
+
+
+async def create_topic(env: ClusterEnv, topic: TopicRecord) -> None:
+    await env.store.put(KEYS.topic(topic.name), topic.encode())
+
+
+def owners(assignments: Mapping[str, TopicAssignment]) -> Counter[int]:
+    return Counter(n for a in assignments.values() for n in a.owners)
+
+
+def balanced_over(nodes: set[int], topics: list[TopicRecord]):  # type: ignore[no-untyped-def]
+    """Predicate: every topic fully assigned to exactly ``nodes``, by count max - min <= 1 overall and per topic."""
+
+    def check(assignments: Mapping[str, TopicAssignment]) -> bool:
+        if set(assignments) != {t.topic_id for t in topics}:
+            return False
+        for t in topics:
+            a = assignments[t.topic_id]
+            per = Counter(a.owners)
+            if len(a.owners) != t.partitions or not set(per) <= nodes:
+                return False
+            counts = [per.get(n, 0) for n in nodes]
+            if max(counts) - min(counts) > 1:
+                return False
+        total = owners(assignments)
+        counts = [total.get(n, 0) for n in nodes]
+        return set(total) == nodes and max(counts) - min(counts) <= 1
+
+    return check
+
+
+async def wait_assigned(node: Node, nodes: set[int], topics: list[TopicRecord]) -> None:
+    await asyncio.wait_for(node.controller.assignments.wait_until(balanced_over(nodes, topics)), WAIT)
+
+
+def leaders(nodes: list[Node]) -> list[int]:
+    return [n.node_id for n in nodes if n.controller.election.is_leader]
+
+
+async def wait_leader(nodes: list[Node]) -> Node:
+    async def one() -> Node:
+        while len(leaders(nodes)) != 1:
+            await asyncio.sleep(0.02)
+        return next(n for n in nodes if n.controller.election.is_leader)
+
+    return await asyncio.wait_for(one(), WAIT)
+
+
+@pytest.mark.asyncio
+async def test_one_controller_spreads_every_topic_over_the_brokers(cluster_env: ClusterEnv) -> None:
+    nodes = [await start_node(cluster_env, n) for n in (1, 2, 3)]
+    try:
+        leader = await wait_leader(nodes)
+        await create_topic(cluster_env, EVENTS)
+        await create_topic(cluster_env, OFFSETS)
+        await wait_assigned(nodes[0], {1, 2, 3}, [EVENTS, OFFSETS])
+        assert leaders(nodes) == [leader.node_id]
+        assert all(n.controller.election.leader_id == leader.node_id for n in nodes)
+        per = Counter(nodes[0].controller.assignments.items[EVENTS.topic_id].owners)
+        assert sorted(per.values()) == [4, 4, 4]
+        grown = TopicRecord(EVENTS.name, EVENTS.topic_id, 15)  # CreatePartitions
+        await create_topic(cluster_env, grown)
+        await wait_assigned(nodes[0], {1, 2, 3}, [grown, OFFSETS])
+        await cluster_env.store.delete(KEYS.topic(OFFSETS.name))
+        await wait_assigned(nodes[0], {1, 2, 3}, [grown])
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_brokers_joining_and_leaving_are_rebalanced_stickily(cluster_env: ClusterEnv) -> None:
+    nodes = [await start_node(cluster_env, n) for n in (1, 2, 3)]
+    try:
+        await create_topic(cluster_env, EVENTS)
+        await create_topic(cluster_env, OFFSETS)
+        await wait_assigned(nodes[0], {1, 2, 3}, [EVENTS, OFFSETS])
+        before = dict(nodes[0].controller.assignments.items)
+        nodes.append(await start_node(cluster_env, 4))
+        await wait_assigned(nodes[0], {1, 2, 3, 4}, [EVENTS, OFFSETS])
+        after = dict(nodes[0].controller.assignments.items)
+        moved = sum(1 for tid, a in after.items() for p, owner in enumerate(a.owners) if before[tid].owners[p] != owner)
+        assert moved == owners(after)[4]  # every move went to the new broker
+        dead = next(n for n in nodes if not n.controller.election.is_leader)
+        await cluster_env.expire(dead.session.lease_id)  # a broker dies: its registration vanishes
+        rest = {n.node_id for n in nodes} - {dead.node_id}
+        await wait_assigned(nodes[0] if nodes[0] is not dead else nodes[1], rest, [EVENTS, OFFSETS])
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_controller_that_loses_its_lease_stops_at_once_and_another_takes_over(
+    cluster_env: ClusterEnv,
+) -> None:
+    nodes = [await start_node(cluster_env, n) for n in (1, 2, 3)]
+    try:
+        await create_topic(cluster_env, EVENTS)
+        old = await wait_leader(nodes)
+        await wait_assigned(nodes[0], {1, 2, 3}, [EVENTS])
+        await cluster_env.expire(old.session.lease_id)
+        await asyncio.wait_for(old.session.lost.wait(), WAIT)
+        assert not old.controller.election.is_leader  # deposed in the lost-callback, before any await
+        assert old.controller._task is None
+        rest = [n for n in nodes if n is not old]
+        new = await wait_leader(rest)
+        assert new is not old
+        survivor = rest[0]
+        await wait_assigned(survivor, {n.node_id for n in rest}, [EVENTS])
+        await create_topic(cluster_env, OFFSETS)  # the new controller acts on new topics
+        await wait_assigned(survivor, {n.node_id for n in rest}, [EVENTS, OFFSETS])
+        assert not old.controller.election.is_leader
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_deposed_controllers_late_write_is_refused_by_the_store(cluster_env: ClusterEnv) -> None:
+    nodes = [await start_node(cluster_env, n) for n in (1, 2)]
+    try:
+        old = await wait_leader(nodes)
+        version = old.controller.election.version
+        await old.controller.election.stop()  # steps down; the other broker is elected
+        other = next(n for n in nodes if n is not old)
+        await wait_leader([other])
+        await create_topic(cluster_env, EVENTS)
+        await wait_assigned(other, {1, 2}, [EVENTS])
+        old.controller.election.version = version  # a controller that has not noticed yet
+        await create_topic(cluster_env, OFFSETS)
+        await asyncio.wait_for(old.controller.topics.wait_until(lambda t: len(t) == 2), WAIT)
+        with pytest.raises(VersionConflict):
+            await old.controller.reconcile()
+        old.controller.election.version = 0
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_stepping_down_controller_hands_over(cluster_env: ClusterEnv) -> None:
+    nodes = [await start_node(cluster_env, n) for n in (1, 2)]
+    try:
+        old = await wait_leader(nodes)
+        await old.controller.stop()
+        other = next(n for n in nodes if n is not old)
+        await wait_leader([other])
+        assert other.controller.election.leader_id == other.node_id
+    finally:
+        for node in nodes:
+            await node.stop()
