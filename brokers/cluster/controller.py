@@ -60,6 +60,13 @@ def _decode_assignment(suffix: str, value: bytes) -> TopicAssignment:
     return record
 
 
+def _compute(
+    brokers: list[int], specs: list[PartitionSpec], current: dict[TopicPartition, int], counts: dict[str, int]
+) -> dict[str, TopicAssignment]:
+    result = assign(brokers, specs, current)
+    return {tid: TopicAssignment(tid, owners) for tid, owners in by_topic(result, counts).items()}
+
+
 class ControllerElection:
     """Campaigns for the controller key under the session lease (module docstring)."""
 
@@ -251,6 +258,10 @@ class Controller:
     # --- the assignment -----------------------------------------------------------------------
     def desired(self) -> dict[str, TopicAssignment]:
         """The assignment the live brokers, topics and stored assignments call for, by topic id."""
+        return _compute(*self._inputs())
+
+    def _inputs(self) -> tuple[list[int], list[PartitionSpec], dict[TopicPartition, int], dict[str, int]]:
+        """A snapshot of what the assignment depends on (plain values, safe to hand to a thread)."""
         brokers = sorted(self._live.brokers)
         counts = {t.topic_id: t.partitions for t in self.topics.items.values()}
         current = {
@@ -261,8 +272,7 @@ class Controller:
         }
         loads = self._loads() if self._loads is not None else {}
         specs = [PartitionSpec(tid, p, loads.get((tid, p))) for tid, n in sorted(counts.items()) for p in range(n)]
-        result = assign(brokers, specs, current)
-        return {tid: TopicAssignment(tid, owners) for tid, owners in by_topic(result, counts).items()}
+        return brokers, specs, current, counts
 
     async def reconcile(self) -> int:
         """Write every topic whose desired owners differ from the stored ones; returns how many keys changed.
@@ -273,7 +283,10 @@ class Controller:
         version = self.election.version
         if not version or not self._live.brokers:
             return 0
-        desired = self.desired()
+        # In a thread: ~0.4 s for 10 000 partitions on 30 brokers, too long to hold the event loop.
+        desired = await asyncio.to_thread(_compute, *self._inputs())
+        if self.election.version != version:
+            return 0
         stored = self.assignments.items
         puts = [
             Put(self._keys.assignment(tid), a.encode()) for tid, a in sorted(desired.items()) if stored.get(tid) != a

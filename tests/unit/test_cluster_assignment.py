@@ -121,7 +121,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[int], list[PartitionSpec], dict[Top
     return brokers, partitions, current
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios())
 def test_property_every_partition_on_a_live_broker_balanced(
     scenario: tuple[list[int], list[PartitionSpec], dict[TopicPartition, int]],
@@ -130,7 +130,7 @@ def test_property_every_partition_on_a_live_broker_balanced(
     check_balanced(assign(brokers, partitions, current), brokers, partitions)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios(), st.randoms(use_true_random=False))
 def test_property_deterministic_whatever_the_input_order(
     scenario: tuple[list[int], list[PartitionSpec], dict[TopicPartition, int]], rnd: random.Random
@@ -143,7 +143,7 @@ def test_property_deterministic_whatever_the_input_order(
     assert assign(brokers, partitions, current) == assign(shuffled_brokers, shuffled_parts, dict(shuffled_current))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios())
 def test_property_a_result_is_a_fixed_point(
     scenario: tuple[list[int], list[PartitionSpec], dict[TopicPartition, int]],
@@ -153,7 +153,7 @@ def test_property_a_result_is_a_fixed_point(
     assert assign(brokers, partitions, first) == first
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios())
 def test_property_sticky_few_partitions_leave_live_owners(
     scenario: tuple[list[int], list[PartitionSpec], dict[TopicPartition, int]],
