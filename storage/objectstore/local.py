@@ -8,6 +8,11 @@ write, fsync, then ``link`` (create-only: atomic, fails with EEXIST) or ``rename
 the directory. A crash leaves either no object or the whole object, plus at worst a hidden staging file.
 
 A local directory cannot hold both ``a`` and ``a/b`` (S3 can); such a put raises ObjectStoreError.
+
+Disk full: while a data directory of this process on the same file system refuses writes (the bookie journal
+or the metadata store ran out of space and released its reserve, metadata/disk_reserve.py), puts are refused
+with ObjectStoreUnavailable (the offloader retries later) rather than take the space the reserve freed for
+deletes. A put that fails midway (ENOSPC, EIO) leaves no staging file behind.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from obstore.exceptions import GenericError
 from obstore.store import LocalStore
 
+from metadata.disk_reserve import refusing
 from storage.objectstore.api import ObjectExists, ObjectStoreError, ObjectStoreUnavailable
 from storage.objectstore.obstore_store import ObstoreObjectStore
 
@@ -59,7 +65,24 @@ class LocalObjectStore(ObstoreObjectStore):
         except OSError as exc:  # disk full, I/O error, read-only file system...
             raise ObjectStoreUnavailable(f"{self!r}: put {key!r}: {exc}") from exc
 
+    def _refusing_disk(self) -> str | None:
+        """Why a data directory on this store's file system refuses writes now, if one does."""
+        dirs = refusing()
+        if not dirs:
+            return None
+        device = os.stat(self._root).st_dev
+        for directory, why in dirs.items():
+            try:
+                if os.stat(directory).st_dev == device:
+                    return f"{directory}: {why}"
+            except OSError:
+                continue
+        return None
+
     def _write_file(self, key: str, data: bytes | memoryview, if_absent: bool) -> None:
+        full = self._refusing_disk()
+        if full is not None:
+            raise ObjectStoreUnavailable(f"{self!r}: put {key!r} refused while the disk is full ({full})")
         final = self._root.joinpath(*key.split("/"))
         staging, fd = self._open_staging(key, final)
         try:
