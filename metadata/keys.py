@@ -73,6 +73,8 @@ class Keys:
     def owner_id(self, key: str) -> tuple[str, int]:
         """(topic id, partition) of an ownership key."""
         topic_id, _, partition = key[len(self.owners_prefix()) :].rpartition("/")
+        if not topic_id or not partition.isdigit():
+            raise ValueError(f"not an ownership key: {key!r}")
         return topic_id, int(partition)
 
     def assignments_prefix(self) -> str:
