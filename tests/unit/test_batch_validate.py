@@ -267,3 +267,62 @@ def test_restamp_rewrites_max_timestamp_and_crc() -> None:
 def test_kafka_wire_builder_batches_pass() -> None:
     batch = record_batch([Record(b"a", b"1", [("h", b"x")]), Record(None, b"2", [], 3)], NOW)
     assert check(batch) == NOW + 3
+
+
+# --- ListOffsets by timestamp over batches stored before validation existed ------------------------------
+
+
+class _StoredLog:
+    """The two lookups ListOffsets makes of a partition log, answering with fixed batches."""
+
+    def __init__(self, batches: bytes, log_start_offset: int = 0) -> None:
+        self.batches = memoryview(batches)
+        self.log_start_offset = log_start_offset
+
+    async def find_by_timestamp(self, timestamp: int) -> memoryview:
+        return self.batches
+
+    async def max_timestamp_entry(self) -> memoryview:
+        return self.batches
+
+
+def _lookup_peak(batches: bytes, timestamp: int, start: int = 0) -> tuple[tuple[int, int], int]:
+    import asyncio
+    import tracemalloc
+
+    from brokers.handlers import list_offsets
+
+    tracemalloc.start()
+    try:
+        found = asyncio.run(list_offsets.lookup(_StoredLog(batches, start), timestamp))  # type: ignore[arg-type]
+        return found, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("query", [NOW, -3])  # a timestamp, and MAX_TIMESTAMP
+def test_list_offsets_over_a_huge_log_append_time_span_allocates_per_batch(query: int) -> None:
+    """A LogAppendTime batch claiming 20 M offsets (appended before producer batches were validated) once made
+    ListOffsets build one tuple per offset: 2 GB and 3 s. Now its header answers."""
+    huge = raw_batch(records(1), count=1, last_delta=20_000_000, attributes=TIMESTAMP_TYPE_FLAG, max_ts=NOW)
+    found, peak = _lookup_peak(huge, query)
+    assert found == (NOW, 0)
+    assert peak < 1_000_000, f"ListOffsets allocated {peak} bytes for one batch"
+    found, _ = _lookup_peak(huge, query, start=12_345_678)  # DeleteRecords moved the start into the batch
+    assert found == (NOW, 12_345_678)
+
+
+def test_list_offsets_over_unreadable_stored_records_answers_from_the_header() -> None:
+    lying = raw_batch(records(1), count=2_000_000, last_delta=1_999_999, max_ts=NOW + 5)
+    codec7 = raw_batch(records(1), count=1, attributes=7, max_ts=NOW + 5)
+    for stored in (lying, codec7):
+        found, peak = _lookup_peak(stored, NOW + 1)
+        assert found == (NOW + 5, 0)
+        assert peak < 1_000_000
+
+
+def test_list_offsets_reads_records_of_a_sound_batch() -> None:
+    stored = raw_batch(records(3, ts_deltas=[0, 9, 4]), count=3, max_ts=NOW + 9)
+    assert _lookup_peak(stored, NOW + 3)[0] == (NOW + 9, 1)
+    assert _lookup_peak(stored, -3)[0] == (NOW + 9, 1)
+    assert _lookup_peak(stored, NOW + 10)[0] == (-1, -1)
