@@ -17,6 +17,7 @@ How:
 * ``on_change(changed_keys)`` is called synchronously after each applied event (with one key) and after a
   re-list (with every key that differed). A commit's events arrive one by one, so a reader may see a commit
   half applied for an instant; views that need a whole commit keep it in one key.
+* Call ``stop`` before closing the store (a closed store looks unreachable: the cache would keep retrying).
 * Values that do not decode (``decode`` raises ValueError/KeyError/TypeError) are logged and treated as
   absent, so one bad key cannot stop the view.
 """

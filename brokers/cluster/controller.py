@@ -158,7 +158,7 @@ class ControllerElection:
                 )
             except (VersionConflict, SessionLost):
                 continue
-            except MetadataError as exc:
+            except (MetadataError, OSError) as exc:
                 log.warning("controller campaign of broker %d failed (will retry): %r", self.node_id, exc)
                 continue
             if not self._session.alive:  # lost while the put was in flight: the key dies with the lease
@@ -252,6 +252,10 @@ class Controller:
                 return
             except MetadataError as exc:
                 log.warning("controller: reconciliation failed (will retry): %r", exc)
+                self._dirty.set()
+                await asyncio.sleep(RETRY_INTERVAL)
+            except Exception:  # a bug must not end the controller silently: log it and try again later
+                log.exception("controller: reconciliation failed (will retry)")
                 self._dirty.set()
                 await asyncio.sleep(RETRY_INTERVAL)
 
