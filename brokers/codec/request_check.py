@@ -71,16 +71,17 @@ class RequestCheckError(ValueError):
         self.problem = problem
 
 
-def _uvarint(buf: bytes, pos: int, end: int, path: str) -> tuple[int, int]:
-    """An unsigned varint of at most 5 bytes ending before ``end``: (value, position after it)."""
+def _uvarint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """An unsigned varint of at most 5 bytes ending before ``end``: (value, position after it), or
+    (-1, index into _VARINT_ERRORS) — the caller raises with its field path, which is only formatted then."""
     value = 0
     shift = 0
     start = pos
     while True:
         if pos - start >= _VARINT_MAX_BYTES:
-            raise RequestCheckError(path, f"varint longer than {_VARINT_MAX_BYTES} bytes")
+            return -1, 0
         if pos >= end:
-            raise RequestCheckError(path, "frame ends inside a varint")
+            return -1, 1
         b = buf[pos]
         pos += 1
         value |= (b & 0x7F) << shift
@@ -89,9 +90,16 @@ def _uvarint(buf: bytes, pos: int, end: int, path: str) -> tuple[int, int]:
         shift += 7
 
 
+_VARINT_ERRORS = (f"varint longer than {_VARINT_MAX_BYTES} bytes", "frame ends inside a varint")
 _I16 = struct.Struct(">h").unpack_from
 _I32 = struct.Struct(">i").unpack_from
-_GLOBALS: dict[str, Any] = {"_E": RequestCheckError, "_uvarint": _uvarint, "_i16": _I16, "_i32": _I32}
+_GLOBALS: dict[str, Any] = {
+    "_E": RequestCheckError,
+    "_uvarint": _uvarint,
+    "_VARINT_ERRORS": _VARINT_ERRORS,
+    "_i16": _I16,
+    "_i32": _I32,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +137,12 @@ class _Source:
         """Raise with ``problem`` (f-string source without the f and quotes, may use locals)."""
         self.emit(depth, f"raise _E({path.src}, f{problem!r})")
 
+    def uvarint(self, depth: int, var: str, lim: str, path: _Path) -> None:
+        """Read an unsigned varint into ``var`` (the caller has checked that a byte is left)."""
+        self.emit(depth, f"{var}, pos = _uvarint(buf, pos, {lim})")
+        self.emit(depth, f"if {var} < 0:")
+        self.emit(depth + 1, f"raise _E({path.src}, _VARINT_ERRORS[pos])")
+
     def length_uvarint(self, depth: int, lim: str, path: _Path, what: str) -> None:
         """Read an unsigned varint into ``n`` (1-byte case inline)."""
         self.emit(depth, f"if pos >= {lim}:")
@@ -137,7 +151,7 @@ class _Source:
         self.emit(depth, "if n < 0x80:")
         self.emit(depth + 1, "pos += 1")
         self.emit(depth, "else:")
-        self.emit(depth + 1, f"n, pos = _uvarint(buf, pos, {lim}, {path.src})")
+        self.uvarint(depth + 1, "n", lim, path)
 
 
 def _min_size(kind: str, flexible: bool) -> int:
@@ -342,13 +356,13 @@ def _emit_tagged(src: _Source, depth: int, lim: str, path: _Path, tagged: list[F
     src.emit(depth, "else:")
     d = depth + 1
     count, tag, size, stop = src.var("count"), src.var("tag"), src.var("size"), src.var("stop")
-    src.emit(d, f"{count}, pos = _uvarint(buf, pos, {lim}, {where.src})")
+    src.uvarint(d, count, lim, where)
     src.emit(d, f"if {count} > ({lim} - pos) // 2:")  # each takes at least a tag byte and a size byte
     src.fail(d + 1, where, f"{{{count}}} tagged fields, {{{lim} - pos}} bytes left")
     src.emit(d, f"for _ in range({count}):")
     d += 1
-    src.emit(d, f"{tag}, pos = _uvarint(buf, pos, {lim}, {where.src})")
-    src.emit(d, f"{size}, pos = _uvarint(buf, pos, {lim}, {where.src})")
+    src.uvarint(d, tag, lim, where)
+    src.uvarint(d, size, lim, where)
     src.emit(d, f"if {size} > {lim} - pos:")
     src.fail(d + 1, where, f"tagged field {{{tag}}} of {{{size}}} bytes, {{{lim} - pos}} bytes left")
     src.emit(d, f"{stop} = pos + {size}")
