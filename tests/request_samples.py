@@ -16,7 +16,7 @@ import io
 import re
 import struct
 import uuid
-from dataclasses import MISSING, Field, dataclass, fields
+from dataclasses import MISSING, Field, dataclass, fields, replace
 from functools import cache
 from typing import Any
 
@@ -155,11 +155,28 @@ def _samples(topic: str) -> tuple[tuple[int, int, bytes], ...]:
         cls = load_request_schema(api_key, version)
         for full in (False, True):
             out.append((api_key, version, encode_request(api_key, version, build_entity(cls, full, topic))))
+        out.append((api_key, version, encode_request(api_key, version, with_nulls(build_entity(cls, True, topic)))))
     return tuple(out)
 
 
+def with_nulls(entity: Any) -> Any:
+    """``entity`` with every nullable non-tagged field (at any depth) set to None."""
+    changes: dict[str, Any] = {}
+    for field in fields(entity):
+        value = getattr(entity, field.name)
+        kind = classify_field(field)
+        if get_field_tag(field) is None and is_optional(field):
+            changes[field.name] = None
+        elif isinstance(kind, EntityField) and value is not None:
+            changes[field.name] = with_nulls(value)
+        elif isinstance(kind, EntityTupleField):
+            changes[field.name] = tuple(with_nulls(v) for v in value)
+    return replace(entity, **changes)
+
+
 def sample_requests(topic: str = SAMPLE_TOPIC) -> list[tuple[int, int, bytes]]:
-    """(api_key, version, header+body) for every advertised API version kio has a schema for, two variants each."""
+    """(api_key, version, header+body) for every advertised API version kio has a schema for, three variants each
+    (minimal, full, nulls: see the module docstring)."""
     return list(_samples(topic))
 
 
