@@ -26,7 +26,7 @@ from brokers.log.lookup import LedgerLookup, scan_ledger
 from brokers.log.producers import ProducerStateError, ProducerTable
 from brokers.log.tiered import TieredLog, Tiering
 from brokers.log.types import AppendResult, LogConfig, LogError, ReadResult
-from brokers.log.writing import RETRY_MIN_S, LedgerWriting
+from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
 from metadata.api import MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import LedgerRef, PartitionState
@@ -136,7 +136,7 @@ class PartitionLog(LedgerWriting, TieredLog):
             try:
                 ledgers.append(await self._recover_ledger(ref, producers))
             except LedgerError as e:
-                raise LogError(ErrorCode.not_enough_replicas, f"cannot recover ledger {ref.ledger_id}: {e}") from e
+                raise LogError(unavailable_code(e), f"cannot recover ledger {ref.ledger_id}: {e}") from e
         state = replace(state, epoch=state.epoch + 1, ledgers=tuple(ledgers), producers=producers.snapshot())
         try:
             self._version = await self._store.put(self._key, state.encode(), expected_version=version)

@@ -144,7 +144,10 @@ class Bookie:
             resolved, path, index, journal, maintenance or MaintenanceConfig(), 0 if cp is None else cp.file_no
         )
         if cp is None and journal.replayed_bytes:  # a full rescan: checkpoint its result right away
-            await bookie._maintenance.checkpoint()
+            try:
+                await bookie._maintenance.checkpoint()
+            except OSError as exc:  # a full disk: the next start rescans again, nothing is lost
+                log.warning("bookie %s: no checkpoint after the rescan: %s", resolved, exc)
         bookie.startup = StartupReport(
             cp is not None, journal.replayed_bytes, time.monotonic() - started, index.ledger_count, index.entry_count
         )
@@ -379,7 +382,10 @@ class Bookie:
             if self._journal is not None:
                 await self._journal.close()
                 if self._maintenance is not None and not self._journal.failed:
-                    await self._maintenance.checkpoint()
+                    try:
+                        await self._maintenance.checkpoint()
+                    except OSError as exc:  # a full disk: the next start replays the journal after the last one
+                        log.warning("bookie %s: no checkpoint at close: %s", self._id, exc)
         finally:
             self._unlock()
 

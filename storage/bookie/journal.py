@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -230,9 +231,10 @@ class Journal:
             self._open_file(1)
         self._applied_file_no = self._file_no
         self._applied_pos = (self._file_no, self._offset)
-        try:
-            self._reserve.ensure()
-        except OSError as exc:  # a disk already full: start refusing writes, probe until it has room
+        try:  # the reserve, unless the disk is too full for it and as much again: then writes wait for room
+            if not self._reserve.restore(margin=self._reserve.size):
+                raise OSError(errno.ENOSPC, "less than twice the reserve free at start")
+        except OSError as exc:
             self._reserve.release()
             self._stop_writes(exc)
 

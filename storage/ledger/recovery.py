@@ -174,7 +174,8 @@ async def rewrite_entry(info: LedgerInfo, resolve: Resolve, entry: StoredEntry, 
     acks = sum(1 for r in results if not isinstance(r, BaseException))
     if acks < info.ack_quorum:
         errors = [repr(r) for r in results if isinstance(r, BaseException)]
-        raise NotEnoughBookies(
+        disk = any(isinstance(r, DiskError) for r in results)
+        raise (StorageUnavailable if disk else NotEnoughBookies)(
             f"ledger {info.ledger_id} entry {entry.entry_id}: re-replicated to {acks} bookies, "
             f"{info.ack_quorum} needed: {errors}"
         )

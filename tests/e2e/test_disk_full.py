@@ -77,11 +77,11 @@ def metric(admin_port: int, name: str) -> float:
 class RawProducer:
     """Produce v3..v9 requests of one 200 KB record each on one connection; remembers what was acked."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, acked: dict[int, str] | None = None) -> None:
         self.sock = kw.connect(bootstrap)
         self.version = kw.pick_version(kw.api_versions(self.sock), kw.API_PRODUCE, 3, 9)
         self.corr = 0
-        self.acked: dict[int, str] = {}  # offset -> sha256 of the value
+        self.acked: dict[int, str] = {} if acked is None else acked  # offset -> sha256 of the value
 
     def send(self, topic: str) -> int:
         """One record; returns the partition's error code."""
@@ -112,8 +112,9 @@ def check_acked(bootstrap: str, acked: dict[int, str], who: str) -> None:
 
 def test_disk_full_journal_only(tmp_path: Path) -> None:
     """Offload off: everything is in the bookie journal, and only the delete can free space. The disk stays
-    full for a few seconds first (produce refused every time, background work meets the full disk too)."""
-    run_disk_full(tmp_path, {**CONFIGS, "offload.enable": "false"}, hold_s=3.0)
+    full for a few seconds first (produce refused every time, background work meets the full disk too), and
+    the broker is restarted while it is full: it starts, and still answers KAFKA_STORAGE_ERROR."""
+    run_disk_full(tmp_path, {**CONFIGS, "offload.enable": "false"}, hold_s=3.0, restart_while_full=True)
 
 
 def test_disk_full_with_offload_to_the_same_disk(tmp_path: Path) -> None:
@@ -121,7 +122,9 @@ def test_disk_full_with_offload_to_the_same_disk(tmp_path: Path) -> None:
     run_disk_full(tmp_path, CONFIGS, hold_s=0.0)
 
 
-def run_disk_full(tmp_path: Path, base_configs: dict[str, str], hold_s: float) -> None:
+def run_disk_full(
+    tmp_path: Path, base_configs: dict[str, str], hold_s: float, restart_while_full: bool = False
+) -> None:
     with tmpfs(tmp_path / "mnt", "64m") as mnt:
         admin_port = free_port()
         log_path = tmp_path / "broker.log"
@@ -150,6 +153,13 @@ def run_disk_full(tmp_path: Path, base_configs: dict[str, str], hold_s: float) -
             refused = [c for c in codes if c != 0]
             assert set(refused) == {KAFKA_STORAGE_ERROR}, f"produce on a full disk: codes {sorted(set(codes))}"
             assert metric(admin_port, "tidelog_storage_disk_full") == 1
+            if restart_while_full:
+                producer.close()
+                broker.stop()
+                broker.start()
+                producer = RawProducer(broker.bootstrap, producer.acked)
+                codes += [producer.send("main") for _ in range(3)]
+                assert set(codes[-3:]) == {KAFKA_STORAGE_ERROR}, f"produce after a restart on a full disk: {codes[-3:]}"
             free_full = free_bytes(mnt)
 
             admin = AdminClient({"bootstrap.servers": broker.bootstrap})
@@ -184,7 +194,8 @@ def run_disk_full(tmp_path: Path, base_configs: dict[str, str], hold_s: float) -
             broker.close()
         log = log_path.read_text(errors="replace")
         assert "Traceback" not in log, "a traceback in the broker log:\n" + log[-5000:]
-        assert log.count("refusing writes until the disk takes writes again") == 1, log[-5000:]
+        episodes = 2 if restart_while_full else 1  # the restarted broker says it again once
+        assert log.count("refusing writes until the disk takes writes again") == episodes, log[-5000:]
         assert log.count("the disk takes writes again; taking writes") == 1, log[-5000:]
         print(  # figures for the report (pytest -s)
             f"\nfull after {full_after} records to main; free when full {free_full}, after the delete {free_after}; "
