@@ -326,3 +326,53 @@ def test_list_offsets_reads_records_of_a_sound_batch() -> None:
     assert _lookup_peak(stored, NOW + 3)[0] == (NOW + 9, 1)
     assert _lookup_peak(stored, -3)[0] == (NOW + 9, 1)
     assert _lookup_peak(stored, NOW + 10)[0] == (-1, -1)
+
+
+def test_varints_of_every_width() -> None:
+    """Record lengths, timestamp and offset deltas of one, two and three bytes (and more) walk alike."""
+    n = 9_000  # offset deltas past 8191 take three bytes
+    body = b"".join(encode_record(i, Record(None, b"", timestamp_delta=i * 1_000)) for i in range(n))
+    assert check(raw_batch(body, count=n)) == NOW + (n - 1) * 1_000
+    big = b"".join(encode_record(i, Record(b"k", b"x" * size)) for i, size in enumerate((10, 100, 10_000, 70_000)))
+    assert check(raw_batch(big, count=4)) == NOW
+    huge_ts = encode_record(0, Record(b"k", b"v", timestamp_delta=-(2**40))) + encode_record(1, Record(b"k", b"v"))
+    assert check(raw_batch(huge_ts, count=2, base_ts=2**41)) == 2**41
+
+
+def test_mutated_batches_raise_only_batch_errors() -> None:
+    """A seeded mutation run over valid batches, CRC fixed after each change: every outcome is a pass or a
+    BatchError (never IndexError or another exception, which the produce handler would turn into an internal
+    error)."""
+    import random
+
+    from brokers.codec.batch import BatchError
+
+    rng = random.Random(9)
+    seeds = [
+        raw_batch(records(5, ts_deltas=[0, 1, 300, 2, 70_000]), count=5),
+        raw_batch(COMPRESSORS[4](records(3)), count=3, attributes=4),
+        raw_batch(COMPRESSORS[3](records(3)), count=3, attributes=3),
+        make_batch(40, base_ts=NOW),
+    ]
+    outcomes = {"pass": 0, "refused": 0}
+    rules = TopicRules(before_max_ms=10**9, after_max_ms=10**9, compacted=True)
+    for n in range(3_000):
+        buf = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(21, len(buf))
+            if rng.random() < 0.8:
+                buf[at] = rng.randrange(256)
+            elif rng.random() < 0.5:
+                del buf[at : at + rng.randint(1, 8)]
+            else:
+                buf[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        struct.pack_into(">i", buf, 8, len(buf) - 12)
+        struct.pack_into(">I", buf, 17, crc32c.crc32c(bytes(buf[21:])))
+        try:
+            check(bytes(buf), rules)
+            outcomes["pass"] += 1
+        except BatchError:
+            outcomes["refused"] += 1
+        except Exception as e:  # pragma: no cover - the failure being tested for
+            raise AssertionError(f"mutation {n}: {type(e).__name__}: {e} on {bytes(buf).hex()}") from e
+    assert outcomes["refused"] > 1_000, outcomes
