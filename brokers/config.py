@@ -197,6 +197,22 @@ class BrokerConfig:
     log_message_timestamp_after_max_ms: int = field(
         default=2**63 - 1, metadata={"key": "log.message.timestamp.after.max.ms", "parse": _non_negative}
     )
+    # Connections and memory (brokers/connection.py, brokers/response_memory.py).
+    connection_max_inflight_requests: int = field(
+        default=5, metadata={"key": "connection.max.inflight.requests", "parse": _positive}
+    )
+    connection_max_queued_response_bytes: int = field(
+        default=1024 * 1024, metadata={"key": "connection.max.queued.response.bytes", "parse": _positive}
+    )
+    fetch_response_memory_bytes: int = field(
+        default=256 * 1024 * 1024, metadata={"key": "fetch.response.memory.bytes", "parse": _positive}
+    )
+    connections_max_idle_ms: int = field(
+        default=600_000, metadata={"key": "connections.max.idle.ms", "parse": _positive}
+    )
+    socket_request_timeout_ms: int = field(
+        default=30_000, metadata={"key": "socket.request.timeout.ms", "parse": _positive}
+    )
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
 
     @property

@@ -1,7 +1,12 @@
 """The Kafka listener: frames in, handler calls, responses out in request order per connection.
 
-Requests on one connection are handled concurrently (pipelining) but answered in order; produce
-requests additionally hand their entries to the logs in arrival order (``RequestContext.after``).
+Requests on one connection take effect in the order sent and are answered in that order: a request other
+than Produce starts once every earlier request on the connection is complete, as in Kafka. Consecutive
+Produce requests overlap (pipelining): each hands its entries to the logs in arrival order
+(``RequestContext.after``), then awaits durability concurrently; a produce waits for earlier non-produce
+requests. Back-pressure (brokers/connection.py): no frame is read while too many requests are unanswered or
+too many response bytes wait to be written; fetches take their memory from a broker-wide budget
+(brokers/response_memory.py), given back once written or when the connection closes.
 A malformed frame, an unknown API or an unsupported version closes only its own connection.
 """
 
@@ -10,25 +15,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from functools import cache
 from typing import Any
 
 from kio.index import load_request_schema, load_response_schema
 from kio.serial import entity_reader, entity_writer
 
+from brokers import response_memory
 from brokers.broker import Broker
 from brokers.codec.chain import BufferChain
 from brokers.codec.frame import FrameDecoder, FrameError, RequestHead, encode_response, peek_request_head
 from brokers.codec.request_check import RequestCheckError, check_request
+from brokers.connection import Connection, ConnectionLimits, Request
 from brokers.handlers import api_versions
 from brokers.handlers.base import RequestContext
 from brokers.handlers.registry import HANDLERS
 from brokers.listener import Listener
+from brokers.response_memory import RequestMemory, ResponseMemory
 
 log = logging.getLogger(__name__)
 API_VERSIONS = 18
 PRODUCE = 0
+FETCH = 1
 _READ_CHUNK = 1 << 18
+_CANCEL_WHEN_STARTED = frozenset({FETCH})
+"""Requests cancelled mid-way when their connection closes: reads only (a fetch may hold much memory and wait
+long). Others that started complete, as in Kafka, and their answers are dropped."""
 
 
 class CloseConnection(Exception):
@@ -70,25 +83,52 @@ class KafkaServer(Listener):
     def __init__(self, broker: Broker) -> None:
         super().__init__()
         self.broker = broker
+        self.limits = ConnectionLimits.of(broker.config)
+        self.response_memory = ResponseMemory(broker.config.fetch_response_memory_bytes)
+        self._left_running: set[asyncio.Task[Any]] = set()  # requests of closed connections finishing
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read frames while the connection has room (back-pressure), start each request once the requests
+        before it allow (per-connection order), and close on EOF, errors, idleness or a stalled frame."""
         peer = "{}:{}".format(*writer.get_extra_info("peername", ("?", 0))[:2])
+        loop = asyncio.get_running_loop()
         decoder = FrameDecoder(self.broker.config.socket_request_max_bytes)
-        pending: asyncio.Queue[asyncio.Future[list[bytes | bytearray | memoryview] | None] | None] = asyncio.Queue()
-        out = asyncio.create_task(self._write_loop(pending, writer, peer))
-        last_produce: asyncio.Future[None] | None = None
+        conn = Connection(self.limits, self.response_memory, loop.time())
+        answers: asyncio.Queue[Request | None] = asyncio.Queue()
+        out = asyncio.create_task(self._write_loop(conn, answers, writer, peer))
+        frames: deque[bytes] = deque()
+        last_produce: asyncio.Future[None] | None = None  # resolves once the last produce appended
+        last_other: asyncio.Task[Any] | None = None  # the last non-produce request
         try:
             while not out.done():
-                data = await reader.read(_READ_CHUNK)
-                if not data:
+                if not frames:
+                    data = await self._read(reader, writer, conn, peer)
+                    if not data:
+                        break
+                    frames.extend(decoder.feed(data))
+                    conn.read(loop.time(), decoder.buffered > 0)
+                    continue
+                if conn.full and not await self._wait_for_room(conn, writer, out, peer):
                     break
-                for frame in decoder.feed(data):
-                    head = peek_request_head(frame)
-                    after = last_produce
-                    if head.api_key == PRODUCE:
-                        last_produce = asyncio.get_running_loop().create_future()
-                    fut = asyncio.ensure_future(self._handle(frame, head, peer, after, last_produce))
-                    await pending.put(fut)
+                frame = frames.popleft()
+                head = peek_request_head(frame)
+                request = Request(head.api_key, RequestMemory(self.response_memory))
+                produced: asyncio.Future[None] | None = None
+                after = last_produce
+                if head.api_key == PRODUCE:
+                    # A produce waits for the non-produce requests before it; produces overlap, appending in order.
+                    waits = [last_other] if last_other is not None and not last_other.done() else []
+                    produced = last_produce = loop.create_future()
+                else:
+                    # Anything else waits until every earlier request on the connection is complete.
+                    waits = [r.task for r in conn.unanswered if r.task is not None and not r.task.done()]
+                request.task = asyncio.create_task(
+                    self._handle(conn, request, frame, head, peer, waits, after, produced)
+                )
+                if head.api_key != PRODUCE:
+                    last_other = request.task
+                conn.add(request)
+                await answers.put(request)
         except FrameError as e:
             log.warning("closing %s: %s", peer, e)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -96,45 +136,108 @@ class KafkaServer(Listener):
         except asyncio.CancelledError:
             pass  # stop() closing the connection: ending normally keeps asyncio from logging a traceback
         finally:
-            await pending.put(None)
+            out.cancel()
+            for task in conn.close(_CANCEL_WHEN_STARTED):
+                self._left_running.add(task)
+                task.add_done_callback(self._left_running.discard)
+            frames.clear()
+            del decoder  # may hold most of a big frame; exceptions below can keep this frame alive in a cycle
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await out
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _write_loop(
-        self,
-        pending: asyncio.Queue[asyncio.Future[list[bytes | bytearray | memoryview] | None] | None],
-        writer: asyncio.StreamWriter,
-        peer: str,
-    ) -> None:
+    async def _read(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection, peer: str
+    ) -> bytes:
+        """The next bytes from the client; b"" at EOF and when the connection is to be closed for idleness
+        or for a frame that does not arrive whole in time."""
+        loop = asyncio.get_running_loop()
         while True:
-            fut = await pending.get()
-            if fut is None:
-                return
+            deadline, why = conn.read_deadline(loop.time())
             try:
-                buffers = await fut
-            except CloseConnection as e:
-                log.warning("closing %s: %s", peer, e)
-                writer.close()
-                return
-            if buffers is not None:
-                writer.writelines(buffers)
-                await writer.drain()
+                async with asyncio.timeout_at(deadline):
+                    return await reader.read(_READ_CHUNK)
+            except TimeoutError:
+                pass
+            now = loop.time()
+            if why == "frame":
+                log.info("closing %s: a request frame did not arrive whole within %.1fs", peer,
+                         self.limits.frame_timeout_s)
+                return b""
+            if why == "idle" and conn.idle(now, _write_buffer_size(writer)):
+                log.info("closing %s: idle for %.1fs", peer, self.limits.idle_s)
+                return b""
+
+    async def _wait_for_room(
+        self, conn: Connection, writer: asyncio.StreamWriter, out: asyncio.Task[None], peer: str
+    ) -> bool:
+        """Read no more frames until the connection has room; False to close it (the writer ended, or the
+        client takes no answers for connections.max.idle.ms while no request is being handled)."""
+        loop = asyncio.get_running_loop()
+        while conn.full and not out.done():
+            try:
+                async with asyncio.timeout_at(conn.wait_deadline(loop.time())):
+                    await conn.progress()
+            except TimeoutError:
+                if conn.idle(loop.time(), _write_buffer_size(writer)):
+                    log.info("closing %s: takes no responses for %.1fs", peer, self.limits.idle_s)
+                    return False
+        conn.resumed(loop.time())
+        return not out.done()
+
+    async def _write_loop(
+        self, conn: Connection, answers: asyncio.Queue[Request | None], writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        """Write the answers in request order; each one's memory is released once written."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                request = await answers.get()
+                if request is None or request.task is None:
+                    return
+                try:
+                    await request.task
+                except CloseConnection as e:
+                    log.warning("closing %s: %s", peer, e)
+                    writer.close()
+                    return
+                if request.response is not None:
+                    writer.writelines(request.response)
+                    request.response = None
+                    await writer.drain()
+                conn.written(request, loop.time())
+        finally:
+            conn.wake()  # the reader may be paused waiting for room: the connection is ending
 
     async def _handle(
         self,
+        conn: Connection,
+        request: Request,
         frame: bytes,
         head: RequestHead,
         peer: str,
+        waits: list[asyncio.Task[Any]],
         after: asyncio.Future[None] | None,
         produced: asyncio.Future[None] | None,
-    ) -> list[bytes | bytearray | memoryview] | None:
+    ) -> None:
+        """Wait for the turn of this request, run it, and leave its answer on ``request`` for the writer."""
         try:
-            return await self._dispatch(frame, head, peer, after, produced if head.api_key == PRODUCE else None)
+            if waits:
+                await asyncio.wait(waits)
+                waits.clear()  # no references to earlier requests' tasks from here on
+            while head.api_key != PRODUCE and conn.answers_waiting:
+                await conn.progress()  # a client that does not read: start nothing more for it
+            response_memory.current.set(request.memory)  # this task's context: what the handler reserves
+            conn.started(request)
+            response: list[bytes | bytearray | memoryview] | None = None
+            try:
+                response = await self._dispatch(frame, head, peer, after, produced)
+            finally:
+                conn.finished(request, response, asyncio.get_running_loop().time())
         finally:
-            if head.api_key == PRODUCE and produced is not None and not produced.done():
+            if produced is not None and not produced.done():
                 produced.set_result(None)
 
     async def _dispatch(
@@ -189,3 +292,9 @@ class KafkaServer(Listener):
             return encode_response(head.correlation_id, flexible, [response])
         return encode_response(head.correlation_id, flexible, encode_body_buffers(response))
 
+
+
+def _write_buffer_size(writer: asyncio.StreamWriter) -> int:
+    """Bytes the transport still has to send (a change means the client is reading)."""
+    transport = writer.transport
+    return 0 if transport.is_closing() else transport.get_write_buffer_size()

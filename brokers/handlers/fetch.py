@@ -1,5 +1,9 @@
 """Fetch (1): batches from the tail cache or ledgers; long-poll woken by high-watermark events.
 
+The bytes read come out of the broker-wide fetch response budget (brokers/response_memory.py): a fetch reads
+no more than it was granted (its first batch when the budget is spent) and holds what it read until the
+server has written the response.
+
 Sessions (KIP-227) are not kept: every answer carries session id 0, which tells clients to send
 full fetch requests. v13+ name topics by id.
 """
@@ -12,6 +16,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from brokers import response_memory
 from brokers.codec.chain import Chunks
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.log.partition import LogError, PartitionLog
@@ -54,9 +59,15 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                     broker.config.fetch_max_bytes)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + request.max_wait.total_seconds()
+    memory = response_memory.current.get()
+    lease = memory.reserve(0) if memory is not None else None
     while True:
         waiter: asyncio.Future[None] = loop.create_future()
-        total = await _read_all(plan, max_total, waiter)
+        # Reserve before reading (the first batch is read even when the budget is spent); hold what was read.
+        limit = max_total if lease is None else lease.grow_to(max_total)
+        total = await _read_all(plan, limit, waiter)
+        if lease is not None:
+            lease.settle(total)
         remaining = deadline - loop.time()
         if total >= max(request.min_bytes, 1) or remaining <= 0 or _any_error(plan):
             _discard(plan, waiter)
