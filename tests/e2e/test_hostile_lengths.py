@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from brokers.codec.request_check import MAX_ARRAY_ELEMENTS
 from tests.request_samples import LengthPosition, length_positions, mutate, mutations, sample_requests
 
 from . import kafka_wire as kw
@@ -169,3 +170,19 @@ def test_every_valid_sample_is_answered_nulls_included(hostile_broker: BrokerPro
         sock.close()
     assert hostile_broker.running
     print(f"{len(samples)} valid samples answered")
+
+
+def test_a_request_with_more_array_elements_than_the_bound_is_closed(hostile_broker: BrokerProcess) -> None:
+    """Every element fits the frame, but MAX_ARRAY_ELEMENTS + 1 group names would be too many Python objects."""
+    names = MAX_ARRAY_ELEMENTS + 1
+    compact_count = bytearray()
+    n = names + 1
+    while n >= 0x80:
+        compact_count.append(n & 0x7F | 0x80)
+        n >>= 7
+    compact_count.append(n)
+    header = struct.pack(">hhih", 42, 2, 1, 1) + b"x" + b"\x00"  # DeleteGroups v2, header v2
+    frame = header + bytes(compact_count) + b"\x03ab" * names + b"\x00"
+    _send_all_expect_close(hostile_broker.bootstrap, [("DeleteGroups v2, too many names", kw.frame(frame))])
+    assert hostile_broker.running
+    assert f"more than {MAX_ARRAY_ELEMENTS} array elements in one request" in hostile_broker.log_text()

@@ -13,7 +13,7 @@ import pytest
 from kio.index import load_request_schema
 from kio.serial import entity_reader
 
-from brokers.codec.request_check import RequestCheckError, check_request, request_plan
+from brokers.codec.request_check import MAX_ARRAY_ELEMENTS, RequestCheckError, check_request, request_plan
 from tests.request_samples import (
     advertised_versions,
     encode_request,
@@ -164,3 +164,29 @@ def test_a_version_kio_has_no_schema_for_is_refused() -> None:
 
 def test_plans_are_compiled_once() -> None:
     assert request_plan(0, 9) is request_plan(0, 9)
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return bytes(out + bytes([b]))
+        out.append(b | 0x80)
+
+
+def _delete_groups_v2(names: int) -> bytes:
+    """DeleteGroups v2 (flexible) naming ``names`` 2-character groups: 3 bytes per element."""
+    header = struct.pack(">hhih", 42, 2, 1, 1) + b"x" + b"\x00"
+    return header + _uvarint(names + 1) + b"\x03ab" * names + b"\x00"
+
+
+def test_the_array_elements_of_one_request_are_bounded() -> None:
+    check_request(_delete_groups_v2(MAX_ARRAY_ELEMENTS), 42, 2)
+    with pytest.raises(RequestCheckError, match=f"more than {MAX_ARRAY_ELEMENTS} array elements"):
+        check_request(_delete_groups_v2(MAX_ARRAY_ELEMENTS + 1), 42, 2)
+    # the bound counts every array of the request together
+    api_key, version, frame = next(s for s in SAMPLES if s[:2] == (0, 9))
+    check_request(frame, api_key, version, max_elements=2)  # topic_data[1], partition_data[1]
+    with pytest.raises(RequestCheckError, match="more than 1 array elements"):
+        check_request(frame, api_key, version, max_elements=1)
