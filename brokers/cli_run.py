@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from brokers.config import BrokerConfig, ConfigError, parse_hostport
+from brokers.config import INT32_MAX, BrokerConfig, ConfigError, parse_hostport
 
 MAX_LOCAL_BOOKIES = 16
 
@@ -48,8 +48,8 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
     """The broker config from parsed arguments; raises ConfigError with a clear message."""
     host, port = parse_hostport(args.listen, "--listen")
     adv_host, adv_port = parse_hostport(args.advertised, "--advertised") if args.advertised else ("", 0)
-    if args.node_id < 0:
-        raise ConfigError(f"--node-id {args.node_id} must not be negative")
+    if not 0 <= args.node_id <= INT32_MAX:
+        raise ConfigError(f"--node-id {args.node_id} must be between 0 and {INT32_MAX} (an int32, as in Kafka)")
     if not 0 <= args.bookies <= MAX_LOCAL_BOOKIES:
         raise ConfigError(f"--bookies {args.bookies} must be between 0 and {MAX_LOCAL_BOOKIES}")
     if args.admin:
@@ -63,7 +63,21 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
     )
     config = config.with_overrides(args.config)
     _check_quorums(config)
+    _check_limits(config)
     return config
+
+
+def _check_limits(config: BrokerConfig) -> None:
+    """Topics the broker creates itself must fit its own limits."""
+    if config.num_partitions > config.max_partitions_per_topic:
+        raise ConfigError(
+            f"num.partitions={config.num_partitions} exceeds max.partitions.per.topic={config.max_partitions_per_topic}"
+        )
+    if config.offsets_topic_num_partitions > config.max_partitions_per_broker:
+        raise ConfigError(
+            f"offsets.topic.num.partitions={config.offsets_topic_num_partitions} exceeds "
+            f"max.partitions.per.broker={config.max_partitions_per_broker}"
+        )
 
 
 def _check_quorums(config: BrokerConfig) -> None:

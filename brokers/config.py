@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 
@@ -71,6 +73,30 @@ def _off_or_non_negative(v: str) -> int:
     if n < -1:
         raise ValueError(f"{v} must be -1 (off) or >= 0")
     return n
+
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+INT32_CONFIGS = frozenset({
+    # Kafka declares these as INT (Java int32); the rest of the integer settings are LONG (int64). A value
+    # outside the type's range is refused at start, as Kafka refuses it, instead of failing every response
+    # that carries it later (a Metadata or DescribeConfigs answer encodes some of them as int32).
+    "num.partitions", "default.replication.factor", "message.max.bytes", "socket.request.max.bytes",
+    "ledger.ensemble.size", "ledger.write.quorum", "ledger.ack.quorum", "fetch.max.bytes",
+    "group.consumer.heartbeat.interval.ms", "group.consumer.session.timeout.ms", "group.consumer.max.size",
+    "offsets.topic.num.partitions", "group.initial.rebalance.delay.ms", "group.min.session.timeout.ms",
+    "group.max.session.timeout.ms", "group.max.size", "offset.metadata.max.bytes", "offsets.retention.minutes",
+    "offsets.snapshot.records", "bookie.restart.ms",
+    "max.partitions.per.topic", "max.partitions.per.broker", "max.topics",
+})
+"""Integer settings that are int32 (Kafka's INT type); every other integer setting must fit an int64."""
+
+
+def check_int_range(key: str, value: int) -> None:
+    """Raise ValueError when ``value`` does not fit the setting's Kafka type (int32 or int64)."""
+    top, kind = (INT32_MAX, "int32") if key in INT32_CONFIGS else (INT64_MAX, "int64")
+    if not -top - 1 <= value <= top:
+        raise ValueError(f"{value} is out of range for an {kind} (at most {top})")
 
 
 def _listen_or_off(v: str) -> str:
@@ -178,15 +204,15 @@ class BrokerConfig:
     offload_gc_interval_ms: int = field(
         default=600_000, metadata={"key": "offload.gc.interval.ms", "parse": _positive}
     )
-    # Disk full (storage/bookie/journal.py, metadata/disk_reserve.py): the in-process bookie's journal file
-    # size (a file is reclaimed whole once nothing in it is live) and the reserve file kept by the journal and
-    # by the embedded metadata store, released on a full disk so that deletes still go through.
-    bookie_journal_roll_bytes: int = field(
-        default=64 * 1024 * 1024, metadata={"key": "bookie.journal.roll.bytes", "parse": _positive}
+    # Limits on topics and partitions (docs/operations.md "Topics, partitions and configs"): CreateTopics,
+    # CreatePartitions and auto-creation beyond them are refused, nothing is created.
+    max_partitions_per_topic: int = field(
+        default=10_000, metadata={"key": "max.partitions.per.topic", "parse": _positive}
     )
-    disk_reserve_bytes: int = field(
-        default=4 * 1024 * 1024, metadata={"key": "disk.reserve.bytes", "parse": _non_negative}
+    max_partitions_per_broker: int = field(
+        default=50_000, metadata={"key": "max.partitions.per.broker", "parse": _positive}
     )
+    max_topics: int = field(default=10_000, metadata={"key": "max.topics", "parse": _positive})
     # Produce batch validation (brokers/codec/validate.py): defaults of the topic configs message.timestamp.*.
     log_message_timestamp_type: str = field(
         default="CreateTime", metadata={"key": "log.message.timestamp.type", "parse": _timestamp_type}
@@ -196,6 +222,15 @@ class BrokerConfig:
     )
     log_message_timestamp_after_max_ms: int = field(
         default=2**63 - 1, metadata={"key": "log.message.timestamp.after.max.ms", "parse": _non_negative}
+    )
+    # Disk full (storage/bookie/journal.py, metadata/disk_reserve.py): the in-process bookie's journal file
+    # size (a file is reclaimed whole once nothing in it is live) and the reserve file kept by the journal and
+    # by the embedded metadata store, released on a full disk so that deletes still go through.
+    bookie_journal_roll_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"key": "bookie.journal.roll.bytes", "parse": _positive}
+    )
+    disk_reserve_bytes: int = field(
+        default=4 * 1024 * 1024, metadata={"key": "disk.reserve.bytes", "parse": _non_negative}
     )
     # Connections and memory (brokers/connection.py, brokers/response_memory.py).
     connection_max_inflight_requests: int = field(
@@ -233,7 +268,10 @@ class BrokerConfig:
                 raise ConfigError(f"unknown config {key!r}; known: {', '.join(sorted(by_key))}")
             parse: Callable[[str], object] = f.metadata.get("parse") or (_bool if f.type == "bool" else int)
             try:
-                changes[f.name] = parse(raw)
+                value = parse(raw)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    check_int_range(key, value)
+                changes[f.name] = value
             except ValueError as e:
                 raise ConfigError(f"config {key}={raw!r}: {e}") from None
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -283,32 +321,111 @@ TOPIC_CONFIG_DEFAULTS: dict[str, str] = {
     "segment.ms": "604800000",
     "unclean.leader.election.enable": "false",
 }
-_ENUMS = {
-    "cleanup.policy": {"delete", "compact", "compact,delete", "delete,compact"},
-    "compression.type": {"producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"},
-    "message.timestamp.type": {"CreateTime", "LogAppendTime"},
-    "preallocate": {"true", "false"},
-    "remote.storage.enable": {"true", "false"},
-    "unclean.leader.election.enable": {"true", "false"},
+_INT_TEXT = re.compile(r"^[+-]?[0-9]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfigType:
+    """A topic config's Kafka type and valid values (LogConfig's ConfigDef): ``kind`` is int (int32), long
+    (int64), double, boolean, enum (one of ``allowed``) or list (comma-separated items of ``allowed``)."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    allowed: tuple[str, ...] = ()
+
+    def check(self, key: str, value: str) -> None:
+        """Raise ConfigError naming ``key`` unless ``value`` is valid for it."""
+        text = value.strip()
+        if self.kind in ("int", "long"):
+            top = INT32_MAX if self.kind == "int" else INT64_MAX
+            if not _INT_TEXT.match(text):
+                raise ConfigError(f"invalid value {value!r} for {key}: not an integer ({self.kind})")
+            n: float = int(text)
+            if not -top - 1 <= n <= top:
+                raise ConfigError(f"invalid value {value!r} for {key}: out of range for an {self.kind}")
+        elif self.kind == "double":
+            try:
+                n = float(text)
+            except ValueError:
+                raise ConfigError(f"invalid value {value!r} for {key}: not a number (double)") from None
+            if not math.isfinite(n):
+                raise ConfigError(f"invalid value {value!r} for {key}: not a finite number")
+        elif self.kind == "boolean":
+            if text.lower() not in ("true", "false"):
+                raise ConfigError(f"invalid value {value!r} for {key}: must be true or false")
+            return
+        elif self.kind == "enum":
+            if text not in self.allowed:
+                raise ConfigError(f"invalid value {value!r} for {key}; allowed: {', '.join(self.allowed)}")
+            return
+        else:  # list
+            items = [item.strip() for item in text.split(",")]
+            if not text or any(item not in self.allowed for item in items):
+                raise ConfigError(
+                    f"invalid value {value!r} for {key}: a comma-separated list of {', '.join(self.allowed)}"
+                )
+            return
+        if self.low is not None and n < self.low:
+            raise ConfigError(f"invalid value {value!r} for {key}: must be at least {_num(self.low)}")
+        if self.high is not None and n > self.high:
+            raise ConfigError(f"invalid value {value!r} for {key}: must be at most {_num(self.high)}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _int(low: int | None = None) -> TopicConfigType:
+    return TopicConfigType("int", low)
+
+
+def _long(low: int | None = None) -> TopicConfigType:
+    return TopicConfigType("long", low)
+
+
+_BOOLEAN = TopicConfigType("boolean")
+TOPIC_CONFIG_TYPES: dict[str, TopicConfigType] = {
+    # Kafka's LogConfig types and validators (atLeast/between/in), one per key of TOPIC_CONFIG_DEFAULTS.
+    "cleanup.policy": TopicConfigType("list", allowed=("compact", "delete")),
+    "compression.type": TopicConfigType("enum", allowed=("producer", "uncompressed", "gzip", "snappy", "lz4", "zstd")),
+    "delete.retention.ms": _long(0),
+    "file.delete.delay.ms": _long(0),
+    "flush.messages": _long(1),
+    "flush.ms": _long(0),
+    "index.interval.bytes": _int(0),
+    "local.retention.bytes": _long(-2),
+    "local.retention.ms": _long(-2),
+    "max.compaction.lag.ms": _long(1),
+    "max.message.bytes": _int(0),
+    "message.timestamp.after.max.ms": _long(0),
+    "message.timestamp.before.max.ms": _long(0),
+    "message.timestamp.type": TopicConfigType("enum", allowed=("CreateTime", "LogAppendTime")),
+    "min.cleanable.dirty.ratio": TopicConfigType("double", 0.0, 1.0),
+    "min.compaction.lag.ms": _long(0),
+    "min.insync.replicas": _int(1),
+    "preallocate": _BOOLEAN,
+    "remote.storage.enable": _BOOLEAN,
+    "retention.bytes": _long(),
+    "retention.ms": _long(-1),
+    "segment.bytes": _int(14),
+    "segment.index.bytes": _int(4),
+    "segment.jitter.ms": _long(0),
+    "segment.ms": _long(1),
+    "unclean.leader.election.enable": _BOOLEAN,
 }
 
 
 def validate_topic_configs(configs: dict[str, str | None]) -> dict[str, str]:
-    """Check names and values of topic configs; returns the set ones. Raises ConfigError."""
+    """Check names and values of topic configs against their Kafka types and ranges; returns the set ones.
+    Raises ConfigError naming the config (CreateTopics answers INVALID_CONFIG with its text)."""
     out: dict[str, str] = {}
     for key, value in configs.items():
-        if key not in TOPIC_CONFIG_DEFAULTS:
+        kind = TOPIC_CONFIG_TYPES.get(key)
+        if kind is None:
             raise ConfigError(f"unknown topic config {key!r}")
         if value is None:
             continue
-        allowed = _ENUMS.get(key)
-        if allowed is not None:
-            if value not in allowed:
-                raise ConfigError(f"invalid value {value!r} for {key}; allowed: {sorted(allowed)}")
-        else:
-            try:
-                float(value)
-            except ValueError:
-                raise ConfigError(f"invalid value {value!r} for {key}: not a number") from None
+        kind.check(key, value)
         out[key] = value
     return out

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from kio.schema.errors import ErrorCode
 
@@ -35,32 +36,84 @@ def check_name(name: str) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TopicLimits:
+    """How far clients may grow the cluster (``max.partitions.per.topic``, ``max.partitions.per.broker``,
+    ``max.topics``). Each partition costs the broker memory once used and a row in every full Metadata answer;
+    a bound keeps one careless CreatePartitions from making the broker unusable. Internal topics are created
+    by the broker itself and exempt, but they count toward the totals."""
+
+    partitions_per_topic: int = 2**31 - 1
+    partitions_per_broker: int = 2**31 - 1
+    topics: int = 2**31 - 1
+
+    def check(self, registry: TopicRegistry, name: str, partitions: int, added: int, new_topic: bool) -> None:
+        """Raise TopicError unless a topic ``name`` may have ``partitions`` partitions, ``added`` of them new."""
+        if name in INTERNAL_TOPICS:
+            return
+        if partitions > self.partitions_per_topic:
+            raise TopicError(
+                ErrorCode.invalid_partitions,
+                f"{partitions} partitions for topic {name!r} exceed "
+                f"max.partitions.per.topic={self.partitions_per_topic}",
+            )
+        if new_topic and registry.topic_count >= self.topics:
+            raise TopicError(
+                ErrorCode.policy_violation,
+                f"the cluster has {registry.topic_count} topics; max.topics={self.topics} allows no more",
+            )
+        total = registry.partition_count
+        if total + added > self.partitions_per_broker:
+            raise TopicError(
+                ErrorCode.policy_violation,
+                f"adding {added} partitions to the {total} this broker has would exceed "
+                f"max.partitions.per.broker={self.partitions_per_broker}",
+            )
+
+
 class TopicRegistry:
     """All topics of the cluster; ``generation`` changes whenever any topic does."""
 
-    def __init__(self, store: MetadataStore, keys: Keys) -> None:
+    def __init__(self, store: MetadataStore, keys: Keys, limits: TopicLimits | None = None) -> None:
         self._store = store
         self._keys = keys
+        self.limits = limits or TopicLimits()
         self._by_name: dict[str, TopicRecord] = {}
         self._by_id: dict[str, TopicRecord] = {}
         self._versions: dict[str, int] = {}
+        self._partitions = 0
+        self._changing = asyncio.Lock()  # limit checks and the store write they guard happen together
         self.generation = 0
+
+    @property
+    def partition_count(self) -> int:
+        """Partitions of all topics, internal ones included."""
+        return self._partitions
+
+    @property
+    def topic_count(self) -> int:
+        return len(self._by_name)
 
     async def load(self) -> None:
         self._by_name.clear()
         self._by_id.clear()
+        self._versions.clear()
+        self._partitions = 0
         for item in await self._store.list(self._keys.topics_prefix()):
             self._remember(TopicRecord.decode(item.value), item.version)
         self.generation += 1
 
     def _remember(self, topic: TopicRecord, version: int) -> None:
+        old = self._by_name.get(topic.name)
+        self._partitions += topic.partitions - (old.partitions if old is not None else 0)
         self._by_name[topic.name] = topic
         self._by_id[topic.topic_id] = topic
         self._versions[topic.name] = version
         self.generation += 1
 
     def _forget(self, topic: TopicRecord) -> None:
-        self._by_name.pop(topic.name, None)
+        old = self._by_name.pop(topic.name, None)
+        self._partitions -= old.partitions if old is not None else 0
         self._by_id.pop(topic.topic_id, None)
         self._versions.pop(topic.name, None)
         self.generation += 1
@@ -86,18 +139,20 @@ class TopicRegistry:
             raise TopicError(
                 ErrorCode.invalid_replication_factor, f"replication factor {replication_factor} must be positive"
             )
-        if name in self._by_name:
-            raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
-        topic = TopicRecord(name, str(uuid.uuid4()), partitions, replication_factor, configs)
-        if validate_only:
+        async with self._changing:
+            if name in self._by_name:
+                raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+            self.limits.check(self, name, partitions, partitions, new_topic=True)
+            topic = TopicRecord(name, str(uuid.uuid4()), partitions, replication_factor, configs)
+            if validate_only:
+                return topic
+            try:
+                version = await self._store.put(self._keys.topic(name), topic.encode(), expected_version=0)
+            except VersionConflict:
+                await self.load()
+                raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists") from None
+            self._remember(topic, version)
             return topic
-        try:
-            version = await self._store.put(self._keys.topic(name), topic.encode(), expected_version=0)
-        except VersionConflict:
-            await self.load()
-            raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists") from None
-        self._remember(topic, version)
-        return topic
 
     async def delete(self, name: str) -> tuple[TopicRecord, list[int]]:
         """Delete a topic and its partition states; returns it and the ledger ids it held."""
@@ -117,7 +172,12 @@ class TopicRegistry:
         return topic, ledger_ids
 
     async def add_partitions(self, name: str, count: int, validate_only: bool = False) -> TopicRecord:
-        """Grow a topic to ``count`` partitions; raises TopicError(INVALID_PARTITIONS) to shrink."""
+        """Grow a topic to ``count`` partitions; raises TopicError(INVALID_PARTITIONS) to shrink or beyond a
+        limit."""
+        async with self._changing:
+            return await self._add_partitions(name, count, validate_only)
+
+    async def _add_partitions(self, name: str, count: int, validate_only: bool) -> TopicRecord:
         topic = self._by_name.get(name)
         if topic is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"topic {name!r} does not exist")
@@ -128,6 +188,7 @@ class TopicRegistry:
                 ErrorCode.invalid_partitions,
                 f"topic {name!r} has {topic.partitions} partitions; the new count {count} must be larger",
             )
+        self.limits.check(self, name, count, count - topic.partitions, new_topic=False)
         grown = replace(topic, partitions=count)
         if validate_only:
             return grown

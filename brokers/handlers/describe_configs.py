@@ -11,7 +11,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.config import TOPIC_CONFIG_DEFAULTS
+from brokers.config import INT32_CONFIGS, TOPIC_CONFIG_DEFAULTS, TOPIC_CONFIG_TYPES
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.topics import TopicError, check_name
 
@@ -71,10 +71,10 @@ BROKER_SYNONYMS: dict[str, str] = {
     "segment.ms": "log.roll.ms",
     "unclean.leader.election.enable": "unclean.leader.election.enable",
 }
-_INT_TOPIC_CONFIGS = {
-    "index.interval.bytes", "max.message.bytes", "min.insync.replicas", "segment.bytes", "segment.index.bytes",
+_TOPIC_TYPE_CODES = {
+    "int": ConfigType.INT, "long": ConfigType.LONG, "double": ConfigType.DOUBLE, "boolean": ConfigType.BOOLEAN,
+    "enum": ConfigType.STRING, "list": ConfigType.LIST,
 }
-_INT32 = range(-(2**31), 2**31)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,26 +89,19 @@ class ConfigEntry:
     synonyms: tuple[tuple[str, str | None, ConfigSource], ...]
 
 
-def _topic_config_type(key: str, default: str) -> ConfigType:
-    if key == "cleanup.policy":
-        return ConfigType.LIST
-    if default in ("true", "false"):
-        return ConfigType.BOOLEAN
-    if key in _INT_TOPIC_CONFIGS:
-        return ConfigType.INT
-    if key.endswith((".ms", ".bytes", ".messages")):
-        return ConfigType.LONG
-    return ConfigType.DOUBLE if key == "min.cleanable.dirty.ratio" else ConfigType.STRING
+def _topic_config_type(key: str) -> ConfigType:
+    kind = TOPIC_CONFIG_TYPES.get(key)
+    return ConfigType.STRING if kind is None else _TOPIC_TYPE_CODES[kind.kind]
 
 
-def _broker_config_type(value: str) -> ConfigType:
+def _broker_config_type(key: str, value: str) -> ConfigType:
     if value in ("true", "false"):
         return ConfigType.BOOLEAN
     try:
-        n = int(value)
+        int(value)
     except ValueError:
         return ConfigType.STRING
-    return ConfigType.INT if n in _INT32 else ConfigType.LONG
+    return ConfigType.INT if key in INT32_CONFIGS or key in ("broker.id", "node.id") else ConfigType.LONG
 
 
 def topic_config_entries(overrides: dict[str, str], broker_configs: dict[str, str]) -> list[ConfigEntry]:
@@ -127,7 +120,7 @@ def topic_config_entries(overrides: dict[str, str], broker_configs: dict[str, st
             chain.append((broker_key, broker_configs[broker_key], ConfigSource.STATIC_BROKER_CONFIG))
         chain.append((broker_key or key, default, ConfigSource.DEFAULT_CONFIG))
         _, value, source = chain[0]
-        entries.append(ConfigEntry(key, value, source, False, _topic_config_type(key, default), tuple(chain)))
+        entries.append(ConfigEntry(key, value, source, False, _topic_config_type(key), tuple(chain)))
     return entries
 
 
@@ -135,7 +128,7 @@ def broker_config_entries(broker_configs: dict[str, str]) -> list[ConfigEntry]:
     """This broker's configs: all static (set at start), so all read-only."""
     return [
         ConfigEntry(
-            key, value, ConfigSource.STATIC_BROKER_CONFIG, True, _broker_config_type(value),
+            key, value, ConfigSource.STATIC_BROKER_CONFIG, True, _broker_config_type(key, value),
             ((key, value, ConfigSource.STATIC_BROKER_CONFIG),),
         )
         for key, value in sorted(broker_configs.items())
