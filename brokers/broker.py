@@ -9,15 +9,18 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+from kio.schema.errors import ErrorCode
+
 from brokers.config import TOPIC_CONFIG_DEFAULTS, BrokerConfig
 from brokers.groups.consumer_shard import consumer_extension
 from brokers.groups.coordinator import GroupCoordinator
 from brokers.log.manager import LogManager
 from brokers.log.partition import LogConfig, Tiering
-from brokers.topics import TopicError, TopicRegistry
-from metadata.api import Lease, MetadataStore, VersionConflict
+from brokers.log.types import LogError
+from brokers.topics import TopicError, TopicLimits, TopicRegistry
+from metadata.api import Lease, MetadataError, MetadataStore, VersionConflict
 from metadata.keys import Keys
-from metadata.models import BrokerRecord, TopicRecord, decode_int, encode_int
+from metadata.models import BrokerRecord, PartitionState, TopicRecord, decode_int, encode_int
 from storage.ledger.api import LedgerClient, LedgerError, NoSuchLedger
 from storage.objectstore.api import ObjectStore
 from storage.offload.offloader import Offloader
@@ -27,6 +30,10 @@ from storage.segment.format import partition_prefix
 
 log = logging.getLogger(__name__)
 PRODUCER_ID_BLOCK = 1000
+WARM_UP_PAUSE_S = 0.005
+"""Pause between two background loads after start (at most ~200 a second), so clients keep being served."""
+WARM_UP_RETRY_S = 30.0
+"""A partition whose background load failed (bookies down, say) is tried again after this long."""
 
 
 class Broker:
@@ -49,7 +56,11 @@ class Broker:
                 offload=config.offload_enable,
                 high_water_bytes=config.offload_high_water_bytes,
             )
-        self.topics = TopicRegistry(store, self.keys)
+        self.topics = TopicRegistry(
+            store,
+            self.keys,
+            TopicLimits(config.max_partitions_per_topic, config.max_partitions_per_broker, config.max_topics),
+        )
         self.logs = LogManager(
             store,
             self.keys,
@@ -74,13 +85,16 @@ class Broker:
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Load cluster identity and topics, and register this broker under a lease."""
+        """Load cluster identity and topics, and register this broker under a lease.
+
+        Partition logs are not loaded here: each is loaded (its tail recovered, fenced) when first used, so
+        start-up time does not grow with idle partitions. Partitions whose stored state shows work to do
+        are loaded in the background afterwards (``load_pending``)."""
         self.cluster_id = await self._cluster_id()
         await self.topics.load()
-        for topic in self.topics.all():
-            await self.ensure_loaded(topic)
         await self.groups.start()
         self._spawn(self.logs.run_age_rollover())
+        self._spawn(self._run_load_pending())
         if self.tiering is not None:
             self._spawn(self._run_retention())
             self._spawn(self._run_orphan_gc())
@@ -143,22 +157,84 @@ class Broker:
 
     # --- topics ------------------------------------------------------------------------------
     async def topic_for_produce_or_fetch(self, name: str) -> TopicRecord | None:
-        """The topic, auto-creating it when the broker allows that."""
+        """The topic, auto-creating it when the broker allows that (None when it does not or refuses)."""
         topic = self.topics.get(name)
         if topic is None and self.config.auto_create_topics:
             try:
-                topic = await self.topics.create(
-                    name, self.config.num_partitions, self.config.default_replication_factor, {}
-                )
+                topic = await self.auto_create_topic(name)
             except TopicError:
                 topic = self.topics.get(name)
         return topic
 
-    async def ensure_loaded(self, topic: TopicRecord) -> None:
-        """Take over every partition of ``topic`` (embedded mode owns them all)."""
-        for p in range(topic.partitions):
-            if self.logs.loaded(topic.topic_id, p) is None:
-                await self.logs.get(topic.topic_id, p)
+    async def auto_create_topic(self, name: str) -> TopicRecord:
+        """Create ``name`` with the broker's defaults (``num.partitions``, ``default.replication.factor``);
+        raises TopicError when a limit or the name refuses it (a concurrent creation is not an error)."""
+        try:
+            config = self.config
+            return await self.topics.create(name, config.num_partitions, config.default_replication_factor, {})
+        except TopicError as e:
+            found = self.topics.get(name)
+            if found is None or e.code != ErrorCode.topic_already_exists:
+                raise
+            return found
+
+    # --- background loading of partitions with work to do -------------------------------------
+    async def load_pending(self, pause_s: float = WARM_UP_PAUSE_S) -> tuple[int, list[tuple[str, int]]]:
+        """Load, one at a time, every partition whose stored state shows work only a loaded log does: an open
+        ledger (recovered and closed now rather than at first use), and with tiered storage any data (closed
+        ledgers to offload, segments retention may delete; orphan GC walks loaded logs too). Partitions never
+        written stay unloaded. The embedded broker owns every partition; once partitions have owners (issue 10)
+        this must load only this broker's. Returns (how many were loaded, the ones whose load failed)."""
+        loaded, failed = 0, []
+        for topic in self.topics.all():
+            try:
+                items = await self.store.list(self.keys.partitions_prefix(topic.topic_id))
+            except MetadataError as e:
+                log.warning("could not list the partitions of %s: %s", topic.name, e)
+                continue
+            prefix = len(self.keys.partitions_prefix(topic.topic_id))
+            for item in items:
+                partition = int(item.key[prefix:])
+                if not self._has_pending_work(PartitionState.decode(item.value)):
+                    continue
+                if self.topics.by_id(topic.topic_id) is None:
+                    break  # deleted meanwhile
+                if self.logs.loaded(topic.topic_id, partition) is not None:
+                    continue
+                try:
+                    await self.logs.get(topic.topic_id, partition)
+                    loaded += 1
+                except (LogError, MetadataError, LedgerError) as e:
+                    log.warning("background load of %s/%d failed (retried later or at first use): %s",
+                                topic.name, partition, e)
+                    failed.append((topic.topic_id, partition))
+                await asyncio.sleep(pause_s)
+        return loaded, failed
+
+    def _has_pending_work(self, state: PartitionState) -> bool:
+        if any(not ref.closed for ref in state.ledgers):
+            return True
+        return self.tiering is not None and state.end_offset > state.log_start_offset
+
+    async def _run_load_pending(self) -> None:
+        """Background task after start: ``load_pending``, then retry the failed ones until none is left."""
+        started = asyncio.get_running_loop().time()
+        loaded, failed = await self.load_pending()
+        log.info("loaded %d partitions with pending work in the background in %.1f s (%d of %d partitions "
+                 "loaded; %d failed)", loaded, asyncio.get_running_loop().time() - started,
+                 self.logs.loaded_count, self.topics.partition_count, len(failed))
+        while failed:
+            await asyncio.sleep(WARM_UP_RETRY_S)
+            retry, failed = failed, []
+            for topic_id, partition in retry:
+                topic = self.topics.by_id(topic_id)
+                if topic is None or partition >= topic.partitions or self.logs.loaded(topic_id, partition):
+                    continue
+                try:
+                    await self.logs.get(topic_id, partition)
+                except (LogError, MetadataError, LedgerError) as e:
+                    log.warning("background load of %s/%d failed again: %s", topic.name, partition, e)
+                    failed.append((topic_id, partition))
 
     async def delete_topic(self, name: str) -> TopicRecord:
         """Delete a topic: metadata first, then its logs; its ledgers and segments are deleted in the

@@ -27,6 +27,20 @@ class LogManager:
         self._loading: dict[tuple[str, int], asyncio.Task[PartitionLog]] = {}
         self.generation = 0
         """Changes whenever a log is loaded or dropped (its epoch is then new)."""
+        self._topic_generations: dict[str, int] = {}
+
+    def topic_generation(self, topic_id: str) -> int:
+        """Changes whenever one of the topic's logs is loaded or dropped (no I/O)."""
+        return self._topic_generations.get(topic_id, 0)
+
+    def _changed(self, topic_id: str) -> None:
+        self.generation += 1
+        self._topic_generations[topic_id] = self._topic_generations.get(topic_id, 0) + 1
+
+    @property
+    def loaded_count(self) -> int:
+        """How many partition logs are loaded (observability: idle partitions are never loaded)."""
+        return len(self._logs)
 
     def loaded(self, topic_id: str, partition: int) -> PartitionLog | None:
         """The log if it is already loaded (no I/O)."""
@@ -53,7 +67,7 @@ class LogManager:
             plog = PartitionLog(self._store, self._keys, self._ledgers, key[0], key[1], self.config, self.tiering)
             await plog.load()
             self._logs[key] = plog
-            self.generation += 1
+            self._changed(key[0])
             return plog
         finally:
             self._loading.pop(key, None)
@@ -63,9 +77,10 @@ class LogManager:
         ledger_ids: list[int] = []
         for key in [k for k in self._logs if k[0] == topic_id]:
             plog = self._logs.pop(key)
-            self.generation += 1
+            self._changed(topic_id)
             await plog.close()
             ledger_ids.extend(ref.ledger_id for ref in plog.ledgers)
+        self._topic_generations.pop(topic_id, None)
         return ledger_ids
 
     async def roll_aged(self) -> int:
