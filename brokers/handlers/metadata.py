@@ -58,7 +58,7 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
                 except TopicError as e:  # a limit or an illegal name: the client sees the refusal's code
                     refused[name] = e
     key = (version, None if names is None else tuple(names), tuple(ids), broker.topics.generation,
-           broker.logs.generation, broker.config.node_id, id(broker))
+           broker.logs.generation, broker.config.node_id, broker.logs.instance)
     cached = _cache.get(key) if not refused else None
     if cached is not None:
         _cache.move_to_end(key)
@@ -156,7 +156,7 @@ def _topic(ctx: RequestContext, topic: TopicRecord) -> bytes:
     broker = ctx.broker
     version = ctx.api_version
     node = broker.config.node_id
-    key = (version, topic.topic_id, id(broker))
+    key = (version, topic.topic_id, broker.logs.instance)
     stamp = (topic.name, topic.partitions, node, broker.logs.topic_generation(topic.topic_id))
     found = _topic_cache.get(key)
     if found is not None and found[0] == stamp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 from brokers.log.partition import LogConfig, PartitionLog, Tiering
@@ -11,6 +12,7 @@ from metadata.keys import Keys
 from storage.ledger.api import LedgerClient
 
 log = logging.getLogger(__name__)
+_instances = itertools.count(1)
 
 
 class LogManager:
@@ -28,6 +30,8 @@ class LogManager:
         self.generation = 0
         """Changes whenever a log is loaded or dropped (its epoch is then new)."""
         self._topic_generations: dict[str, int] = {}
+        self.instance = next(_instances)
+        """Unique per manager in this process (caches keyed by generations must not mix two managers')."""
 
     def topic_generation(self, topic_id: str) -> int:
         """Changes whenever one of the topic's logs is loaded or dropped (no I/O)."""

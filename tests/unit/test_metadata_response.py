@@ -41,6 +41,7 @@ class _Topics:
 
 class _Logs:
     generation = 1
+    instance = 0
 
     def topic_generation(self, topic_id: str) -> int:
         return 1
