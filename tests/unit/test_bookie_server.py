@@ -410,3 +410,17 @@ async def test_registration_and_the_watcher_keep_the_live_set(tmp_path: Path) ->
     for bookie in bookies:
         await bookie.close()
     await store.close()
+
+
+def test_a_disk_error_crosses_the_wire_as_a_disk_error() -> None:
+    """A bookie whose disk is full answers DISK, and the client raises a DiskError again, so the broker can
+    answer KAFKA_STORAGE_ERROR rather than NOT_ENOUGH_REPLICAS."""
+    from storage.bookie.journal import BookieDiskError
+    from storage.bookie.server import error_code
+    from storage.bookie.tcp_client import wire_error
+    from storage.ledger.api import DiskError
+
+    assert error_code(BookieDiskError("no space")) is wire.Code.DISK
+    assert error_code(BookieUnavailable("closed")) is wire.Code.UNAVAILABLE
+    assert isinstance(wire_error(wire.Code.DISK, "no space"), DiskError)
+    assert not isinstance(wire_error(wire.Code.UNAVAILABLE, "closed"), DiskError)
