@@ -10,10 +10,12 @@ just after the read was routed to it: the read is routed again, to the segment.
 
 An object store that fails or does not answer while offloaded data is read: the segment read is retried
 with a backoff (0.1 s doubling to 1 s) for at most ``SEGMENT_READ_BOUND_S`` in all, each attempt bounded
-by what is left of it, then the fetch gets KAFKA_STORAGE_ERROR for the partition (retriable: clients fetch
-again and resume once the store answers), never an empty success. Each failed read counts in
-``ReadFailures`` (the metric ``tidelog_tiered_read_failures_total``). A stalled GET keeps going in the block
-cache after the attempt gives up (the cache shields its loads), so a later fetch picks up its result.
+by what is left of it (``SEGMENT_READ_BOUND_DOWN_S`` while the last read failed and none has worked since,
+so that a fetch of many partitions still answers in time), then the fetch gets KAFKA_STORAGE_ERROR for the
+partition (retriable: clients fetch again and resume once the store answers), never an empty success. Each
+failed read counts in ``ReadFailures`` (the metric ``tidelog_tiered_read_failures_total``). A stalled GET
+keeps going in the block cache after the attempt gives up (the cache shields its loads), so a later fetch
+picks up its result.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from storage.segment.format import CorruptSegment
 READ_ATTEMPTS = 3
 SCAN_BYTES = 1 << 20
 SEGMENT_READ_BOUND_S = 5.0  # well inside clients' fetch request timeouts (30 s and more)
+SEGMENT_READ_BOUND_DOWN_S = 0.5  # while the store is known down: a fetch of many partitions still answers in time
 SEGMENT_RETRY_MIN_S = 0.1
 SEGMENT_RETRY_MAX_S = 1.0
 
@@ -314,7 +317,6 @@ class TieredLog:
             if segments is not None and offset < self._ledger_start(live):
                 got = await self._from_segments(segments, offset, max_bytes)
                 if got:
-                    self._read_succeeded()
                     return got
             if not live:
                 return []
@@ -327,12 +329,15 @@ class TieredLog:
     async def _from_segments(self, segments: PartitionSegments, offset: int, max_bytes: int) -> list[memoryview]:
         """A segment read, retried within ``SEGMENT_READ_BOUND_S``; object store trouble then becomes a
         retriable KAFKA_STORAGE_ERROR, and a segment that retention removed meanwhile OFFSET_OUT_OF_RANGE."""
-        deadline = time.monotonic() + SEGMENT_READ_BOUND_S
+        down = self._tiering is not None and self._tiering.read_failures.last_error is not None
+        deadline = time.monotonic() + (SEGMENT_READ_BOUND_DOWN_S if down else SEGMENT_READ_BOUND_S)
         backoff = SEGMENT_RETRY_MIN_S
         while True:
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    return await segments.read(offset, max_bytes)
+                    got = await segments.read(offset, max_bytes)
+                self._read_succeeded()
+                return got
             except ObjectNotFound:
                 start = self._state.log_start_offset
                 if offset < start:
@@ -345,7 +350,7 @@ class TieredLog:
                 self._read_failed(offset, repr(e))
                 raise LogError(ErrorCode.kafka_storage_error, f"segment read failed: {e}") from None
             except (ObjectStoreError, TimeoutError) as e:
-                error = e if isinstance(e, ObjectStoreError) else f"no answer in {SEGMENT_READ_BOUND_S:.0f}s"
+                error = e if isinstance(e, ObjectStoreError) else "no answer within the read bound"
                 if time.monotonic() + backoff >= deadline:
                     self._read_failed(offset, str(error))
                     raise LogError(ErrorCode.kafka_storage_error, f"object store read failed: {error}") from None

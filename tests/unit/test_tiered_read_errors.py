@@ -48,6 +48,7 @@ class Log(TieredLog):
 @pytest.fixture(autouse=True)
 def short_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tiered, "SEGMENT_READ_BOUND_S", 0.5)
+    monkeypatch.setattr(tiered, "SEGMENT_READ_BOUND_DOWN_S", 0.05)
     monkeypatch.setattr(tiered, "SEGMENT_RETRY_MIN_S", 0.01)
     monkeypatch.setattr(tiered, "SEGMENT_RETRY_MAX_S", 0.05)
 
@@ -69,7 +70,10 @@ async def test_a_store_down_past_the_bound_is_a_storage_error_and_counted(hang: 
     assert raised.value.code == ErrorCode.kafka_storage_error
     assert plog._tiering is not None
     assert plog._tiering.read_failures.count == 1 and plog._tiering.read_failures.last_error is not None
+    segments.calls = 0  # the store is still down: the next read fails fast (one short bound), counted again
+    with pytest.raises(LogError):
+        await plog.read(segments)
+    assert plog._tiering.read_failures.count == 2
     segments.failures = 0  # the store is back: the next read works and the failure state clears
-    plog._read_succeeded()
     assert [bytes(b) for b in await plog.read(segments)] == [b"batch"]
     assert plog._tiering.read_failures.last_error is None
