@@ -153,6 +153,9 @@ def write(data_dir: Path, cp: Checkpoint) -> int:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a disk full midway: leave no partial file taking space
+        raise
     finally:
         os.close(fd)
     os.replace(tmp, target)
