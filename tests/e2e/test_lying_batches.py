@@ -318,3 +318,33 @@ def test_log_append_time_topic_stamps_the_broker_time(bootstrap: str) -> None:
     assert high_watermark(bootstrap, LAT_TOPIC) == 2
     assert offsets_for_time(bootstrap, LAT_TOPIC, ans.log_append_time) == 0
     assert offsets_for_time(bootstrap, LAT_TOPIC, ans.log_append_time + 1) == -1
+
+
+def test_log_append_time_topic_with_compressed_batches_from_a_real_producer(bootstrap: str) -> None:
+    """confluent-kafka (lz4) into a LogAppendTime topic: the stamped batches stay readable by every client, with
+    the broker's time as every record's timestamp."""
+    from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Producer
+
+    topic = "log-append-time-lz4"
+    create_topic(bootstrap, topic, 1, {"message.timestamp.type": "LogAppendTime"})
+    t0 = int(time.time() * 1000)
+    p = Producer({"bootstrap.servers": bootstrap, "compression.type": "lz4", "linger.ms": 20, "acks": "all"})
+    for i in range(500):
+        p.produce(topic, f"v{i}".encode(), key=b"k", partition=0, timestamp=1_000 + i)
+    assert p.flush(60) == 0
+    t1 = int(time.time() * 1000)
+    c = Consumer(consumer_config(bootstrap))
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        msgs = []
+        deadline = time.monotonic() + 60
+        while len(msgs) < 500 and time.monotonic() < deadline:
+            msgs += [m for m in c.consume(500, timeout=0.5) if m.error() is None]
+    finally:
+        c.close()
+    assert [m.value() for m in msgs] == [f"v{i}".encode() for i in range(500)]
+    assert {m.timestamp()[0] for m in msgs} == {TIMESTAMP_LOG_APPEND_TIME}
+    assert all(t0 - 1 <= m.timestamp()[1] <= t1 + 1 for m in msgs)
+    for got in (kafka_python_read(bootstrap, topic, 1), asyncio.run(aiokafka_read(bootstrap, topic, 1))):
+        assert [(g.offset, g.value) for g in got] == [(i, f"v{i}".encode()) for i in range(500)]
+        assert all(t0 - 1 <= g.timestamp <= t1 + 1 for g in got)
