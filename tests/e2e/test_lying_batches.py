@@ -323,7 +323,7 @@ def test_log_append_time_topic_stamps_the_broker_time(bootstrap: str) -> None:
 def test_log_append_time_topic_with_compressed_batches_from_a_real_producer(bootstrap: str) -> None:
     """confluent-kafka (lz4) into a LogAppendTime topic: the stamped batches stay readable by every client, with
     the broker's time as every record's timestamp."""
-    from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Producer
+    from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message, Producer
 
     topic = "log-append-time-lz4"
     create_topic(bootstrap, topic, 1, {"message.timestamp.type": "LogAppendTime"})
@@ -336,7 +336,7 @@ def test_log_append_time_topic_with_compressed_batches_from_a_real_producer(boot
     c = Consumer(consumer_config(bootstrap))
     try:
         c.assign([TopicPartition(topic, 0, 0)])
-        msgs = []
+        msgs: list[Message] = []
         deadline = time.monotonic() + 60
         while len(msgs) < 500 and time.monotonic() < deadline:
             msgs += [m for m in c.consume(500, timeout=0.5) if m.error() is None]
