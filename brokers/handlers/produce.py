@@ -95,6 +95,13 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 except LogError as e:
                     out.fail(e.code, str(e))
     if request.acks == 0:
+        failed = next((out for _name, parts in outcomes for _i, out in parts if out.error != ErrorCode.none), None)
+        if failed is not None:
+            # As Kafka does: with no response to carry the error, closing the connection is how an acks=0
+            # producer learns that something went wrong (and refreshes its metadata).
+            from brokers.server import CloseConnection  # here: the server imports the handlers
+
+            raise CloseConnection(f"acks=0 produce failed: {failed.error.name}: {failed.message}")
         return None
     return _response(ctx, outcomes)
 

@@ -348,3 +348,21 @@ def test_log_append_time_topic_with_compressed_batches_from_a_real_producer(boot
     for got in (kafka_python_read(bootstrap, topic, 1), asyncio.run(aiokafka_read(bootstrap, topic, 1))):
         assert [(g.offset, g.value) for g in got] == [(i, f"v{i}".encode()) for i in range(500)]
         assert all(t0 - 1 <= g.timestamp <= t1 + 1 for g in got)
+
+
+def test_acks_0_lying_batch_closes_the_connection(bootstrap: str) -> None:
+    """acks=0 has no response to carry the error: as Kafka does, the broker closes the connection (after
+    answering what came before on it) and appends nothing."""
+    before = high_watermark(bootstrap, LYING_TOPIC)
+    lie = batch(records(1), count=1, last_delta=1_000_000)
+    with kw.connect(bootstrap) as s:
+        s.sendall(kw.produce_request(VERSION, LYING_TOPIC, 0, lie, correlation_id=9, acks=0))
+        assert kw.wait_closed(s, timeout=30) == b""
+    assert high_watermark(bootstrap, LYING_TOPIC) == before
+    # A good acks=0 batch leaves the connection open: a request after it is answered.
+    good = kw.record_batch([kw.Record(b"good", b"acks=0")], int(time.time() * 1000))
+    with kw.connect(bootstrap) as s:
+        s.sendall(kw.produce_request(VERSION, LYING_TOPIC, 0, good, correlation_id=10, acks=0))
+        assert kw.api_versions(s, correlation_id=11)
+    assert high_watermark(bootstrap, LYING_TOPIC) == before + 1
+    GOOD.append(b"acks=0")
