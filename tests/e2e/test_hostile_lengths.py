@@ -128,11 +128,20 @@ def test_a_hostile_length_at_every_position_of_every_version_closes_the_connecti
     client.round_trip()
     frames = list(_hostile_frames())
     kinds = {(api, version) for api, version, _ in sample_requests()}
+    positions = sum(len(length_positions(api, version, frame)) for api, version, frame in sample_requests())
+    schema_positions = {
+        (api, version, p.schema_path)
+        for api, version, frame in sample_requests()
+        for p in length_positions(api, version, frame)
+    }
     for start in range(0, len(frames), CHECK_EVERY):
         _send_all_expect_close(hostile_broker.bootstrap, frames[start : start + CHECK_EVERY])
         assert hostile_broker.running, f"the broker exited after frames {start}..{start + CHECK_EVERY}"
         client.round_trip()
-    print(f"{len(frames)} hostile lengths tried over {len(kinds)} API versions; {client.rounds} client rounds")
+    print(
+        f"{len(frames)} hostile lengths tried at {positions} length positions ({len(schema_positions)} distinct "
+        f"schema fields) of {len(kinds)} API versions; {client.rounds} real-client rounds"
+    )
     assert len(frames) > 4_000
 
 
