@@ -262,6 +262,9 @@ class KafkaServer(Listener):
             check_request(frame, head.api_key, head.api_version)
         except RequestCheckError as e:
             raise CloseConnection(f"invalid API {head.api_key} v{head.api_version} request: {e}") from None
+        except Exception:  # a bug in the check must not reach the write loop: same as a failing handler
+            log.exception("checking API %d v%d from %s failed", head.api_key, head.api_version, peer)
+            raise CloseConnection("internal error") from None
         read_header, read_body = _request_reader(head.api_key, head.api_version)
         try:
             header, used = read_header(frame, 0)
