@@ -4,8 +4,11 @@ running broker process: each gets a closed connection, the process never exits, 
 
 Before brokers/codec/request_check.py, kio's native reader trusted array counts: the issue's 20-byte Metadata
 v12 frame made it reserve ~34 GB and the process aborted (SIGABRT), as did huge counts in Produce v9, Fetch
-v12/v16, LeaveGroup v5 and OffsetCommit v9. The positions are found by walking valid frames (tests/
-request_samples.py, written by kio, arrays and tagged fields filled) with kio's schema classes.
+v12/v16, LeaveGroup v5 and OffsetCommit v9, and null arrays where the schema requires one reached handlers as
+TypeError tracebacks (the conftest fails a test whose broker logged a traceback). The positions are found by
+walking valid frames (tests/request_samples.py, written by kio, arrays and tagged fields filled) with kio's
+schema classes; at each: 0x7fff / 0x7fffffff / ff ff ff ff 0f, -2 for int16/int32 lengths, and null where the
+field is not nullable. The module also checks the other side: every valid sample is answered, nulls included.
 """
 
 from __future__ import annotations
