@@ -234,7 +234,7 @@ class BrokerConfig:
     )
     # Connections and memory (brokers/connection.py, brokers/response_memory.py).
     connection_max_inflight_requests: int = field(
-        default=5, metadata={"key": "connection.max.inflight.requests", "parse": _positive}
+        default=32, metadata={"key": "connection.max.inflight.requests", "parse": _positive}
     )
     connection_max_queued_response_bytes: int = field(
         default=1024 * 1024, metadata={"key": "connection.max.queued.response.bytes", "parse": _positive}
