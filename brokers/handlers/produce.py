@@ -73,8 +73,8 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                     out.fail(ErrorCode.invalid_topic_exception, f"cannot append to internal topic {name}")
                     continue
                 records = pdata.records
-                if not records:
-                    out.fail(ErrorCode.corrupt_message, "no records")
+                if not records:  # ProduceRequest.validateRecords: at least one record batch
+                    out.fail(ErrorCode.invalid_record, "no record batch for the partition")
                     continue
                 checked = _check(records, max_message, rules, ctx.api_version, request.transactional_id, out)
                 if checked is None:

@@ -366,3 +366,17 @@ def test_acks_0_lying_batch_closes_the_connection(bootstrap: str) -> None:
         assert kw.api_versions(s, correlation_id=11)
     assert high_watermark(bootstrap, LYING_TOPIC) == before + 1
     GOOD.append(b"acks=0")
+
+
+@pytest.mark.parametrize("records_field", [b"", None])
+def test_no_record_batch_is_invalid_record(bootstrap: str, records_field: bytes | None) -> None:
+    before = high_watermark(bootstrap, LYING_TOPIC)
+    body = (
+        kw.compact_string(None) + struct.pack(">hi", -1, 30_000) + kw.uvarint(2) + kw.compact_string(LYING_TOPIC)
+        + kw.uvarint(2) + struct.pack(">i", 0) + kw.compact_bytes(records_field) + kw.EMPTY_TAGS * 3
+    )  # fmt: skip
+    with kw.connect(bootstrap) as s:
+        s.sendall(kw.request(kw.API_PRODUCE, VERSION, body, 12, flexible=True))
+        ans = parse_answer(kw.recv_frame(s))
+    assert ans.error_code == INVALID_RECORD, ans
+    assert high_watermark(bootstrap, LYING_TOPIC) == before
