@@ -168,8 +168,10 @@ class _State:
                 options += [((topic_id, p), (topic_id, q)) for p in on_hi for q in on_lo]
                 for give, take in options:
                     d = loads[give] - (loads[take] if take is not None else 0.0)
-                    if 0 < d < gap:
-                        score = abs(gap - 2 * d)
+                    score = abs(gap - 2 * d)  # the gap between these two brokers afterwards
+                    # Only a move that narrows the gap by the tolerance: a smaller gain could be undone by the
+                    # next run (two equal loads swapping back and forth), and moves are not free.
+                    if 0 < d < gap and gap - score >= tolerance * mean:
                         if best is None or score < best[0]:
                             best = (score, give, take)
             if best is None:
