@@ -384,6 +384,9 @@ def fuzz_and_report(broker: BrokerProcess, frames: int, tmp_path: Path) -> None:
             f"--- replayed alone on a fresh broker ---\n{chr(10).join(culprits) or 'none kills it alone'}\n"
             f"--- broker log ---\n{broker.log_tail(80)}"
         )
+    # Stopped before reading the log: asyncio logs an exception nobody awaited only when its task is
+    # collected, which for tasks in reference cycles may be as late as the broker's exit.
+    broker.stop()
     tracebacks, texts = handler_tracebacks(broker.log_text())
     print(f"broker log tracebacks: {dict(tracebacks) or 'none'}")
     unknown = {k: n for k, n in tracebacks.items() if k not in KNOWN_TRACEBACKS}
