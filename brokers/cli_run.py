@@ -111,9 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     from brokers.embedded import DataDirLocked, DataDirMode, run_embedded
     from brokers.local_bookies import LocalBookiesError
-    from brokers.memory import tune_malloc
 
-    tune_malloc()  # freed big buffers go back to the system (brokers/memory.py)
     try:
         run_async(run_embedded(config))
     except (ConfigError, DataDirLocked, DataDirMode, LocalBookiesError, OSError) as e:

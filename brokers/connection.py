@@ -75,6 +75,7 @@ class Connection:
         self.partial_since: float | None = None  # when reading of an incomplete frame started
         self._write_buffer = 0  # transport write buffer size when last looked at
         self.closed = False  # answers of requests still finishing are dropped
+        self.peak_backlog = 0  # the most response bytes held at once (brokers/memory.py trims after big ones)
         self._progress = asyncio.Event()
 
     # --- bounds ----------------------------------------------------------------------------------
@@ -116,6 +117,7 @@ class Connection:
         request.response = response
         request.size = sum(len(b) for b in response) if response is not None else 0
         self.backlog += request.size
+        self.peak_backlog = max(self.peak_backlog, self.backlog)
         self.last_activity = now
         self._signal()
 

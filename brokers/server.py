@@ -32,6 +32,7 @@ from brokers.handlers import api_versions
 from brokers.handlers.base import RequestContext
 from brokers.handlers.registry import HANDLERS
 from brokers.listener import Listener
+from brokers.memory import Trimmer
 from brokers.response_memory import RequestMemory, ResponseMemory
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class KafkaServer(Listener):
         self.limits = ConnectionLimits.of(broker.config)
         self.response_memory = ResponseMemory(broker.config.fetch_response_memory_bytes)
         self._left_running: set[asyncio.Task[Any]] = set()  # requests of closed connections finishing
+        self._trimmer = Trimmer()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read frames while the connection has room (back-pressure), start each request once the requests
@@ -150,6 +152,7 @@ class KafkaServer(Listener):
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
+            self._trimmer.after_release(conn.peak_backlog, loop.time())  # freed memory back to the system
 
     async def _read(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection, peer: str

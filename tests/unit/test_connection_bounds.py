@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from brokers.connection import Connection, ConnectionLimits, Request
+from brokers.memory import TRIM_AFTER_BYTES, Trimmer
 from brokers.response_memory import RequestMemory, ResponseMemory
 
 LIMITS = ConnectionLimits(max_inflight=3, max_queued_bytes=100, idle_s=10.0, frame_timeout_s=2.0)
@@ -132,3 +133,11 @@ def test_close_cancels_what_did_not_start_and_reads_and_keeps_writes_running() -
         await asyncio.gather(*left)
 
     asyncio.run(run())
+
+
+def test_trimmer_trims_after_big_connections_at_most_once_per_interval() -> None:
+    trimmer = Trimmer(interval_s=1.0)
+    assert not trimmer.after_release(TRIM_AFTER_BYTES - 1, now=0.0)  # held little: nothing to give back
+    assert trimmer.after_release(TRIM_AFTER_BYTES, now=0.0)
+    assert not trimmer.after_release(TRIM_AFTER_BYTES, now=0.5)
+    assert trimmer.after_release(TRIM_AFTER_BYTES, now=1.5)
