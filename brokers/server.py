@@ -101,11 +101,13 @@ class KafkaServer(Listener):
         frames: deque[bytes] = deque()
         last_produce: asyncio.Future[None] | None = None  # resolves once the last produce appended
         last_other: asyncio.Task[Any] | None = None  # the last non-produce request
+        flush = False  # answer what was read before closing
         try:
             while not out.done():
                 if not frames:
                     data = await self._read(reader, writer, conn, peer)
                     if not data:
+                        writer.transport.abort()  # the client has gone (or was timed out): nothing to flush
                         break
                     frames.extend(decoder.feed(data))
                     conn.read(loop.time(), decoder.buffered > 0)
@@ -133,11 +135,17 @@ class KafkaServer(Listener):
                 await answers.put(request)
         except FrameError as e:
             log.warning("closing %s: %s", peer, e)
+            flush = True
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
             pass  # stop() closing the connection: ending normally keeps asyncio from logging a traceback
         finally:
+            if flush and not out.done():  # the requests before a bad frame are answered, within a bound
+                answers.put_nowait(None)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    async with asyncio.timeout(self.limits.frame_timeout_s):
+                        await out
             out.cancel()
             for unanswered in conn.unanswered:  # the writer will not await these: their outcome is seen here
                 if unanswered.task is not None:
@@ -149,9 +157,11 @@ class KafkaServer(Listener):
             del decoder  # may hold most of a big frame; exceptions below can keep this frame alive in a cycle
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await out
-            writer.close()
+            writer.close()  # sends what is buffered (earlier answers before a refused request), then closes
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
+                async with asyncio.timeout(self.limits.frame_timeout_s):
+                    await writer.wait_closed()
+            writer.transport.abort()  # a client that takes none of it does not keep the buffer alive
             self._trimmer.after_release(conn.peak_backlog, loop.time())  # freed memory back to the system
 
     async def _read(
@@ -171,9 +181,12 @@ class KafkaServer(Listener):
             if why == "frame":
                 log.info("closing %s: a request frame did not arrive whole within %.1fs", peer,
                          self.limits.frame_timeout_s)
+                writer.transport.abort()
                 return b""
             if why == "idle" and conn.idle(now, _write_buffer_size(writer)):
-                log.info("closing %s: idle for %.1fs", peer, self.limits.idle_s)
+                what = "takes no responses" if conn.unanswered else "idle"
+                log.info("closing %s: %s for %.1fs", peer, what, self.limits.idle_s)
+                writer.transport.abort()  # as Kafka does: no flushing of answers nobody takes
                 return b""
 
     async def _wait_for_room(
@@ -189,6 +202,7 @@ class KafkaServer(Listener):
             except TimeoutError:
                 if conn.idle(loop.time(), _write_buffer_size(writer)):
                     log.info("closing %s: takes no responses for %.1fs", peer, self.limits.idle_s)
+                    writer.transport.abort()
                     return False
         conn.resumed(loop.time())
         return not out.done()

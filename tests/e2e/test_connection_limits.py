@@ -340,3 +340,25 @@ def test_long_poll_longer_than_idle_timeout_is_not_cut(timeout_broker: BrokerPro
         assert answer.error_code == 0
         assert answer.records == b""
         kw.api_versions(sock)  # still open and served
+
+
+def test_client_that_takes_no_answers_is_closed_after_the_idle_timeout(timeout_broker: BrokerProcess) -> None:
+    topic = f"stuck-{uuid.uuid4().hex[:8]}"
+    create_topic(timeout_broker.bootstrap, topic, 1)
+    producer = Producer({"bootstrap.servers": timeout_broker.bootstrap, "linger.ms": 20})
+    value = os.urandom(RECORD_BYTES)
+    for _ in range(4 * MiB // RECORD_BYTES):
+        for _attempt in range(10_000):
+            try:
+                producer.produce(topic, value, partition=0)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+    with kw.connect(timeout_broker.bootstrap) as sock:  # 20 answers of 4 MiB: more than the socket buffers hold
+        sock.sendall(b"".join(kw.fetch_request(11, topic, 0, 0, 300 + i, max_bytes=4 * MiB) for i in range(20)))
+        deadline = time.monotonic() + 30  # hang guard; the broker closes it after IDLE_MS without progress
+        while "takes no responses" not in timeout_broker.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "takes no responses" in timeout_broker.log_text()
+        kw.wait_closed(sock, timeout=30)  # what the kernel had already taken, then the end of the stream
