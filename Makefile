@@ -8,7 +8,7 @@ DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:9092
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-all lint bench system-deps node-deps venv clean
+.PHONY: help run cluster test test-all lint bench system-deps node-deps venv clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,13 @@ venv: $(VENV)/.installed  ## create the virtualenv and install Tidelog with its 
 
 run: $(VENV)/.installed  ## start the embedded broker on 127.0.0.1:9092 (data in ./data)
 	$(VENV)/bin/tidelog run --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+CLUSTER_DIR ?= ./dev-cluster
+BROKERS ?= 3
+BOOKIES ?= 3
+
+cluster: system-deps $(VENV)/.installed  ## start etcd, an S3 server, 3 bookies and 3 brokers locally (Ctrl-C stops)
+	$(VENV)/bin/tidelog dev-cluster --dir $(CLUSTER_DIR) --brokers $(BROKERS) --bookies $(BOOKIES)
 
 system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd, kcat, node, npm) if missing
 	@missing=""; \

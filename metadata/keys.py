@@ -13,6 +13,7 @@ Layout (one prefix per cluster)::
     /tidelog/{cluster}/counters/{name}                      id allocators (ledger ids, producer ids)
     /tidelog/{cluster}/controller                           controller election (leased)
     /tidelog/{cluster}/assignments/{topic_id}               desired owner of each partition (written by the controller)
+    /tidelog/{cluster}/reassignments/{topic_id}/{partition} a requested move (pin: target node id)
     /tidelog/{cluster}/config/broker                        cluster-wide broker config overrides
     /tidelog/{cluster}/cluster_id                           the cluster id reported to clients
 """
@@ -47,6 +48,13 @@ class Keys:
 
     def controller(self) -> str:
         return f"{self.root}controller"
+
+    def draining_prefix(self) -> str:
+        """Brokers shutting down (a key bound to the broker's lease): the controller assigns them nothing."""
+        return f"{self.root}draining/"
+
+    def draining(self, broker_id: int) -> str:
+        return f"{self.draining_prefix()}{broker_id}"
 
     # --- topics and partitions ----------------------------------------------------------------
     def topics_prefix(self) -> str:
@@ -83,6 +91,20 @@ class Keys:
     def assignment(self, topic_id: str) -> str:
         """The controller's desired owners of every partition of one topic (one key per topic)."""
         return f"{self.assignments_prefix()}{topic_id}"
+
+    def reassignments_prefix(self) -> str:
+        return f"{self.root}reassignments/"
+
+    def reassignment(self, topic_id: str, partition: int) -> str:
+        """A requested move of one partition (AlterPartitionReassignments; the controller honours and clears it)."""
+        return f"{self.reassignments_prefix()}{topic_id}/{partition}"
+
+    def reassignment_id(self, key: str) -> tuple[str, int]:
+        """(topic id, partition) of a reassignment key."""
+        topic_id, _, partition = key[len(self.reassignments_prefix()) :].rpartition("/")
+        if not topic_id or not partition.isdigit():
+            raise ValueError(f"not a reassignment key: {key!r}")
+        return topic_id, int(partition)
 
     def segments_prefix(self, topic_id: str, partition: int) -> str:
         return f"{self.root}segments/{topic_id}/{partition}/"

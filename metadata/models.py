@@ -86,6 +86,11 @@ class ProducerSnapshotEntry:
         return cls(int(v[0]), int(v[1]), tuple((int(a), int(b), int(c), int(d)) for a, b, c, d in v[2]))
 
 
+EPOCH_HISTORY_LIMIT = 100
+"""Leader epochs kept in a PartitionState's history (only epochs that wrote records stay in it)."""
+UNDEFINED_EPOCH_OFFSET = (-1, -1)
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionState:
     """The managed-log state of one partition, changed only by compare-and-swap.
@@ -98,16 +103,21 @@ class PartitionState:
     log_start_offset: int = 0
     ledgers: tuple[LedgerRef, ...] = ()
     producers: tuple[ProducerSnapshotEntry, ...] = ()
+    epochs: tuple[tuple[int, int], ...] = ()
+    """Leader epoch history, oldest first: (epoch, the first offset written in it) — Kafka's leader-epoch
+    checkpoint, what OffsetForLeaderEpoch answers from. Stored states written before it existed have none;
+    the next load starts it."""
 
     def encode(self) -> bytes:
-        return _pack(
-            {
-                "epoch": self.epoch,
-                "start": self.log_start_offset,
-                "ledgers": [r.to_list() for r in self.ledgers],
-                "producers": [p.to_list() for p in self.producers],
-            }
-        )
+        value: dict[str, Any] = {
+            "epoch": self.epoch,
+            "start": self.log_start_offset,
+            "ledgers": [r.to_list() for r in self.ledgers],
+            "producers": [p.to_list() for p in self.producers],
+        }
+        if self.epochs:
+            value["epochs"] = [list(e) for e in self.epochs]
+        return _pack(value)
 
     @classmethod
     def decode(cls, data: bytes) -> PartitionState:
@@ -117,7 +127,37 @@ class PartitionState:
             int(d.get("start", 0)),
             tuple(LedgerRef.from_list(v) for v in d.get("ledgers", [])),
             tuple(ProducerSnapshotEntry.from_list(v) for v in d.get("producers", [])),
+            tuple((int(e[0]), int(e[1])) for e in d.get("epochs", [])),
         )
+
+    def with_epoch_start(self, epoch: int, start: int) -> PartitionState:
+        """The state with ``epoch`` starting at offset ``start`` in its history (at every load or takeover).
+
+        As Kafka's LeaderEpochFileCache.assign: entries at or after the new one (an epoch not below it, or
+        one that starts at or after ``start``: it holds no records) are dropped, so epochs that wrote
+        nothing do not accumulate; entries wholly below the log start offset are dropped and the one
+        holding it starts there (truncateFromStart); at most EPOCH_HISTORY_LIMIT are kept, newest."""
+        kept = [e for e in self.epochs if e[0] < epoch and e[1] < start]
+        kept.append((epoch, start))
+        below = [e for e in kept if e[1] <= self.log_start_offset]
+        if below:
+            kept = [(below[-1][0], max(below[-1][1], self.log_start_offset)), *kept[len(below):]]
+        return replace(self, epochs=tuple(kept[-EPOCH_HISTORY_LIMIT:]))
+
+    def end_offset_for(self, requested: int, log_end_offset: int) -> tuple[int, int]:
+        """OffsetForLeaderEpoch's (leader epoch, end offset) for ``requested``, as Kafka's
+        LeaderEpochFileCache.endOffsetFor: the current epoch ends at the log end offset; an older one at the
+        start of the first later epoch, reported with the largest known epoch not above it (or itself when
+        it is older than every known epoch); (-1, -1) for -1 or an epoch above every known one."""
+        if requested < 0 or not self.epochs:
+            return UNDEFINED_EPOCH_OFFSET
+        if requested == self.epochs[-1][0]:
+            return requested, log_end_offset
+        higher = next((e for e in self.epochs if e[0] > requested), None)
+        if higher is None:
+            return UNDEFINED_EPOCH_OFFSET
+        floor = [e for e in self.epochs if e[0] <= requested]
+        return (floor[-1][0] if floor else requested), higher[1]
 
     @property
     def end_offset(self) -> int:
@@ -269,6 +309,27 @@ class TopicAssignment:
     def decode(cls, data: bytes) -> TopicAssignment:
         d = _unpack(data)
         return cls(str(d["topic"]), tuple(int(n) for n in d["owners"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Reassignment:
+    """A requested move (``reassignments/{topic_id}/{p}``): the partition should be owned by ``target``.
+
+    Written by AlterPartitionReassignments; the controller makes ``target`` the desired owner while it is
+    live and deletes the key once the owner key names ``target`` or ``target`` is gone.
+    """
+
+    topic_id: str
+    partition: int
+    target: int
+
+    def encode(self) -> bytes:
+        return _pack({"topic": self.topic_id, "p": self.partition, "target": self.target})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Reassignment:
+        d = _unpack(data)
+        return cls(str(d["topic"]), int(d["p"]), int(d["target"]))
 
 
 def encode_int(value: int) -> bytes:

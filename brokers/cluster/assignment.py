@@ -57,13 +57,18 @@ def assign(
     current: Mapping[TopicPartition, int],
     *,
     load_tolerance: float = 0.1,
+    fixed: Iterable[TopicPartition] = (),
 ) -> dict[TopicPartition, int]:
-    """The desired owner of every partition (module docstring). No live broker: an empty result."""
+    """The desired owner of every partition (module docstring). No live broker: an empty result.
+
+    Partitions in ``fixed`` (requested moves) stay where ``current`` has them; the others balance around
+    them as far as the bounds can still be met.
+    """
     live = sorted(set(brokers))
     specs = {p.tp: p for p in partitions}
     if not live or not specs:
         return {}
-    state = _State(live)
+    state = _State(live, {tp for tp in fixed if current.get(tp) in live})
     orphans: list[TopicPartition] = []
     for tp in sorted(specs):
         owner = current.get(tp)
@@ -106,8 +111,9 @@ def _loads(specs: Iterable[PartitionSpec]) -> dict[TopicPartition, float] | None
 class _State:
     """The assignment being built, with counts per broker and per (topic, broker)."""
 
-    def __init__(self, live: list[int]) -> None:
+    def __init__(self, live: list[int], fixed: set[TopicPartition] | None = None) -> None:
         self.live = live
+        self.fixed = fixed or set()
         self.owner: dict[TopicPartition, int] = {}
         self.count: dict[int, int] = dict.fromkeys(live, 0)
         self.held: dict[str, dict[int, set[int]]] = {}  # topic -> broker -> partition indexes
@@ -129,24 +135,36 @@ class _State:
         self.count[broker] += 1
         self.owner[tp] = broker
 
+    def movable(self, topic_id: str, broker: int) -> list[int]:
+        """The topic's partitions on ``broker`` that may move (not fixed), ascending."""
+        return sorted(p for p in self.held[topic_id][broker] if (topic_id, p) not in self.fixed)
+
     def spread_topics(self) -> None:
         for topic_id in sorted(self.held):
             held = self.held[topic_id]
-            while True:
-                hi = max(self.live, key=lambda b: (len(held[b]), self.count[b], -b))
+            for _ in range(sum(map(len, held.values())) * len(self.live) + 1):  # bounded; each move narrows
+                movers = [b for b in self.live if self.movable(topic_id, b)]
+                if not movers:
+                    break
+                hi = max(movers, key=lambda b: (len(held[b]), self.count[b], -b))
                 lo = min(self.live, key=lambda b: (len(held[b]), self.count[b], b))
                 if len(held[hi]) - len(held[lo]) <= 1:
                     break
-                self.place((topic_id, max(held[hi])), lo)
+                self.place((topic_id, self.movable(topic_id, hi)[-1]), lo)
 
     def spread_totals(self) -> None:
-        while True:
+        for _ in range(len(self.owner) * len(self.live) + 1):  # bounded; each move narrows the spread
             hi = max(self.live, key=lambda b: (self.count[b], -b))
             lo = min(self.live, key=lambda b: (self.count[b], b))
             if self.count[hi] - self.count[lo] <= 1:
                 return
-            topic_id = next(t for t in sorted(self.held) if len(self.held[t][hi]) > len(self.held[t][lo]))
-            self.place((topic_id, max(self.held[topic_id][hi])), lo)
+            topic_id = next(
+                (t for t in sorted(self.held) if len(self.held[t][hi]) > len(self.held[t][lo]) and self.movable(t, hi)),
+                None,
+            )
+            if topic_id is None:
+                return  # only fixed partitions could narrow it
+            self.place((topic_id, self.movable(topic_id, hi)[-1]), lo)
 
     def balance_load(self, loads: Mapping[TopicPartition, float], tolerance: float) -> None:
         total = dict.fromkeys(self.live, 0.0)
@@ -167,6 +185,8 @@ class _State:
                     options += [((topic_id, p), None) for p in on_hi]
                 options += [((topic_id, p), (topic_id, q)) for p in on_hi for q in on_lo]
                 for give, take in options:
+                    if give in self.fixed or take in self.fixed:
+                        continue
                     d = loads[give] - (loads[take] if take is not None else 0.0)
                     score = abs(gap - 2 * d)  # the gap between these two brokers afterwards
                     # Only a move that narrows the gap by the tolerance: a smaller gain could be undone by the

@@ -17,6 +17,13 @@ whose owners changed, deleting the assignments of topics that are gone. Every wr
 checks the controller key is still at the version this controller created, so a deposed controller's late
 write is refused by the store itself (VersionConflict deposes it).
 
+Moves (pins): ``reassignments/{topic_id}/{p}`` (a Reassignment, written by AlterPartitionReassignments)
+asks for a partition to be owned by ``target``. While ``target`` is live (and not draining) the desired
+owner of that partition is ``target`` whatever the balance says (the rest are balanced around it, since it
+counts as already there). The controller deletes a pin once the owner key names ``target`` (the move is
+done), or ``target`` is gone, or the partition no longer exists. After that the balancer is free again:
+the moved partition is sticky on its new owner unless that owner now holds more than its share.
+
 One key per topic (TopicAssignment: owner node id per partition): a topic's partitions change in one put,
 and a broker learns its partitions from one watch over ``assignments/``. Brokers act on it (take what is
 assigned to them and not owned, release what is owned and no longer assigned) - wired in a later step.
@@ -33,7 +40,7 @@ from brokers.cluster.assignment import PartitionSpec, TopicPartition, assign, by
 from brokers.cluster.membership import LiveBrokers
 from metadata.api import MAX_COMMIT_OPS, Check, MetadataError, MetadataStore, Put, VersionConflict
 from metadata.keys import Keys
-from metadata.models import ControllerRecord, TopicAssignment, TopicRecord
+from metadata.models import ControllerRecord, OwnerRecord, Reassignment, TopicAssignment, TopicRecord
 from metadata.prefix_cache import PrefixCache
 from metadata.session import LeasedSession, SessionLost
 
@@ -61,10 +68,31 @@ def _decode_assignment(suffix: str, value: bytes) -> TopicAssignment:
 
 
 def _compute(
-    brokers: list[int], specs: list[PartitionSpec], current: dict[TopicPartition, int], counts: dict[str, int]
+    brokers: list[int],
+    specs: list[PartitionSpec],
+    current: dict[TopicPartition, int],
+    counts: dict[str, int],
+    pins: Mapping[TopicPartition, int] | None = None,
 ) -> dict[str, TopicAssignment]:
-    result = assign(brokers, specs, current)
+    """The balanced assignment, with every pinned partition (target live) placed on its target."""
+    live = set(brokers)
+    honoured = {tp: target for tp, target in (pins or {}).items() if target in live}
+    result = assign(brokers, specs, {**current, **honoured}, fixed=honoured)  # pinned: placed on their target
     return {tid: TopicAssignment(tid, owners) for tid, owners in by_topic(result, counts).items()}
+
+
+def _decode_reassignment(suffix: str, value: bytes) -> Reassignment:
+    record = Reassignment.decode(value)
+    if f"{record.topic_id}/{record.partition}" != suffix:
+        raise ValueError(f"reassignment of {record.topic_id}/{record.partition} stored under {suffix!r}")
+    return record
+
+
+def _decode_owner(suffix: str, value: bytes) -> OwnerRecord:
+    topic_id, _, partition = suffix.rpartition("/")
+    if not topic_id or not partition.isdigit():
+        raise ValueError(f"not an ownership key: {suffix!r}")
+    return OwnerRecord.decode(value)
 
 
 class ControllerElection:
@@ -198,23 +226,44 @@ class Controller:
         self.assignments: PrefixCache[TopicAssignment] = PrefixCache(
             store, keys.assignments_prefix(), _decode_assignment, name="assignments"
         )
+        self.draining: PrefixCache[int] = PrefixCache(
+            store, keys.draining_prefix(), lambda suffix, _value: int(suffix), name="draining brokers"
+        )
+        """Brokers in controlled shutdown (``keys.draining``): live, but assigned nothing."""
+        self.reassignments: PrefixCache[Reassignment] = PrefixCache(
+            store, keys.reassignments_prefix(), _decode_reassignment, name="reassignments"
+        )
+        """Requested moves (pins), by ``{topic_id}/{partition}``."""
+        self.owners: PrefixCache[OwnerRecord] = PrefixCache(
+            store, keys.owners_prefix(), _decode_owner, name="owners (controller)"
+        )
+        """Current owners, to see when a pinned move is done."""
+        self.pins_cleared = 0
+        """Pins deleted because their move completed or can no longer happen (observability, tests)."""
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reconciliations = 0
         """Reconciliations that wrote something (observability, tests)."""
-        for view in (self.topics, self.assignments):
+        for view in (self.topics, self.assignments, self.draining, self.reassignments):
             view.add_listener(self._kick)
+        self.owners.add_listener(self._owners_changed)
         live.add_listener(self._kick)
 
     async def start(self) -> None:
         """Follow topics and assignments, then campaign (``live`` must be started by the owner)."""
         await self.topics.start()
         await self.assignments.start()
+        await self.draining.start()
+        await self.reassignments.start()
+        await self.owners.start()
         await self.election.start()
 
     async def stop(self) -> None:
         await self.election.stop()  # deposes: the reconcile task is cancelled
         await self._cancel()
+        await self.owners.stop()
+        await self.reassignments.stop()
+        await self.draining.stop()
         await self.assignments.stop()
         await self.topics.stop()
 
@@ -237,6 +286,10 @@ class Controller:
 
     def _kick(self, _keys: frozenset[str]) -> None:
         self._dirty.set()
+
+    def _owners_changed(self, keys: frozenset[str]) -> None:
+        if any(k in self.reassignments.items for k in keys):  # only a pinned partition's owner matters here
+            self._dirty.set()
 
     async def _run(self) -> None:
         while self.election.is_leader:
@@ -264,9 +317,16 @@ class Controller:
         """The assignment the live brokers, topics and stored assignments call for, by topic id."""
         return _compute(*self._inputs())
 
-    def _inputs(self) -> tuple[list[int], list[PartitionSpec], dict[TopicPartition, int], dict[str, int]]:
+    def pins(self) -> dict[TopicPartition, int]:
+        """Requested moves: (topic id, partition) -> target node id."""
+        return {(r.topic_id, r.partition): r.target for r in self.reassignments.items.values()}
+
+    def _inputs(
+        self,
+    ) -> tuple[list[int], list[PartitionSpec], dict[TopicPartition, int], dict[str, int], dict[TopicPartition, int]]:
         """A snapshot of what the assignment depends on (plain values, safe to hand to a thread)."""
-        brokers = sorted(self._live.brokers)
+        draining = set(self.draining.items.values())
+        brokers = sorted(b for b in self._live.brokers if b not in draining)
         counts = {t.topic_id: t.partitions for t in self.topics.items.values()}
         current = {
             (a.topic_id, p): owner
@@ -276,17 +336,18 @@ class Controller:
         }
         loads = self._loads() if self._loads is not None else {}
         specs = [PartitionSpec(tid, p, loads.get((tid, p))) for tid, n in sorted(counts.items()) for p in range(n)]
-        return brokers, specs, current, counts
+        return brokers, specs, current, counts, self.pins()
 
     async def reconcile(self) -> int:
         """Write every topic whose desired owners differ from the stored ones; returns how many keys changed.
 
-        Does nothing while no broker is live (an empty assignment helps no one). Raises VersionConflict if
-        this broker is no longer the controller (the store refused the write).
+        Does nothing while no broker is live and not draining (an empty assignment helps no one). Raises
+        VersionConflict if this broker is no longer the controller (the store refused the write).
         """
         version = self.election.version
-        if not version or not self._live.brokers:
-            return 0
+        draining = set(self.draining.items.values())
+        if not version or not any(b not in draining for b in self._live.brokers):
+            return 0  # no live broker that may take partitions: leave them where they are
         # In a thread: ~0.4 s for 10 000 partitions on 30 brokers, too long to hold the event loop.
         desired = await asyncio.to_thread(_compute, *self._inputs())
         if self.election.version != version:
@@ -309,4 +370,40 @@ class Controller:
         if ops:
             self.reconciliations += 1
             log.info("controller %d: wrote %d assignments, removed %d", self.election.node_id, len(puts), len(deletes))
+        await self._clear_pins(version)
         return len(ops)
+
+    def _stale_pins(self) -> list[tuple[str, Reassignment, str]]:
+        """Pins to delete, with why: the move is done, the target is gone, or the partition is."""
+        draining = set(self.draining.items.values())
+        live = {b for b in self._live.brokers if b not in draining}
+        counts = {t.topic_id: t.partitions for t in self.topics.items.values()}
+        stale = []
+        for suffix, pin in self.reassignments.items.items():
+            owner = self.owners.items.get(suffix)
+            if pin.partition >= counts.get(pin.topic_id, 0):
+                stale.append((suffix, pin, "the partition does not exist"))
+            elif pin.target not in live:
+                stale.append((suffix, pin, f"broker {pin.target} is not live"))
+            elif owner is not None and owner.node_id == pin.target:
+                stale.append((suffix, pin, "moved"))
+        return stale
+
+    async def _clear_pins(self, version: int) -> None:
+        """Delete stale pins, each only if it is unchanged (a newer request for the same partition stays)."""
+        for suffix, pin, why in self._stale_pins():
+            pin_version = self.reassignments.version_of(suffix)
+            if pin_version is None or not self.election.is_leader:
+                continue
+            key = self._keys.reassignment(pin.topic_id, pin.partition)
+            try:
+                await self._store.commit([Check(self._keys.controller(), version), Check(key, pin_version)], [], [key])
+            except VersionConflict:
+                if self.election.version != version:
+                    raise
+                continue  # the pin changed meanwhile: the next reconciliation looks again
+            self.pins_cleared += 1
+            log.info(
+                "controller %d: move of %s/%d to broker %d: %s",
+                self.election.node_id, pin.topic_id, pin.partition, pin.target, why,
+            )  # fmt: skip

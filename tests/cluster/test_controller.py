@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from brokers.cluster.controller import Controller
+from brokers.cluster.assignment import PartitionSpec
+from brokers.cluster.controller import Controller, _compute
 from brokers.cluster.membership import BrokerMembership, LiveBrokers
 from metadata.api import VersionConflict
 from metadata.keys import Keys
-from metadata.models import TopicAssignment, TopicRecord
+from metadata.models import OwnerRecord, Reassignment, TopicAssignment, TopicRecord
 from metadata.session import LeasedSession
 from tests.cluster.conftest import ClusterEnv
 
@@ -197,6 +198,68 @@ async def test_a_stepping_down_controller_hands_over(cluster_env: ClusterEnv) ->
         other = next(n for n in nodes if n is not old)
         await wait_leader([other])
         assert other.controller.election.leader_id == other.node_id
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+# --- moves (pins: keys.reassignment, written by AlterPartitionReassignments) --------------------------------
+def test_a_pinned_partition_goes_to_its_live_target_and_the_rest_stay_balanced() -> None:
+    specs = [PartitionSpec("t", p) for p in range(6)]
+    current = {("t", p): 1 + p % 3 for p in range(6)}  # balanced: 0,3 on 1; 1,4 on 2; 2,5 on 3
+    plain = _compute([1, 2, 3], specs, current, {"t": 6})
+    assert plain["t"].owners == (1, 2, 3, 1, 2, 3)
+    pinned = _compute([1, 2, 3], specs, current, {"t": 6}, {("t", 5): 1})
+    assert pinned["t"].owners[5] == 1
+    assert sorted(Counter(pinned["t"].owners).values()) == [2, 2, 2]  # another partition made room
+    gone = _compute([1, 2, 3], specs, current, {"t": 6}, {("t", 5): 9})  # target not live: ignored
+    assert gone == plain
+
+
+async def pin(env: ClusterEnv, topic: TopicRecord, partition: int, target: int) -> None:
+    key = KEYS.reassignment(topic.topic_id, partition)
+    await env.store.put(key, Reassignment(topic.topic_id, partition, target).encode())
+
+
+@pytest.mark.asyncio
+async def test_a_pin_moves_a_partition_and_is_cleared_once_the_target_owns_it(cluster_env: ClusterEnv) -> None:
+    nodes = [await start_node(cluster_env, n) for n in (1, 2, 3)]
+    try:
+        leader = await wait_leader(nodes)
+        await create_topic(cluster_env, EVENTS)
+        await wait_assigned(nodes[0], {1, 2, 3}, [EVENTS])
+        before = nodes[0].controller.assignments.items[EVENTS.topic_id].owners
+        target = next(n for n in (1, 2, 3) if n != before[7])
+        await pin(cluster_env, EVENTS, 7, target)
+        await asyncio.wait_for(
+            nodes[0].controller.assignments.wait_until(lambda a: a[EVENTS.topic_id].owners[7] == target), WAIT
+        )
+        await wait_assigned(nodes[0], {1, 2, 3}, [EVENTS])  # still balanced: another partition made room
+        assert KEYS.reassignment(EVENTS.topic_id, 7)[len(KEYS.reassignments_prefix()) :] in (
+            leader.controller.reassignments.items
+        )  # not done until the target owns it
+        await cluster_env.store.put(KEYS.owner(EVENTS.topic_id, 7), OwnerRecord(target, 2).encode())  # it took it
+        await asyncio.wait_for(leader.controller.reassignments.wait_until(lambda pins: not pins), WAIT)
+        assert await cluster_env.store.get(KEYS.reassignment(EVENTS.topic_id, 7)) is None
+        assert leader.controller.pins_cleared == 1
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_pin_to_a_broker_that_is_not_live_is_dropped(cluster_env: ClusterEnv) -> None:
+    nodes = [await start_node(cluster_env, n) for n in (1, 2)]
+    try:
+        leader = await wait_leader(nodes)
+        await create_topic(cluster_env, EVENTS)
+        await wait_assigned(nodes[0], {1, 2}, [EVENTS])
+        before = dict(nodes[0].controller.assignments.items)
+        await pin(cluster_env, EVENTS, 3, 9)  # no broker 9
+        await pin(cluster_env, TopicRecord("gone", str(uuid.UUID(int=3)), 1), 0, 1)  # no such topic
+        await asyncio.wait_for(leader.controller.reassignments.wait_until(lambda pins: not pins), WAIT)
+        assert dict(nodes[0].controller.assignments.items) == before
+        assert leader.controller.pins_cleared == 2
     finally:
         for node in nodes:
             await node.stop()
