@@ -248,6 +248,12 @@ class BrokerConfig:
     socket_request_timeout_ms: int = field(
         default=30_000, metadata={"key": "socket.request.timeout.ms", "parse": _positive}
     )
+    broker_session_timeout_ms: int = field(
+        default=9000, metadata={"key": "broker.session.timeout.ms", "parse": _positive}
+    )  # `tidelog broker`: the ttl of its lease (its owner keys and registration vanish this long after it dies)
+    controlled_shutdown_timeout_ms: int = field(
+        default=30_000, metadata={"key": "controlled.shutdown.timeout.ms", "parse": _positive}
+    )  # `tidelog broker` on SIGTERM: how long to wait for its partitions to move away before closing anyway
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
 
     @property

@@ -12,6 +12,7 @@ from kio.schema.errors import ErrorCode
 from metadata.api import MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import PartitionState, TopicRecord
+from metadata.prefix_cache import PrefixCache
 
 INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
 """Topics the broker writes itself: clients may read them, never produce, delete or grow them."""
@@ -102,6 +103,27 @@ class TopicRegistry:
         for item in await self._store.list(self._keys.topics_prefix()):
             self._remember(TopicRecord.decode(item.value), item.version)
         self.generation += 1
+
+    def follow(self, cache: PrefixCache[TopicRecord]) -> None:
+        """Cluster mode: keep the registry equal to a watch-fed view of ``topics/`` (keyed by name), so topics
+        other brokers create, grow or delete show here too. Embedded mode never calls this (one writer)."""
+
+        def apply(changed: frozenset[str] | None = None) -> None:
+            items = cache.items
+            names = set(items) | set(self._by_name) if changed is None else changed
+            for name in names:
+                record, version = items.get(name), cache.version_of(name)
+                if record is None or version is None:
+                    old = self._by_name.get(name)
+                    if old is not None:
+                        self._forget(old)
+                elif self._versions.get(name) != version or self._by_name.get(name) != record:
+                    if (old := self._by_name.get(name)) is not None and old.topic_id != record.topic_id:
+                        self._forget(old)  # deleted and created again under the same name
+                    self._remember(record, version)
+
+        apply()
+        cache.add_listener(apply)
 
     def _remember(self, topic: TopicRecord, version: int) -> None:
         old = self._by_name.get(topic.name)

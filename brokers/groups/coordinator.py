@@ -4,6 +4,10 @@ A group's partition is Kafka's (``Utils.abs(groupId.hashCode) % partitions``) an
 partition's owner — in embedded mode this broker, for every partition. The topic is created at start-up
 if missing; each owned partition is then replayed in the background, and until its shard is loaded the
 group APIs answer COORDINATOR_LOAD_IN_PROGRESS (NOT_COORDINATOR for partitions owned elsewhere).
+
+In a cluster (``routing`` set by the composition root) the shards follow partition ownership instead:
+``start`` loads nothing, ``on_taken(p)`` loads the shard of a partition this broker has just taken,
+``on_released(p)`` closes it, and the coordinator of a group is the owner of its partition.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from storage.ledger.api import LedgerError
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
+    from brokers.routing import Routing
 
 log = logging.getLogger(__name__)
 OFFSETS_TOPIC = "__consumer_offsets"
@@ -62,6 +67,8 @@ class GroupCoordinator:
         self._topic_id = ""
         self._loading: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.routing: Routing | None = None
+        """Cluster mode: shards follow ownership (on_taken/on_released); None: this broker owns them all."""
 
     @classmethod
     def for_broker(cls, broker: Broker) -> GroupCoordinator:
@@ -97,10 +104,33 @@ class GroupCoordinator:
                     raise
         self.partitions = topic.partitions
         self._topic_id = topic.topic_id
-        for p in range(self.partitions):
-            if self.owns(p):
-                self._loading[p] = self._spawn(self._load(p))
+        if self.routing is None:
+            for p in range(self.partitions):
+                if self.owns(p):
+                    self._loading[p] = self._spawn(self._load(p))
         self._spawn(self._expire_offsets_periodically())
+
+    @property
+    def topic_id(self) -> str:
+        """The offsets topic's id ("" before start)."""
+        return self._topic_id
+
+    def on_taken(self, partition: int) -> None:
+        """Cluster mode: this broker took offsets partition ``partition``; replay its shard in the background."""
+        if partition in self.shards or partition in self._loading:
+            return
+        self._loading[partition] = self._spawn(self._load(partition))
+
+    async def on_released(self, partition: int) -> None:
+        """Cluster mode: the partition is being handed over (or this broker fenced itself); close its shard."""
+        task = self._loading.pop(partition, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        shard = self.shards.pop(partition, None)
+        if shard is not None:
+            await shard.close()
 
     async def _load(self, partition: int) -> None:
         backoff = 0.1
@@ -157,6 +187,8 @@ class GroupCoordinator:
     # --- routing -------------------------------------------------------------------------------
     def owns(self, partition: int) -> bool:
         """Whether this broker owns the offsets partition (embedded mode: all of them)."""
+        if self.routing is not None:
+            return 0 <= partition < self.partitions and self.routing.serving(self._topic_id, partition)
         return 0 <= partition < self.partitions
 
     def partition_for(self, group_id: str) -> int:
@@ -176,7 +208,14 @@ class GroupCoordinator:
 
     def coordinator_for(self, group_id: str) -> tuple[int, str, int] | None:
         """(node id, host, port) of the group's coordinator, or None while there is none."""
-        if self.partitions == 0 or not self.owns(self.partition_for(group_id)):
+        if self.partitions == 0:
+            return None
+        partition = self.partition_for(group_id)
+        if self.routing is not None:
+            leader = self.routing.leader(self._topic_id, partition)
+            endpoint = None if leader is None else self.routing.endpoint(leader.node_id)
+            return None if endpoint is None else (endpoint.node_id, endpoint.host, endpoint.port)
+        if not self.owns(partition):
             return None
         host, port = self._broker.config.advertised
         return self._broker.config.node_id, host, port

@@ -29,7 +29,7 @@ SANS_IO_FORBIDDEN = frozenset({"asyncio"})
 # composition root; the partition log, groups and handlers never reach into it, and it reaches only down.
 NEVER_IMPORTS_CLUSTER = ("brokers/log/", "brokers/groups/", "brokers/handlers/")
 CLUSTER_DIR = "brokers/cluster/"
-CLUSTER_MAY_IMPORT = ("metadata", "brokers.config", "brokers.cluster")
+CLUSTER_MAY_IMPORT = ("metadata", "brokers.config", "brokers.cluster", "brokers.routing")
 
 
 @dataclass(frozen=True)
