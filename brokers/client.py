@@ -15,7 +15,7 @@ import io
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -30,6 +30,7 @@ from kio.static.constants import EntityType
 from brokers.codec.frame import FrameDecoder, FrameError
 from brokers.config import ConfigError, parse_hostport
 from brokers.handlers.base import make
+from brokers.handlers.base import ms as ms_delta
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
@@ -37,6 +38,7 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 SOFTWARE_NAME = "tidelog-client"
 SOFTWARE_VERSION = "0.1.0"
 API_VERSIONS, METADATA, FIND_COORDINATOR, LIST_OFFSETS = 18, 3, 10, 2
+ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
 GROUP_KEY, TRANSACTION_KEY = 0, 1
 COORDINATOR_MOVED = frozenset(
     {ErrorCode.not_coordinator, ErrorCode.coordinator_not_available, ErrorCode.coordinator_load_in_progress}
@@ -446,3 +448,54 @@ class KafkaClient:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    # ------------------------------------------------------------------ partition moves
+
+    async def alter_partition_reassignments(
+        self, moves: Mapping[tuple[str, int], int | None]
+    ) -> dict[tuple[str, int], str | None]:
+        """Request moves ((topic, partition) -> target node id; None cancels). Returns the error per
+        partition (None: accepted) - the broker's error name and message."""
+        conn = await self.any_connection()
+        mod = conn.module(ALTER_PARTITION_REASSIGNMENTS, 0, 1)
+        by_topic: dict[str, list[Any]] = {}
+        for (topic, partition), target in sorted(moves.items(), key=lambda kv: kv[0]):
+            replicas = None if target is None else (target,)
+            by_topic.setdefault(topic, []).append(
+                make(mod.ReassignablePartition, partition_index=partition, replicas=replicas)
+            )
+        resp = await conn.send(
+            make(
+                mod.AlterPartitionReassignmentsRequest, timeout=ms_delta(int(self.timeout * 1000)),
+                allow_replication_factor_change=True,
+                topics=tuple(make(mod.ReassignableTopic, name=t, partitions=tuple(ps)) for t, ps in by_topic.items()),
+            )
+        )
+        if resp.error_code != ErrorCode.none:
+            raise KafkaError(resp.error_code, f"AlterPartitionReassignments: {error_name(resp.error_code)}: "
+                             f"{resp.error_message or ''}")
+        out: dict[tuple[str, int], str | None] = {}
+        for t in resp.responses:
+            for p in t.partitions:
+                err = None
+                if p.error_code != ErrorCode.none:
+                    err = error_name(p.error_code) + (f": {p.error_message}" if p.error_message else "")
+                out[(t.name, int(p.partition_index))] = err
+        return out
+
+    async def list_partition_reassignments(self) -> dict[tuple[str, int], tuple[list[int], list[int], list[int]]]:
+        """Moves in progress: (topic, partition) -> (replicas, adding, removing)."""
+        conn = await self.any_connection()
+        mod = conn.module(LIST_PARTITION_REASSIGNMENTS, 0, 0)
+        resp = await conn.send(
+            make(mod.ListPartitionReassignmentsRequest, timeout=ms_delta(int(self.timeout * 1000)), topics=None)
+        )
+        if resp.error_code != ErrorCode.none:
+            raise KafkaError(resp.error_code, f"ListPartitionReassignments: {error_name(resp.error_code)}")
+        return {
+            (t.name, int(p.partition_index)): (
+                [int(r) for r in p.replicas], [int(r) for r in p.adding_replicas], [int(r) for r in p.removing_replicas]
+            )
+            for t in resp.topics
+            for p in t.partitions
+        }

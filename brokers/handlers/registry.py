@@ -26,6 +26,7 @@ class HandlerSpec:
 
 # One module per API, named after it; adding an API is adding its name here.
 API_MODULES = (
+    "alter_partition_reassignments",
     "api_versions",
     "consumer_group_describe",
     "consumer_group_heartbeat",
@@ -45,10 +46,12 @@ API_MODULES = (
     "leave_group",
     "list_groups",
     "list_offsets",
+    "list_partition_reassignments",
     "metadata",
     "offset_commit",
     "offset_delete",
     "offset_fetch",
+    "offset_for_leader_epoch",
     "produce",
     "sync_group",
 )
