@@ -75,6 +75,7 @@ class Connection:
         self.partial_since: float | None = None  # when reading of an incomplete frame started
         self._write_buffer = 0  # transport write buffer size when last looked at
         self.closed = False  # answers of requests still finishing are dropped
+        self.refused = False  # a request was refused (CloseConnection): the ones after it do not run
         self.peak_backlog = 0  # the most response bytes held at once (brokers/memory.py trims after big ones)
         self._progress = asyncio.Event()
 

@@ -223,6 +223,10 @@ class KafkaServer(Listener):
                     log.warning("closing %s: %s", peer, e)
                     writer.close()
                     return
+                except Exception:
+                    log.exception("answering a request from %s failed; closing", peer)
+                    writer.close()
+                    return
                 if request.response is not None:
                     writer.writelines(request.response)
                     request.response = None
@@ -249,11 +253,16 @@ class KafkaServer(Listener):
                 waits.clear()  # no references to earlier requests' tasks from here on
             while head.api_key != PRODUCE and conn.answers_waiting:
                 await conn.progress()  # a client that does not read: start nothing more for it
+            if conn.refused:  # the connection closes at that request: later ones take no effect
+                raise CloseConnection("an earlier request on the connection was refused")
             response_memory.current.set(request.memory)  # this task's context: what the handler reserves
             conn.started(request)
             response: list[bytes | bytearray | memoryview] | None = None
             try:
                 response = await self._dispatch(frame, head, peer, after, produced)
+            except CloseConnection:
+                conn.refused = True
+                raise
             finally:
                 conn.finished(request, response, asyncio.get_running_loop().time())
         finally:

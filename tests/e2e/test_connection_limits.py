@@ -184,6 +184,18 @@ def test_create_partitions_then_metadata_shows_the_new_count(order_broker: Broke
         assert parse_metadata(answers[1]) == (60 + count, 0, count), f"Metadata after CreatePartitions({count})"
 
 
+def test_requests_after_a_refused_one_take_no_effect(order_broker: BrokerProcess) -> None:
+    """The connection closes at a refused request; what was pipelined behind it does not run."""
+    topic = f"order-refused-{uuid.uuid4().hex[:8]}"
+    bad = kw.request(999, 0, b"", 71)  # unknown API key: refused, connection closed
+    with kw.connect(order_broker.bootstrap) as sock:
+        sock.sendall(kw.request(kw.API_API_VERSIONS, 0, b"", 70) + bad + create_topics_request(topic, 1, 72))
+        assert kw.parse_api_versions_v0(kw.recv_frame(sock)).correlation_id == 70  # the answer before it
+        assert kw.wait_closed(sock) == b""
+    (answer,) = pipelined(order_broker.bootstrap, [metadata_request(topic, 73)])
+    assert parse_metadata(answer)[:2] == (73, 3)  # UNKNOWN_TOPIC_OR_PARTITION: never created
+
+
 def test_pipelined_produces_and_fetches_answer_in_order(order_broker: BrokerProcess) -> None:
     """Produces overlap, a fetch after them sees all of them, and every answer comes in request order."""
     topic = f"order-pf-{uuid.uuid4().hex[:8]}"
