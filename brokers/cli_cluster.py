@@ -1,0 +1,323 @@
+"""``tidelog partitions move|list`` and ``tidelog cluster status``: where partitions live, and moving them.
+
+Everything goes over the Kafka protocol (brokers/client.py), so it works from anywhere a client can reach a
+broker: ``partitions move TOPIC:P --to NODE`` sends AlterPartitionReassignments (the controller honours the
+request as a pin, see brokers/cluster/controller.py) and polls Metadata until the partition's leader is
+NODE, then prints how long that took and how long the partition had no leader in Metadata (the pause
+clients see). ``partitions list`` prints owner and leader epoch per partition (Metadata) and, for brokers
+whose admin endpoint is given (``--admin HOST:PORT,...``, the ``/v1/offload`` JSON), the ledgers and bytes
+still on the bookies and the segments and bytes in the object store; without ``--admin`` those columns
+are '-'. ``cluster status`` prints the brokers, the controller, partitions led per broker, moves in
+progress, and (with ``--metadata etcd://...``) the registered bookies.
+Exit codes: 0 done, 1 an error (unreachable, refused, timed out), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from brokers.cli_groups import table
+from brokers.cli_offload import StatusError, fetch_status
+from brokers.client import ClientError, KafkaClient, parse_bootstrap
+from brokers.config import ConfigError, parse_hostport
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+POLL_INTERVAL = 0.05
+
+
+class CommandError(Exception):
+    """The command cannot do what was asked; the message is printed as one line, exit code 1."""
+
+
+def _bootstrap(value: str) -> str:
+    try:
+        parse_bootstrap(value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _admins(value: str) -> list[tuple[str, int]]:
+    try:
+        return [parse_hostport(p.strip(), "--admin") for p in value.split(",") if p.strip()]
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _topic_partition(value: str) -> tuple[str, int]:
+    topic, sep, part = value.rpartition(":")
+    if not sep or not topic or not part.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not TOPIC:PARTITION")
+    return topic, int(part)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap", "--bootstrap-server", type=_bootstrap, default=DEFAULT_BOOTSTRAP, metavar="HOST:PORT",
+        help=f"a broker to start from (comma-separated list allowed; default {DEFAULT_BOOTSTRAP})",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS", help="give up after (default 60)")
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``partitions`` and ``cluster`` subcommands."""
+    parts = sub.add_parser("partitions", help="where partitions live; move one to another broker")
+    actions = parts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    move = actions.add_parser("move", help="move a partition to a broker and wait until it leads it")
+    move.add_argument("partition", type=_topic_partition, metavar="TOPIC:P")
+    move.add_argument("--to", type=int, required=True, metavar="NODE", help="the target broker's node id")
+    _common(move)
+    listing = actions.add_parser("list", help="owner, epoch and storage per partition")
+    listing.add_argument("--topic", metavar="TOPIC", help="only this topic")
+    listing.add_argument("--internal", action="store_true", help="list internal topics (__...) too")
+    listing.add_argument(
+        "--admin", type=_admins, default=[], metavar="HOST:PORT[,...]",
+        help="brokers' admin endpoints, for bookie and object-store sizes (their /v1/offload)",
+    )  # fmt: skip
+    _common(listing)
+    parts.set_defaults(run=run_command)
+    cluster = sub.add_parser("cluster", help="the cluster's brokers, controller and bookies")
+    cluster_actions = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = cluster_actions.add_parser("status", help="brokers, controller, partitions per broker, bookies")
+    status.add_argument("--metadata", default=None, metavar="etcd://HOST:PORT", help="to list registered bookies")
+    status.add_argument("--cluster", default="tidelog", help="cluster name (metadata prefix; with --metadata)")
+    _common(status)
+    cluster.set_defaults(run=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    prog = f"tidelog {args.command} {args.action}"
+    try:
+        return asyncio.run(_dispatch(args))
+    except (CommandError, ClientError, StatusError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    async with KafkaClient(args.bootstrap, timeout=min(args.timeout, 30.0)) as client:
+        if args.command == "partitions" and args.action == "move":
+            return await move(client, args)
+        if args.command == "partitions":
+            return await list_partitions(client, args)
+        return await cluster_status(client, args)
+
+
+def _emit(args: argparse.Namespace, data: object, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+# --------------------------------------------------------------------------- partitions move
+
+
+def _leader(resp: Any, topic: str, partition: int) -> tuple[int, int] | None:
+    """(leader id, leader epoch) of one partition in a Metadata answer; None if the topic/partition is unknown."""
+    for t in resp.topics:
+        if t.name == topic and t.error_code == ErrorCode.none:
+            for p in t.partitions:
+                if int(p.partition_index) == partition:
+                    return int(p.leader_id), int(p.leader_epoch)
+    return None
+
+
+async def move(client: KafkaClient, args: argparse.Namespace) -> int:
+    topic, partition = args.partition
+    before = _leader(await client.metadata([topic]), topic, partition)
+    if before is None:
+        raise CommandError(f"{topic}:{partition} does not exist")
+    started = time.monotonic()
+    answer = (await client.alter_partition_reassignments({(topic, partition): args.to})).get((topic, partition))
+    if answer is not None:
+        raise CommandError(f"{topic}:{partition} to broker {args.to}: {answer}")
+    deadline = started + args.timeout
+    leaderless = 0.0
+    last_poll = time.monotonic()
+    now_leader = before
+    while True:
+        try:
+            found = _leader(await client.metadata([topic]), topic, partition)
+        except ClientError:  # the broker we asked may be the one letting go; ask another next time
+            await client.close()
+            found = None
+        now = time.monotonic()
+        if found is None or found[0] < 0:
+            leaderless += now - last_poll
+        last_poll = now
+        if found is not None:
+            now_leader = found
+            if found[0] == args.to:
+                break
+        if now > deadline:
+            raise CommandError(
+                f"{topic}:{partition}: leader is still {now_leader[0]} after {args.timeout:g}s "
+                "(the move request stays; `tidelog cluster status` lists it)"
+            )
+        await asyncio.sleep(POLL_INTERVAL)
+    took = time.monotonic() - started
+    data = {
+        "topic": topic, "partition": partition, "from": before[0], "to": args.to, "epoch_before": before[1],
+        "epoch": now_leader[1], "seconds": round(took, 3), "leaderless_seconds": round(leaderless, 3),
+    }  # fmt: skip
+    text = (
+        f"{topic}:{partition} moved from broker {before[0]} to {args.to} (epoch {before[1]} -> {now_leader[1]}) "
+        f"in {took:.2f}s; no leader in Metadata for {leaderless:.2f}s"
+    )
+    _emit(args, data, text)
+    return 0
+
+
+# --------------------------------------------------------------------------- partitions list
+
+
+Sizes = dict[tuple[str, int], dict[str, Any]]
+
+
+def _sizes(admins: Sequence[tuple[str, int]], timeout: float) -> tuple[Sizes, list[str]]:
+    """Per-partition storage figures from each admin endpoint (a partition's owner reports it)."""
+    found: Sizes = {}
+    errors = []
+    for host, port in admins:
+        try:
+            status = fetch_status(host, port, None, timeout)
+        except StatusError as e:
+            errors.append(str(e))
+            continue
+        for p in status.get("partitions", []):
+            found[(str(p["topic"]), int(p["partition"]))] = p
+    return found, errors
+
+
+async def list_partitions(client: KafkaClient, args: argparse.Namespace) -> int:
+    resp = await client.metadata(None if args.topic is None else [args.topic])
+    sizes, errors = _sizes(args.admin, min(args.timeout, 10.0))
+    moving = await _moves(client)
+    rows: list[dict[str, Any]] = []
+    for t in sorted(resp.topics, key=lambda t: t.name):
+        if t.error_code != ErrorCode.none:
+            if args.topic is not None:
+                raise CommandError(f"topic {t.name}: {t.error_code.name.upper()}")
+            continue
+        if (t.name.startswith("__") or t.is_internal) and not (args.internal or args.topic):
+            continue
+        for p in sorted(t.partitions, key=lambda p: p.partition_index):
+            index = int(p.partition_index)
+            size = sizes.get((t.name, index), {})
+            rows.append({
+                "topic": t.name, "partition": index, "leader": int(p.leader_id), "epoch": int(p.leader_epoch),
+                "moving_to": moving.get((t.name, index)),
+                "ledgers": size.get("ledgers"), "bookie_bytes": size.get("bytes_waiting"),
+                "segments": size.get("segments"), "object_store_bytes": size.get("offloaded_bytes"),
+            })  # fmt: skip
+    headers = ("TOPIC", "PARTITION", "LEADER", "EPOCH", "MOVING-TO", "LEDGERS", "BOOKIE-BYTES", "SEGMENTS", "S3-BYTES")
+    text = table(headers, [tuple(r.values()) for r in rows])
+    if not args.admin:
+        text += "\n(storage columns need --admin HOST:PORT,... of the brokers)"
+    for e in errors:
+        text += f"\nwarning: {e}"
+    _emit(args, rows, text)
+    return 0
+
+
+async def _moves(client: KafkaClient) -> dict[tuple[str, int], int]:
+    """Moves in progress: (topic, partition) -> target (empty if the broker does not support the API)."""
+    try:
+        ongoing = await client.list_partition_reassignments()
+    except ClientError:
+        return {}
+    return {tp: adding[0] for tp, (_replicas, adding, _removing) in ongoing.items() if adding}
+
+
+# --------------------------------------------------------------------------- cluster status
+
+
+async def _bookies(url: str, cluster: str) -> list[dict[str, Any]]:
+    from metadata.etcd import EtcdMetadataStore
+    from metadata.keys import Keys
+    from storage.bookie.registry import BookieAddress
+
+    store = await EtcdMetadataStore.connect(url)
+    try:
+        found = await store.list(Keys(cluster).bookies_prefix())
+    finally:
+        await store.close()
+    out = []
+    for item in found:
+        try:
+            b = BookieAddress.decode(item.value)
+        except (ValueError, KeyError, TypeError):
+            continue
+        out.append({"id": b.bookie_id, "address": f"{b.host}:{b.port}", "rack": b.rack or None})
+    return out
+
+
+async def cluster_status(client: KafkaClient, args: argparse.Namespace) -> int:
+    resp = await client.metadata(None)
+    led: Counter[int] = Counter()
+    leaderless = 0
+    for t in resp.topics:
+        for p in t.partitions:
+            if int(p.leader_id) >= 0:
+                led[int(p.leader_id)] += 1
+            else:
+                leaderless += 1
+    controller = int(resp.controller_id)
+    brokers = [
+        {"node_id": int(b.node_id), "address": f"{b.host}:{int(b.port)}", "rack": b.rack,
+         "controller": int(b.node_id) == controller, "partitions": led.get(int(b.node_id), 0)}
+        for b in sorted(resp.brokers, key=lambda b: b.node_id)
+    ]  # fmt: skip
+    moving = await _moves(client)
+    bookies: list[dict[str, Any]] | None = None
+    bookie_error = None
+    if args.metadata:
+        try:
+            bookies = await asyncio.wait_for(_bookies(args.metadata, args.cluster), min(args.timeout, 10.0))
+        except (OSError, TimeoutError, ValueError) as e:
+            bookie_error = f"{args.metadata}: {e!r}"
+        except Exception as e:  # the metadata client's own errors: report, the rest of the status still stands
+            bookie_error = f"{args.metadata}: {e!r}"
+    data: dict[str, Any] = {
+        "cluster_id": resp.cluster_id, "controller": controller, "brokers": brokers,
+        "partitions": sum(led.values()) + leaderless, "leaderless_partitions": leaderless,
+        "moves": [{"topic": t, "partition": p, "to": n} for (t, p), n in sorted(moving.items())],
+        "bookies": bookies,
+    }  # fmt: skip
+    lines = [
+        f"cluster {resp.cluster_id}: {len(brokers)} brokers, controller {controller}, "
+        f"{data['partitions']} partitions ({leaderless} without a leader), {len(moving)} moves in progress",
+        "",
+        table(
+            ("NODE", "ADDRESS", "RACK", "CONTROLLER", "PARTITIONS"),
+            [(b["node_id"], b["address"], b["rack"], "*" if b["controller"] else "", b["partitions"]) for b in brokers],
+        ),
+    ]
+    if moving:
+        lines += ["", table(("TOPIC", "PARTITION", "MOVING-TO"), [(t, p, n) for (t, p), n in sorted(moving.items())])]
+    if bookies is not None:
+        lines += ["", table(("BOOKIE", "ADDRESS", "RACK"), [(b["id"], b["address"], b["rack"]) for b in bookies])]
+    elif bookie_error:
+        lines += ["", f"bookies: unreachable ({bookie_error})"]
+    else:
+        lines += ["", "bookies: not shown (pass --metadata etcd://HOST:PORT)"]
+    _emit(args, data, "\n".join(lines))
+    return 0
