@@ -15,8 +15,10 @@ from brokers.config import TOPIC_CONFIG_DEFAULTS, BrokerConfig
 from brokers.groups.consumer_shard import consumer_extension
 from brokers.groups.coordinator import GroupCoordinator
 from brokers.log.manager import LogManager
-from brokers.log.partition import LogConfig, Tiering
-from brokers.log.types import LogError
+from brokers.log.partition import LogConfig, PartitionLog, Tiering
+from brokers.log.types import LogError, NotLeader
+from brokers.routing import Routing
+from brokers.single_routing import SingleBroker
 from brokers.topics import TopicError, TopicLimits, TopicRegistry
 from metadata.api import Lease, MetadataError, MetadataStore, VersionConflict
 from metadata.keys import Keys
@@ -75,6 +77,8 @@ class Broker:
             ),
             self.tiering,
         )
+        self.routing: Routing = SingleBroker(self)
+        """Who leads what, which brokers are live, who the controller is (a cluster broker replaces it)."""
         self.groups = GroupCoordinator.for_broker(self)
         self.groups.extensions.append(consumer_extension(self))  # KIP-848 consumer groups
         self.cluster_id = ""
@@ -94,10 +98,12 @@ class Broker:
         await self.topics.load()
         await self.groups.start()
         self._spawn(self.logs.run_age_rollover())
-        self._spawn(self._run_load_pending())
         if self.tiering is not None:
             self._spawn(self._run_retention())
             self._spawn(self._run_orphan_gc())
+        if not self.logs.take_on_first_use:
+            return  # a cluster broker (brokers/clustered.py): membership registers it, the follower loads logs
+        self._spawn(self._run_load_pending())
         self._lease = await self.store.lease(10.0)
         host, port = self.config.advertised
         await self.store.put(
@@ -133,6 +139,28 @@ class Broker:
         if self._lease is not None:
             await self._lease.revoke()
             self._lease = None
+
+    # --- partition logs handlers serve ---------------------------------------------------------
+    async def serving_log(self, topic_id: str, partition: int) -> PartitionLog:
+        """The partition's log if this broker serves it now, else NotLeader naming the current leader.
+
+        The one accessor handlers use. Embedded: the log, loaded on first use. Cluster
+        (``logs.take_on_first_use`` off): only while routing says this broker serves the partition and its
+        log is loaded (taken, not fenced)."""
+        if not self.routing.serving(topic_id, partition):
+            raise self.not_leader(topic_id, partition, "this broker does not lead the partition")
+        try:
+            return await self.logs.get(topic_id, partition)
+        except NotLeader as e:
+            if e.leader is not None:
+                raise
+            raise self.not_leader(topic_id, partition, str(e)) from None
+
+    def not_leader(self, topic_id: str, partition: int, reason: str) -> NotLeader:
+        """NOT_LEADER_OR_FOLLOWER with the partition's current leader and its endpoint, as routing knows them."""
+        leader = self.routing.leader(topic_id, partition)
+        endpoint = None if leader is None else self.routing.endpoint(leader.node_id)
+        return NotLeader(reason, leader, endpoint)
 
     # --- producer ids ------------------------------------------------------------------------
     async def allocate_producer_id(self) -> int:

@@ -39,7 +39,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 code = ErrorCode.policy_violation
             else:
                 try:
-                    plog = await broker.logs.get(topic.topic_id, p.partition_index)
+                    plog = await broker.serving_log(topic.topic_id, p.partition_index)
                     low = await plog.delete_records(int(p.offset))
                 except LogError as e:
                     code = e.code

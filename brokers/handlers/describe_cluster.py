@@ -1,14 +1,14 @@
-"""DescribeCluster (API 60): cluster id, the live brokers, and this broker as the controller."""
+"""DescribeCluster (API 60): cluster id, the live brokers and the controller, as ``broker.routing`` knows them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
-from metadata.api import MetadataError
-from metadata.models import BrokerRecord
+from brokers.routing import Endpoint
 
 API_KEY = 60
 MIN_VERSION = 0
@@ -21,30 +21,16 @@ AUTHORIZED_OPERATIONS_OMITTED = -(2**31)
 CLUSTER_OPERATIONS = sum(1 << op for op in (5, 7, 8, 9, 10, 11, 12))
 
 
-async def live_brokers(ctx: RequestContext) -> list[BrokerRecord]:
-    """Brokers registered in metadata, this one always included (with its advertised address)."""
-    host, port = ctx.broker.config.advertised
-    found = {ctx.broker.config.node_id: BrokerRecord(ctx.broker.config.node_id, host, port)}
-    try:
-        items = await ctx.broker.store.list(ctx.broker.keys.brokers_prefix())
-    except MetadataError:
-        items = []  # the store is unreachable: report ourselves rather than fail the request
-    for item in items:
-        record = BrokerRecord.decode(item.value)
-        found.setdefault(record.node_id, record)
-    return sorted(found.values(), key=lambda b: b.node_id)
-
-
 async def handle(ctx: RequestContext, request: Any) -> Any:
     """Describe the cluster; only the BROKERS endpoint type is served (as by a Kafka broker)."""
     mod = response_module(API_KEY, ctx.api_version)
     endpoint_type = int(getattr(request, "endpoint_type", ENDPOINT_BROKERS))
     code, message = ErrorCode.none, None
-    brokers: list[BrokerRecord] = []
+    brokers: Sequence[Endpoint] = ()
     if endpoint_type != ENDPOINT_BROKERS:
         code, message = ErrorCode.unsupported_endpoint_type, f"Unsupported endpoint type {endpoint_type}"
     else:
-        brokers = await live_brokers(ctx)
+        brokers = ctx.broker.routing.brokers()
     operations = (
         CLUSTER_OPERATIONS if request.include_cluster_authorized_operations else AUTHORIZED_OPERATIONS_OMITTED
     )
@@ -55,7 +41,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         error_message=message,
         endpoint_type=endpoint_type,
         cluster_id=ctx.broker.cluster_id,
-        controller_id=ctx.broker.config.node_id,
+        controller_id=ctx.broker.routing.controller_id(),
         brokers=tuple(
             make(mod.DescribeClusterBroker, broker_id=b.node_id, host=b.host, port=b.port, rack=b.rack,
                  is_fenced=False)

@@ -151,7 +151,9 @@ def _resource_entries(ctx: RequestContext, resource_type: int, name: str) -> lis
             node_id = int(name)
         except ValueError:
             raise TopicError(ErrorCode.invalid_request, f"Broker id must be an integer, but it is: {name}") from None
-        if node_id != config.node_id:
+        if node_id != ctx.broker.routing.node_id:
+            # Kafka's ConfigHelper: a broker describes only its own static configs; clients (the Admin client)
+            # send a broker resource to that broker, which every live broker of the Metadata answer is.
             raise TopicError(
                 ErrorCode.invalid_request,
                 f"Unexpected broker id, expected {config.node_id} or empty string, but received {name}",

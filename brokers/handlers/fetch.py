@@ -19,6 +19,7 @@ from kio.schema.errors import ErrorCode
 from brokers import response_memory
 from brokers.codec.chain import Chunks
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.handlers.leadership import HINTED, Hints, current_leader, epoch_error
 from brokers.log.partition import LogError, PartitionLog
 
 API_KEY = 1
@@ -27,7 +28,7 @@ MAX_VERSION = 16
 
 
 class _Part:
-    __slots__ = ("error", "hw", "index", "log", "max_bytes", "offset", "records", "start")
+    __slots__ = ("error", "hw", "index", "log", "max_bytes", "offset", "records", "start", "topic_id")
 
     def __init__(self, index: int, offset: int, max_bytes: int) -> None:
         self.index = index
@@ -38,6 +39,7 @@ class _Part:
         self.records: list[memoryview] = []
         self.hw = -1
         self.start = -1
+        self.topic_id = ""
 
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
@@ -48,13 +50,21 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         topic = broker.topics.by_id(str(ft.topic_id)) if by_id else broker.topics.get(ft.topic)
         parts = [_Part(p.partition, p.fetch_offset, p.partition_max_bytes) for p in ft.partitions]
         plan.append((ft.topic_id if by_id else ft.topic, parts))
-        for part in parts:
+        for part, wanted in zip(parts, ft.partitions, strict=True):
             if topic is None:
                 part.error = ErrorCode.unknown_topic_id if by_id else ErrorCode.unknown_topic_or_partition
             elif not 0 <= part.index < topic.partitions:
                 part.error = ErrorCode.unknown_topic_or_partition
             else:
-                part.log = await broker.logs.get(topic.topic_id, part.index)
+                part.topic_id = topic.topic_id
+                try:
+                    plog = await broker.serving_log(topic.topic_id, part.index)
+                except LogError as e:
+                    part.error = e.code
+                    continue
+                part.error = epoch_error(getattr(wanted, "current_leader_epoch", -1), plog.epoch)
+                if part.error == ErrorCode.none:
+                    part.log = plog
     max_total = min(request.max_bytes if request.max_bytes > 0 else broker.config.fetch_max_bytes,
                     broker.config.fetch_max_bytes)
     loop = asyncio.get_running_loop()
@@ -122,11 +132,17 @@ async def _read_all(plan: list[tuple[Any, list[_Part]]], max_total: int, waiter:
 def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     by_id = ctx.api_version >= 13
+    hints = Hints()
     responses = []
     for topic_ref, parts in plan:
         datas = []
         for p in parts:
             records = Chunks(p.records) if p.records else None  # written to the socket unjoined
+            extra = {}
+            if p.error in HINTED and p.topic_id and ctx.api_version >= 12:
+                hint = ctx.broker.not_leader(p.topic_id, p.index, "")  # KIP-951: who leads now
+                extra["current_leader"] = current_leader(mod, hint.leader)
+                hints.add(hint.endpoint)
             datas.append(
                 make(
                     mod.PartitionData,
@@ -138,6 +154,7 @@ def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> Any:
                     aborted_transactions=None,
                     preferred_read_replica=-1,
                     records=records if records is not None else b"",
+                    **extra,
                 )
             )
         if by_id:
@@ -152,4 +169,5 @@ def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> Any:
         error_code=ErrorCode.none,
         session_id=0,
         responses=tuple(responses),
+        node_endpoints=hints.node_endpoints(mod),
     )

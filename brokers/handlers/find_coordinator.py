@@ -1,4 +1,5 @@
-"""FindCoordinator (10): the owner of the group's ``__consumer_offsets`` partition (v4+: batched keys).
+"""FindCoordinator (10): the owner of the group's ``__consumer_offsets`` partition (v4+: batched keys), as
+``broker.routing`` knows it: any broker answers for every group, with the leader's advertised endpoint.
 
 librdkafka also reads this API's presence as "the broker supports LZ4", so it is advertised from v0.
 Transaction coordinators do not exist yet: those lookups get COORDINATOR_NOT_AVAILABLE.
@@ -10,6 +11,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from brokers.groups.coordinator import OFFSETS_TOPIC
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 
 API_KEY = 10
@@ -21,11 +23,17 @@ TRANSACTION = 1
 
 def _answer(ctx: RequestContext, key_type: int, key: str) -> tuple[ErrorCode, str | None, int, str, int]:
     if key_type == GROUP:
-        found = ctx.broker.groups.coordinator_for(key)
-        if found is None:
+        broker = ctx.broker
+        topic = broker.topics.get(OFFSETS_TOPIC)
+        if topic is None or broker.groups.partitions == 0:
             return ErrorCode.coordinator_not_available, "the group coordinator is not available yet", -1, "", -1
-        node, host, port = found
-        return ErrorCode.none, None, node, host, port
+        partition = broker.groups.partition_for(key)
+        leader = broker.routing.leader(topic.topic_id, partition)
+        endpoint = None if leader is None else broker.routing.endpoint(leader.node_id)
+        if endpoint is None:
+            return (ErrorCode.coordinator_not_available, f"{OFFSETS_TOPIC} partition {partition} has no live leader",
+                    -1, "", -1)
+        return ErrorCode.none, None, endpoint.node_id, endpoint.host, endpoint.port
     if key_type == TRANSACTION:
         return ErrorCode.coordinator_not_available, "transactions are not supported yet", -1, "", -1
     return ErrorCode.invalid_request, f"unknown coordinator key type {key_type}", -1, "", -1

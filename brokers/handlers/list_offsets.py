@@ -16,6 +16,7 @@ from brokers.codec.batch import HEADER_SIZE, TIMESTAMP_TYPE_FLAG, BatchError, Ba
 from brokers.codec.records import record_timestamps
 from brokers.codec.validate import MAX_DECOMPRESSED_BYTES
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.handlers.leadership import epoch_error
 from brokers.log.partition import LogError, PartitionLog
 
 API_KEY = 2
@@ -41,9 +42,11 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 code = ErrorCode.unknown_topic_or_partition
             else:
                 try:
-                    plog = await broker.logs.get(topic.topic_id, p.partition_index)
-                    ts, offset = await lookup(plog, p.timestamp)
-                    epoch = plog.epoch
+                    plog = await broker.serving_log(topic.topic_id, p.partition_index)
+                    code = epoch_error(getattr(p, "current_leader_epoch", -1), plog.epoch)
+                    if code == ErrorCode.none:
+                        ts, offset = await lookup(plog, p.timestamp)
+                        epoch = plog.epoch
                 except LogError as e:
                     code = e.code
             parts.append(

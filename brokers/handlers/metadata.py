@@ -1,12 +1,16 @@
 """Metadata (3): live brokers, the controller, topics with ids, partitions led by their owners.
 
-Answering Metadata loads nothing: a partition's log is loaded when it is first produced to or read, so the
-leader epoch of a partition not loaded yet is reported as -1 (unknown; clients then skip epoch checks).
+Brokers, the controller and each partition's leader and leader epoch come from ``broker.routing``: the
+embedded broker names itself everywhere and reports the epoch of a partition whose log is not loaded yet as
+-1 (unknown; clients then skip epoch checks) — answering Metadata loads nothing. A partition no broker owns
+has leader -1, LEADER_NOT_AVAILABLE and no replicas. Replicas and ISR are ``[owner]``: redundancy is the
+bookie quorum's, not brokers'.
 
 The answer is encoded here with ``struct`` rather than built as kio objects: kio encodes in pure Python at
 about 20 µs a partition (2 s for 100,000), and every partition loaded changes an epoch. Each topic's
-encoded bytes are cached until that topic or one of its loaded logs changes, and whole bodies until any
-topic or log does, so an answer for many partitions is mostly a join of cached bytes.
+encoded bytes are cached until that topic, one of its loaded logs or the routing generation changes, and
+whole bodies until any topic, log or routing does, so an answer for many partitions is mostly a join of
+cached bytes.
 tests/unit/test_metadata_response.py checks the bytes against kio's encoder for every version.
 """
 
@@ -20,6 +24,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import RequestContext
+from brokers.routing import NO_LEADER
 from brokers.topics import INTERNAL_TOPICS, TopicError
 from metadata.models import TopicRecord
 
@@ -33,6 +38,7 @@ _NO_AUTHORIZED_OPERATIONS = -(2**31)
 _cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
 _topic_cache: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], bytes]] = OrderedDict()
 """(version, topic id, broker) -> (what the bytes were made from, the topic's encoded bytes)."""
+_LEADER_NOT_AVAILABLE = int(ErrorCode.leader_not_available.value)
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 
@@ -57,8 +63,9 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
                     await broker.auto_create_topic(name)
                 except TopicError as e:  # a limit or an illegal name: the client sees the refusal's code
                     refused[name] = e
+    routing = broker.routing
     key = (version, None if names is None else tuple(names), tuple(ids), broker.topics.generation,
-           broker.logs.generation, broker.config.node_id, broker.logs.instance)
+           broker.logs.generation, routing.node_id, routing.generation, id(routing), broker.logs.instance)
     cached = _cache.get(key) if not refused else None
     if cached is not None:
         _cache.move_to_end(key)
@@ -99,20 +106,21 @@ def _encode(
     version = ctx.api_version
     flexible = version >= FLEXIBLE_FROM
     tags = b"\x00" if flexible else b""
-    node = broker.config.node_id
-    host, port = broker.config.advertised
+    routing = broker.routing
     out: list[bytes] = []
     if version >= 3:
         out.append(_I32.pack(0))  # throttle_time_ms
-    out.append(_count(1, flexible))
-    out.append(_I32.pack(node) + _string(host, flexible) + _I32.pack(port))
-    if version >= 1:
-        out.append(_string(None, flexible))  # rack
-    out.append(tags)
+    brokers = routing.brokers()
+    out.append(_count(len(brokers), flexible))
+    for b in brokers:
+        out.append(_I32.pack(b.node_id) + _string(b.host, flexible) + _I32.pack(b.port))
+        if version >= 1:
+            out.append(_string(b.rack, flexible))
+        out.append(tags)
     if version >= 2:
         out.append(_string(broker.cluster_id, flexible))
     if version >= 1:
-        out.append(_I32.pack(node))  # controller
+        out.append(_I32.pack(routing.controller_id()))
     chosen: list[tuple[str | None, uuid.UUID | None, TopicRecord | None]]
     if names is None:
         chosen = [(t.name, None, t) for t in broker.topics.all()]
@@ -152,12 +160,13 @@ def _missing_topic(version: int, error: ErrorCode, name: str | None, topic_id: u
 
 
 def _topic(ctx: RequestContext, topic: TopicRecord) -> bytes:
-    """One topic's encoded bytes, cached until the topic or one of its loaded logs changes."""
+    """One topic's encoded bytes, cached until the topic, one of its loaded logs or the routing changes."""
     broker = ctx.broker
     version = ctx.api_version
-    node = broker.config.node_id
+    routing = broker.routing
     key = (version, topic.topic_id, broker.logs.instance)
-    stamp = (topic.name, topic.partitions, node, broker.logs.topic_generation(topic.topic_id))
+    stamp = (topic.name, topic.partitions, routing.node_id, routing.generation, id(routing),
+             broker.logs.topic_generation(topic.topic_id))
     found = _topic_cache.get(key)
     if found is not None and found[0] == stamp:
         _topic_cache.move_to_end(key)
@@ -169,18 +178,24 @@ def _topic(ctx: RequestContext, topic: TopicRecord) -> bytes:
     if version >= 1:
         parts.append(b"\x01" if topic.name in INTERNAL_TOPICS else b"\x00")
     parts.append(_count(topic.partitions, flexible))
-    # After the leader epoch every partition is the same: replicas [node], isr [node], offline [], tags.
-    nodes = _count(1, flexible) + _I32.pack(node)
-    suffix = nodes + nodes + (_count(0, flexible) if version >= 5 else b"") + (b"\x00" if flexible else b"")
-    loaded = broker.logs.loaded
-    if version >= 7:
-        head = struct.Struct(">hiii")
-        for p in range(topic.partitions):
-            plog = loaded(topic.topic_id, p)
-            parts.append(head.pack(0, p, node, -1 if plog is None else plog.epoch) + suffix)
-    else:
-        head = struct.Struct(">hii")
-        parts.extend(head.pack(0, p, node) + suffix for p in range(topic.partitions))
+    # After the leader (and its epoch), a partition's bytes depend only on its owner: replicas [owner],
+    # isr [owner] (both empty without one), offline [], tags — made once per owner.
+    offline_tags = (_count(0, flexible) if version >= 5 else b"") + (b"\x00" if flexible else b"")
+    suffixes: dict[int, bytes] = {NO_LEADER: _count(0, flexible) * 2 + offline_tags}
+    head = struct.Struct(">hiii" if version >= 7 else ">hii")
+    leader_of = routing.leader
+    for p in range(topic.partitions):
+        leader = leader_of(topic.topic_id, p)
+        if leader is None:
+            code, node, epoch = _LEADER_NOT_AVAILABLE, NO_LEADER, -1
+        else:
+            code, node, epoch = 0, leader.node_id, leader.epoch
+        suffix = suffixes.get(node)
+        if suffix is None:
+            nodes = _count(1, flexible) + _I32.pack(node)
+            suffix = suffixes[node] = nodes + nodes + offline_tags
+        fixed = head.pack(code, p, node, epoch) if version >= 7 else head.pack(code, p, node)
+        parts.append(fixed + suffix)
     if version >= 8:
         parts.append(_I32.pack(_NO_AUTHORIZED_OPERATIONS))
     if flexible:

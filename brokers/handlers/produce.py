@@ -25,6 +25,7 @@ from brokers.codec.validate import (
 )
 from brokers.config import BrokerConfig
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.handlers.leadership import Hints, current_leader
 from brokers.log.partition import AppendResult, LogError
 from brokers.topics import INTERNAL_TOPICS
 
@@ -35,7 +36,7 @@ ADVERTISED_MIN_VERSION = 0  # v0-2 are refused (message formats v0/v1), but libr
 
 
 class _Outcome:
-    __slots__ = ("append_time", "error", "message", "pending", "record_errors", "result")
+    __slots__ = ("append_time", "error", "message", "pending", "record_errors", "result", "topic_id")
 
     def __init__(self) -> None:
         self.error = ErrorCode.none
@@ -44,6 +45,7 @@ class _Outcome:
         self.result: AppendResult | None = None
         self.record_errors: tuple[tuple[int, str], ...] = ()
         self.append_time = -1
+        self.topic_id = ""
 
     def fail(self, code: ErrorCode, message: str, record_errors: tuple[tuple[int, str], ...] = ()) -> None:
         self.error, self.message, self.record_errors = code, message, record_errors
@@ -80,8 +82,9 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 if checked is None:
                     continue
                 records, headers = checked
+                out.topic_id = topic.topic_id
                 try:
-                    plog = await broker.logs.get(topic.topic_id, pdata.index)
+                    plog = await broker.serving_log(topic.topic_id, pdata.index)
                     out.pending = await plog.append(records, headers)
                 except LogError as e:
                     out.fail(e.code, str(e))
@@ -108,11 +111,18 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
 
 def _response(ctx: RequestContext, outcomes: list[tuple[str, list[tuple[int, _Outcome]]]]) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
+    hints = Hints()
     topics = []
     for name, parts in outcomes:
         responses = []
         for index, out in parts:
             result = out.result
+            leader = None
+            if out.error == ErrorCode.not_leader_or_follower and out.topic_id and ctx.api_version >= 10:
+                # KIP-951: who leads now (also when the append failed after it was queued: deposed meanwhile)
+                hint = ctx.broker.not_leader(out.topic_id, index, "")
+                leader = current_leader(mod, hint.leader)
+                hints.add(hint.endpoint)
             responses.append(
                 make(
                     mod.PartitionProduceResponse,
@@ -126,10 +136,12 @@ def _response(ctx: RequestContext, outcomes: list[tuple[str, list[tuple[int, _Ou
                         for i, m in out.record_errors
                     ),
                     error_message=out.message,
+                    **({"current_leader": leader} if leader is not None else {}),
                 )
             )
         topics.append(make(mod.TopicProduceResponse, name=name, partition_responses=tuple(responses)))
-    return make(mod.ProduceResponse, responses=tuple(topics), throttle_time=NO_THROTTLE)
+    endpoints = hints.node_endpoints(mod)
+    return make(mod.ProduceResponse, responses=tuple(topics), throttle_time=NO_THROTTLE, node_endpoints=endpoints)
 
 
 def topic_rules(configs: dict[str, str], config: BrokerConfig) -> TopicRules:

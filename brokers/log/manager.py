@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import logging
 
-from brokers.log.partition import LogConfig, PartitionLog, Tiering
+from brokers.log.partition import LogConfig, NotLeader, PartitionLog, Tiering
 from metadata.api import MetadataStore
 from metadata.keys import Keys
 from storage.ledger.api import LedgerClient
@@ -32,6 +32,10 @@ class LogManager:
         self._topic_generations: dict[str, int] = {}
         self.instance = next(_instances)
         """Unique per manager in this process (caches keyed by generations must not mix two managers')."""
+        self.take_on_first_use = True
+        """Embedded broker: ``get`` of a partition not loaded takes it over (it owns every partition). A cluster
+        broker sets False: partitions are loaded only when ownership hands them over, and ``get`` of one not
+        loaded raises NotLeader."""
 
     def topic_generation(self, topic_id: str) -> int:
         """Changes whenever one of the topic's logs is loaded or dropped (no I/O)."""
@@ -55,13 +59,16 @@ class LogManager:
         return list(self._logs.values())
 
     async def get(self, topic_id: str, partition: int) -> PartitionLog:
-        """The partition's log, taking it over (recovering its tail) on first use."""
+        """The partition's log, taking it over (recovering its tail) on first use; NotLeader instead when
+        ``take_on_first_use`` is off and it is neither loaded nor loading."""
         key = (topic_id, partition)
         found = self._logs.get(key)
         if found is not None:
             return found
         task = self._loading.get(key)
         if task is None:
+            if not self.take_on_first_use:
+                raise NotLeader(f"partition {topic_id}/{partition} is not served by this broker")
             task = asyncio.ensure_future(self._load(key))
             self._loading[key] = task
         return await asyncio.shield(task)
@@ -75,6 +82,40 @@ class LogManager:
             return plog
         finally:
             self._loading.pop(key, None)
+
+    async def adopt(self, topic_id: str, partition: int, epoch: int, state_version: int) -> PartitionLog:
+        """Load a partition the cluster ownership transaction just took (at ``epoch``, its state at
+        ``state_version``): the epoch is not bumped again; an open tail ledger is recovered with fencing."""
+        key = (topic_id, partition)
+        old = self._logs.pop(key, None)
+        if old is not None:  # a stale log of an earlier ownership: it must not serve beside the new one
+            self._changed(topic_id)
+            await old.close()
+        plog = PartitionLog(self._store, self._keys, self._ledgers, topic_id, partition, self.config, self.tiering)
+        await plog.load(taken=(epoch, state_version))
+        self._logs[key] = plog
+        self._changed(topic_id)
+        return plog
+
+    async def release(self, topic_id: str, partition: int) -> bool:
+        """Hand a partition over: forget the log (no new appends reach it), then close it cleanly - appends
+        already queued finish or fail NOT_LEADER_OR_FOLLOWER, the open ledger is closed and its state
+        committed, so the next owner finds nothing to recover. False if it was not loaded."""
+        plog = self._logs.pop((topic_id, partition), None)
+        if plog is None:
+            return False
+        self._changed(topic_id)
+        await plog.close()
+        return True
+
+    def depose_all(self, reason: str) -> int:
+        """Self-fencing (the broker lost its session): every loaded log stops serving now, without I/O;
+        ``release`` them afterwards. Returns how many were deposed."""
+        for plog in self._logs.values():
+            plog.depose(reason)
+        if self._logs:
+            self.generation += 1
+        return len(self._logs)
 
     async def drop_topic(self, topic_id: str) -> list[int]:
         """Close and forget a topic's logs; returns the ledger ids they held (for deletion)."""

@@ -25,7 +25,7 @@ from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup, scan_ledger
 from brokers.log.producers import ProducerStateError, ProducerTable
 from brokers.log.tiered import TieredLog, Tiering
-from brokers.log.types import AppendResult, LogConfig, LogError, ReadResult
+from brokers.log.types import AppendResult, LogConfig, LogError, NotLeader, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
 from metadata.api import MetadataStore, VersionConflict
 from metadata.keys import Keys
@@ -34,7 +34,7 @@ from storage import log_entry
 from storage.ledger.api import LedgerClient, LedgerError, LedgerWriter
 from storage.segment.catalog import PartitionSegments
 
-__all__ = ["AppendResult", "LogConfig", "LogError", "PartitionLog", "ReadResult", "Tiering"]
+__all__ = ["AppendResult", "LogConfig", "LogError", "NotLeader", "PartitionLog", "ReadResult", "Tiering"]
 
 log = logging.getLogger(__name__)
 
@@ -109,24 +109,39 @@ class PartitionLog(LedgerWriting, TieredLog):
     def ledgers(self) -> tuple[LedgerRef, ...]:
         return self._state.ledgers
 
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
+        """OffsetForLeaderEpoch: (leader epoch, end offset) of ``epoch`` from the epoch history (no I/O)."""
+        return self._state.end_offset_for(epoch, self._next_offset)
+
     @property
     def inflight(self) -> int:
         """Entries given offsets but not yet confirmed."""
         return len(self._inflight)
 
-    async def load(self) -> None:
+    async def load(self, taken: tuple[int, int] | None = None) -> None:
         """Take the partition over: bump the epoch, recover any open tail ledger, rebuild state; then list
-        its segments and hand it to the offloader."""
+        its segments and hand it to the offloader.
+
+        ``taken=(epoch, state_version)``: the partition was already taken by a cluster ownership transaction
+        (brokers/cluster/ownership.py), which bumped the epoch itself; the state must still be at that
+        version and epoch (else NOT_LEADER_OR_FOLLOWER), and the epoch is not bumped again."""
         async with self._lock:
-            await self._load_locked()
+            await self._load_locked(taken)
         await self._attach_tiers()
 
-    async def _load_locked(self) -> None:
+    async def _load_locked(self, taken: tuple[int, int] | None = None) -> None:
         current = await self._store.get(self._key)
         if current is None:
             state, version = PartitionState(epoch=0), 0
         else:
             state, version = PartitionState.decode(current.value), current.version
+        original = state
+        if taken is not None and (version, state.epoch) != (taken[1], taken[0]):
+            raise LogError(
+                ErrorCode.not_leader_or_follower,
+                f"partition changed after it was taken (epoch {state.epoch} at version {version}, "
+                f"taken at epoch {taken[0]} version {taken[1]})",
+            )
         producers = ProducerTable(state.producers)
         ledgers: list[LedgerRef] = []
         for ref in state.ledgers:
@@ -137,9 +152,14 @@ class PartitionLog(LedgerWriting, TieredLog):
                 ledgers.append(await self._recover_ledger(ref, producers))
             except LedgerError as e:
                 raise LogError(unavailable_code(e), f"cannot recover ledger {ref.ledger_id}: {e}") from e
-        state = replace(state, epoch=state.epoch + 1, ledgers=tuple(ledgers), producers=producers.snapshot())
+        epoch = state.epoch if taken is not None else state.epoch + 1
+        state = replace(state, epoch=epoch, ledgers=tuple(ledgers), producers=producers.snapshot())
+        state = state.with_epoch_start(epoch, max(state.end_offset, state.log_start_offset))  # OffsetForLeaderEpoch
         try:
-            self._version = await self._store.put(self._key, state.encode(), expected_version=version)
+            if taken is not None and state == original:
+                self._version = version  # taken already wrote this state: nothing recovered, nothing to write
+            else:
+                self._version = await self._store.put(self._key, state.encode(), expected_version=version)
         except VersionConflict:
             raise LogError(ErrorCode.not_leader_or_follower, "partition taken over while loading") from None
         self._state = state
@@ -289,6 +309,11 @@ class PartitionLog(LedgerWriting, TieredLog):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def depose(self, reason: str) -> None:
+        """Stop serving at once, without I/O (the broker lost its session): every waiting append fails with
+        NOT_LEADER_OR_FOLLOWER, late ledger confirmations are ignored, no append is taken any more."""
+        self._depose(reason)
 
     # --- reads ---------------------------------------------------------------------------------
     def add_waiter(self, fut: asyncio.Future[None]) -> None:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from kio.schema.errors import ErrorCode
 
 from brokers.log.inflight import AppendResult
+from brokers.routing import Endpoint, Leader
 
-__all__ = ["AppendResult", "LogConfig", "LogError", "ReadResult"]
+__all__ = ["AppendResult", "LogConfig", "LogError", "NotLeader", "ReadResult"]
 
 
 class LogError(Exception):
@@ -17,6 +18,18 @@ class LogError(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class NotLeader(LogError):
+    """This broker does not serve the partition (not its owner, not taken yet, or fenced): the client is told
+    NOT_LEADER_OR_FOLLOWER and, where the API version has room for it, who leads now (KIP-951)."""
+
+    def __init__(self, message: str, leader: Leader | None = None, endpoint: Endpoint | None = None) -> None:
+        super().__init__(ErrorCode.not_leader_or_follower, message)
+        self.leader = leader
+        """The partition's current owner and epoch, if known (None: no owner, or unknown to the raiser)."""
+        self.endpoint = endpoint
+        """The owner's advertised endpoint, if it is a live broker."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,11 @@ from brokers.broker import Broker
 from brokers.config import TOPIC_CONFIG_DEFAULTS, BrokerConfig
 from brokers.handlers import create_partitions, create_topics, delete_topics, describe_cluster, describe_configs
 from brokers.handlers.base import RequestContext
+from brokers.routing import Endpoint
 from metadata.embedded import EmbeddedMetadataStore
-from metadata.models import BrokerRecord, LedgerRef, PartitionState
+from metadata.models import LedgerRef, PartitionState
 from storage.ledger.api import LedgerClient
+from tests.fake_routing import FakeRouting
 
 ADMIN = (create_topics, delete_topics, create_partitions, describe_configs, describe_cluster)
 NODE, HOST, PORT = 3, "broker-3.example", 19092
@@ -282,13 +284,19 @@ async def test_topic_default_follows_broker_setting() -> None:
 
 @pytest.mark.parametrize("version", [0, 2])
 async def test_describe_cluster(broker: Broker, version: int) -> None:
-    await broker.store.put(broker.keys.broker(5), BrokerRecord(5, "other", 9093, "rack-b").encode())
     m = rq(describe_cluster, version)
     extra: dict[str, Any] = {"include_cluster_authorized_operations": False}
     extra.update({"include_fenced_brokers": True} if version >= 2 else {})
     resp = await call(broker, describe_cluster, version, m.DescribeClusterRequest(**extra))
     assert (resp.error_code, resp.cluster_id, resp.controller_id) == (ErrorCode.none, broker.cluster_id, NODE)
     assert broker.cluster_id and [(b.broker_id, b.host, b.port, b.rack) for b in resp.brokers] == [
+        (NODE, HOST, PORT, None)]  # embedded: itself only, as in Metadata
+    routing = FakeRouting(NODE, {NODE: Endpoint(NODE, HOST, PORT), 5: Endpoint(5, "other", 9093, "rack-b")},
+                          controller=5)
+    broker.routing = routing  # a cluster broker: the live brokers and the controller as routing knows them
+    resp = await call(broker, describe_cluster, version, m.DescribeClusterRequest(**extra))
+    assert resp.controller_id == 5
+    assert [(b.broker_id, b.host, b.port, b.rack) for b in resp.brokers] == [
         (NODE, HOST, PORT, None), (5, "other", 9093, "rack-b")]
     assert resp.cluster_authorized_operations == -(2**31)
     extra["include_cluster_authorized_operations"] = True

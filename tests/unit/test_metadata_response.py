@@ -14,6 +14,7 @@ from brokers.config import BrokerConfig
 from brokers.handlers import metadata
 from brokers.handlers.base import NO_THROTTLE, make, response_module
 from brokers.server import encode_body
+from brokers.single_routing import SingleBroker
 from brokers.topics import TopicError
 from metadata.models import TopicRecord
 
@@ -56,6 +57,7 @@ def _ctx(version: int) -> Any:
         config=BrokerConfig(node_id=NODE, advertised_host="broker.example", advertised_port=9093),
         topics=_Topics(), logs=_Logs(), cluster_id="cluster-xyz",
     )
+    broker.routing = SingleBroker(broker)  # type: ignore[arg-type]  # what it reads of a Broker is here
     return SimpleNamespace(broker=broker, api_version=version)
 
 
