@@ -26,7 +26,8 @@ the moved partition is sticky on its new owner unless that owner now holds more 
 
 One key per topic (TopicAssignment: owner node id per partition): a topic's partitions change in one put,
 and a broker learns its partitions from one watch over ``assignments/``. Brokers act on it (take what is
-assigned to them and not owned, release what is owned and no longer assigned) - wired in a later step.
+assigned to them and not owned, release what is owned and no longer assigned): brokers/cluster/follower.py.
+Brokers in controlled shutdown (``draining/{id}``, bound to their lease) are live but assigned nothing.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ If the PartitionState changed between the read and the commit (the old owner com
 version); a broker that does not own the partition is refused (NotOwner). A key that has already vanished
 (lease expired) releases nothing and returns False.
 
-Wiring note: ``PartitionLog.load`` bumps the epoch again by itself today; once the broker takes partitions
-through here, the log should adopt the epoch and state version returned by ``take`` instead.
+The broker's follower (follower.py) loads a taken partition with ``LogManager.adopt(topic_id, p, epoch,
+state_version)``, i.e. ``PartitionLog.load(taken=...)``: at exactly the epoch and state version returned by
+``take``, without bumping the epoch a second time.
 """
 
 from __future__ import annotations
