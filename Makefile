@@ -31,12 +31,13 @@ BOOKIES ?= 3
 cluster: system-deps $(VENV)/.installed  ## start etcd, an S3 server, 3 bookies and 3 brokers locally (Ctrl-C stops)
 	$(VENV)/bin/tidelog dev-cluster --dir $(CLUSTER_DIR) --brokers $(BROKERS) --bookies $(BOOKIES)
 
-system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd, kcat, node, npm) if missing
+system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd, kcat, node, npm, docker-compose) if missing
 	@missing=""; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing:$$missing"; \
