@@ -153,7 +153,11 @@ class Follower:
         for tp in todo.take:
             if tp not in self._busy and tp not in self.serving and self._retry_at.get(tp, (0.0, 0.0))[0] <= now:
                 self._busy[tp] = asyncio.create_task(self._guarded(tp, self._take(tp)))
-        for tp in todo.release:
+        stuck = [  # ours by the owner key, yet not served: a load failed and so did giving the key back
+            tp for tp, owner in self._owners.owners.items()
+            if owner.node_id == self.node_id and tp not in self.serving and tp not in todo.release
+        ]
+        for tp in (*todo.release, *stuck):
             if tp not in self._busy and self._retry_at.get(tp, (0.0, 0.0))[0] <= now:
                 self._busy[tp] = asyncio.create_task(self._guarded(tp, self._release(tp)))
 
@@ -228,9 +232,10 @@ class Follower:
         self._on_change()
         await self._host.release(topic_id, partition)
         try:
-            await self._ownership.release(topic_id, partition)
+            if not await self._ownership.release(topic_id, partition):
+                return True  # the key had gone already (our view lagged, or the lease expired)
         except NotOwner:
-            pass  # already someone else's (our lease expired meanwhile)
+            return True  # someone else's, or a key of our previous lease that expires with it
         except (MetadataError, OSError) as e:
             log.warning("release of %s/%d failed (will retry): %r", self._name(topic_id), partition, e)
             return False
