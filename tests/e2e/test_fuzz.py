@@ -412,6 +412,7 @@ def test_fuzz_frames_fast(broker: BrokerProcess, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(5400)  # hang guard: ~40-50 minutes at ~400 frames/s (the suite's default is 600 s)
 def test_fuzz_frames_million(broker: BrokerProcess, tmp_path: Path) -> None:
     """1,000,000 mutated frames (bounded), the same checks every 2,000."""
     fuzz_and_report(broker, SLOW_FRAMES, tmp_path)
