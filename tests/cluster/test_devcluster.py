@@ -132,3 +132,21 @@ def test_a_move_keeps_a_producer_going(cluster: DevCluster) -> None:
     finally:
         consumer.close()
     assert seen == delivered, fetch_errors[:5]
+
+
+def test_broker_handles_kill_restart_pause_and_add(cluster: DevCluster) -> None:
+    """The DevCluster API other cluster tests build on (this one runs last: it changes the cluster)."""
+    from brokers.devcluster import metadata_broker_ids
+
+    victim = cluster.broker(3)
+    victim.kill9()
+    assert not victim.alive()
+    victim.restart()
+    cluster.wait_ready()
+    victim.pause()
+    assert victim.alive()  # stopped, not gone
+    victim.resume()
+    added = cluster.add_broker()
+    assert added.node_id == 4
+    assert metadata_broker_ids("127.0.0.1", cluster.broker(1).port) == {1, 2, 3, 4}
+    assert cluster.bootstrap.count(",") == 3
