@@ -11,6 +11,7 @@ brokers/devcluster.py), driven by confluent-kafka.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import re
 import time
 from collections.abc import Iterator
@@ -71,8 +72,9 @@ def _wait_leaders(bootstrap: str, allowed: set[int]) -> dict[int, int]:
     raise AssertionError(f"leaders of {TOPIC} via {bootstrap} never all in {allowed}: {leaders}")
 
 
-def _produce(bootstrap: str, start: int, count: int) -> dict[int, list[bytes]]:
-    """Produce ``count`` messages (acks=all, idempotent); returns the acknowledged values by partition."""
+def _produce(bootstrap: str, start: int, count: int, pace_s: float = 0.0) -> dict[int, list[bytes]]:
+    """Produce ``count`` messages (acks=all, idempotent, ``pace_s`` apart); returns the acknowledged values by
+    partition."""
     acked: dict[int, list[bytes]] = collections.defaultdict(list)
     errors: list[str] = []
 
@@ -89,7 +91,7 @@ def _produce(bootstrap: str, start: int, count: int) -> dict[int, list[bytes]]:
     for i in range(start, start + count):
         value = f"value-{i:06d}-".encode() + bytes(range(256))[: i % 200]
         producer.produce(TOPIC, value=value, key=f"key-{i}".encode(), on_delivery=done)
-        producer.poll(0)
+        producer.poll(pace_s)
     assert producer.flush(60) == 0
     assert not errors, errors[:5]
     return acked
@@ -147,12 +149,16 @@ def test_cluster_spreads_serves_and_moves_partitions(cluster: DevCluster) -> Non
     got = _consume_all(b1.address, 600)
     assert got == acked
 
-    # kill -9: the lease expires, the partitions move to the two others and serve again
-    killed_at = time.monotonic()
-    b3.kill9()
-    _wait_leaders(b1.address, {1, 2})
-    print(f"partitions of the killed broker serving elsewhere after {time.monotonic() - killed_at:.1f} s")
-    _merge(acked, _produce(f"{b1.address},{b2.address}", 600, 300))
+    # kill -9 while a producer sends: the lease expires, the partitions move to the two others and serve
+    # again; every message the producer saw acknowledged is there
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        during = pool.submit(_produce, f"{b1.address},{b2.address}", 600, 300, 0.01)
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        b3.kill9()
+        _wait_leaders(b1.address, {1, 2})
+        print(f"partitions of the killed broker serving elsewhere after {time.monotonic() - killed_at:.1f} s")
+        _merge(acked, during.result(90))
     got = _consume_all(b2.address, 900)
     _check_nothing_lost(acked, got)
 
