@@ -5,6 +5,9 @@ not a live broker (INVALID_REPLICA_ASSIGNMENT, as Kafka answers)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 from brokers.client import KafkaClient
@@ -41,3 +44,32 @@ def test_moves_on_the_embedded_broker(broker: BrokerProcess, topic_factory: Call
     cancel = asyncio.run(_moves(broker.bootstrap, {(topic, 0): None}))
     assert (cancel[(topic, 0)] or "").startswith("NO_REASSIGNMENT_IN_PROGRESS")
     assert asyncio.run(_list(broker.bootstrap)) == {}
+
+
+def _tidelog_json(*args: str) -> object:
+    done = subprocess.run(
+        [sys.executable, "-m", "brokers.cli", *args, "--json"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_cluster_tools_on_the_embedded_broker(broker: BrokerProcess, topic_factory: Callable[..., str]) -> None:
+    topic = topic_factory(broker.bootstrap, partitions=2)
+    me = asyncio.run(_node_id(broker.bootstrap))
+    status = _tidelog_json("cluster", "status", "--bootstrap", broker.bootstrap)
+    assert isinstance(status, dict)
+    assert [b["node_id"] for b in status["brokers"]] == [me]
+    assert status["moves"] == [] and status["bookies"] is None
+    rows = _tidelog_json("partitions", "list", "--topic", topic, "--bootstrap", broker.bootstrap)
+    assert isinstance(rows, list)
+    assert [(r["partition"], r["leader"]) for r in rows] == [(0, me), (1, me)]
+    moved = _tidelog_json("partitions", "move", f"{topic}:1", "--to", str(me), "--bootstrap", broker.bootstrap)
+    assert isinstance(moved, dict)
+    assert (moved["from"], moved["to"]) == (me, me)
+    refused = subprocess.run(
+        [sys.executable, "-m", "brokers.cli", "partitions", "move", f"{topic}:1", "--to", str(me + 1),
+         "--bootstrap", broker.bootstrap], capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "INVALID_REPLICA_ASSIGNMENT" in refused.stderr
