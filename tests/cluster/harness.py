@@ -1,0 +1,87 @@
+"""Shared pieces of the tests that run a real cluster (brokers/devcluster.py): start one, read leaders and
+their spread from Metadata, wait for convergence, and show the brokers' logs when a test fails.
+
+Every wait here is a hang guard (seconds to converge normally), never a timing assertion.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from brokers.devcluster import DevCluster
+
+WAIT_S = 45.0
+OFFSETS_TOPIC = "__consumer_offsets"
+
+
+@contextmanager
+def running_cluster(
+    directory: Path, *, brokers: int = 3, bookies: int = 3, session_timeout_ms: int | None = None
+) -> Iterator[DevCluster]:
+    """A started DevCluster, stopped on exit; on an exception the tail of every broker's log is printed."""
+    args = ["--config", f"broker.session.timeout.ms={session_timeout_ms}"] if session_timeout_ms else []
+    dev = DevCluster(directory, brokers=brokers, bookies=bookies, broker_args=args)
+    dev.start()
+    try:
+        yield dev
+    except BaseException:
+        print_logs(dev)
+        raise
+    finally:
+        dev.stop()
+
+
+def print_logs(dev: DevCluster, chars: int = 3000) -> None:
+    for b in dev.brokers:
+        print(f"\n--- {b.name} ({b.log_path}) ---\n{b.log_tail(chars)}")
+
+
+def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> leader node id of ``topic`` as ``bootstrap`` answers Metadata (-1: none; {}: no topic)."""
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        return {}
+    return {p: meta.leader for p, meta in t.partitions.items()}
+
+
+def spread(owner: dict[int, int]) -> dict[int, int]:
+    """Partitions per leader, sorted by node id."""
+    return dict(sorted(collections.Counter(owner.values()).items()))
+
+
+def wait_leaders(bootstrap: str, topic: str, partitions: int, allowed: set[int], timeout: float = WAIT_S) -> dict[int, int]:
+    """Until every partition of ``topic`` has a leader among ``allowed``, as ``bootstrap`` sees it."""
+    deadline = time.monotonic() + timeout
+    got: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        try:
+            got = leaders(bootstrap, topic)
+        except KafkaException:
+            got = {}
+        if len(got) == partitions and set(got.values()) <= allowed:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"leaders of {topic} via {bootstrap} never all in {allowed}: {got}")
+
+
+def wait_balanced(
+    bootstrap: str, topic: str, partitions: int, brokers: set[int], timeout: float = WAIT_S
+) -> dict[int, int]:
+    """Until ``topic``'s partitions are led by exactly ``brokers``, spread max - min <= 1 by count."""
+    deadline = time.monotonic() + timeout
+    counts: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        owner = wait_leaders(bootstrap, topic, partitions, brokers, max(deadline - time.monotonic(), 1.0))
+        counts = spread(owner)
+        if set(counts) == brokers and max(counts.values()) - min(counts.values()) <= 1:
+            return owner
+        time.sleep(0.2)
+    raise AssertionError(f"{topic} never balanced over {brokers}: {counts}")
