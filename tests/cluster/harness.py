@@ -57,7 +57,9 @@ def spread(owner: dict[int, int]) -> dict[int, int]:
     return dict(sorted(collections.Counter(owner.values()).items()))
 
 
-def wait_leaders(bootstrap: str, topic: str, partitions: int, allowed: set[int], timeout: float = WAIT_S) -> dict[int, int]:
+def wait_leaders(
+    bootstrap: str, topic: str, partitions: int, allowed: set[int], timeout: float = WAIT_S
+) -> dict[int, int]:
     """Until every partition of ``topic`` has a leader among ``allowed``, as ``bootstrap`` sees it."""
     deadline = time.monotonic() + timeout
     got: dict[int, int] = {}

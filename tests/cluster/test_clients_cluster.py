@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from brokers.devcluster import DevCluster
-from tests.e2e.conftest import NODE_DIR, node  # noqa: F401  (fixture)
+from tests.e2e.conftest import NODE_DIR
 from tests.e2e.helpers import (
     PRODUCE_TIMEOUT,
     aiokafka_read,
@@ -144,8 +144,16 @@ async def test_aiokafka(cluster: DevCluster, via: int) -> None:
     assert_same_records(recs, got, PARTS, f"confluent via {other}")
 
 
+@pytest.fixture(scope="module")
+def node_bin() -> str:
+    path = shutil.which("node")
+    if path is None or not (NODE_DIR / "node_modules" / "kafkajs").is_dir():
+        pytest.fail("node or kafkajs missing (`make system-deps node-deps`)")
+    return path
+
+
 def _node(node: str, *args: str) -> None:
-    res = subprocess.run(  # noqa: S603 - our own script
+    res = subprocess.run(
         [node, str(NODE_DIR / "roundtrip.js"), *args], capture_output=True, text=True, timeout=180, cwd=NODE_DIR,
         check=False,
     )  # fmt: skip
@@ -153,19 +161,19 @@ def _node(node: str, *args: str) -> None:
 
 
 @pytest.mark.parametrize("via", NODES)
-def test_kafkajs(cluster: DevCluster, via: int, node: str, tmp_path: Path) -> None:
+def test_kafkajs(cluster: DevCluster, via: int, node_bin: str, tmp_path: Path) -> None:
     bootstrap = cluster.broker(via).address
     topic = _topic(cluster, "kafkajs", via)
     recs = make_records(N, PARTS, seed=400 + via)
     write_jsonl(tmp_path / "in.jsonl", recs)
-    _node(node, "produce", bootstrap, topic, str(tmp_path / "in.jsonl"), str(tmp_path / "acks.json"))
+    _node(node_bin, "produce", bootstrap, topic, str(tmp_path / "in.jsonl"), str(tmp_path / "acks.json"))
     result = json.loads((tmp_path / "acks.json").read_text())
     assert result["sent"] == N
     nxt = dict.fromkeys(range(PARTS), 0)
     for p, base, count in result["acks"]:  # consecutive sends tile 0,1,2,... per partition
         assert base == nxt[p], f"kafkajs via {via}: partition {p} acked at {base}, expected {nxt[p]}"
         nxt[p] += count
-    _node(node, "consume", bootstrap, topic, str(PARTS), str(tmp_path / "out.jsonl"))
+    _node(node_bin, "consume", bootstrap, topic, str(PARTS), str(tmp_path / "out.jsonl"))
     assert_same_records(recs, read_got_jsonl(tmp_path / "out.jsonl"), PARTS, f"kafkajs via {via}")
     other = _other(cluster, via)
     assert_same_records(recs, confluent_read(other, topic, range(PARTS), start=0), PARTS, f"confluent via {other}")
@@ -183,7 +191,7 @@ def test_kcat(cluster: DevCluster, via: int, tmp_path: Path) -> None:
         lines = [(f"p{p}-{i:04d}", "".join(rnd.choices(alphabet, k=rnd.randint(1, 500)))) for i in range(N // PARTS)]
         f = tmp_path / f"in-{p}.txt"
         f.write_text("".join(f"{k}:{v}\n" for k, v in lines))
-        res = subprocess.run(  # noqa: S603
+        res = subprocess.run(
             ["kcat", "-b", bootstrap, "-P", "-t", topic, "-p", str(p), "-K", ":", "-X", "acks=all",
              "-H", f"via={via}", "-m", "30", "-l", str(f)],
             capture_output=True, text=True, timeout=PRODUCE_TIMEOUT, check=False,
@@ -192,7 +200,7 @@ def test_kcat(cluster: DevCluster, via: int, tmp_path: Path) -> None:
         expected[p] = lines
     for reader in (bootstrap, _other(cluster, via)):
         for p in range(PARTS):
-            res = subprocess.run(  # noqa: S603
+            res = subprocess.run(
                 ["kcat", "-b", reader, "-C", "-t", topic, "-p", str(p), "-o", "beginning", "-e", "-J", "-q",
                  "-X", "check.crcs=true", "-m", "30"],
                 capture_output=True, text=True, timeout=PRODUCE_TIMEOUT, check=False,
