@@ -7,15 +7,18 @@ Every wait here is a hang guard (seconds to converge normally), never a timing a
 from __future__ import annotations
 
 import collections
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from brokers.devcluster import DevCluster
+from brokers.devcluster import DevCluster, tidelog_command
 
 WAIT_S = 45.0
 OFFSETS_TOPIC = "__consumer_offsets"
@@ -87,3 +90,12 @@ def wait_balanced(
             return owner
         time.sleep(0.2)
     raise AssertionError(f"{topic} never balanced over {brokers}: {counts}")
+
+
+def tidelog_json(*args: str, timeout: float = 120.0) -> Any:
+    """Run a ``tidelog`` subcommand with --json; its parsed output (fails the test on a non-zero exit)."""
+    done = subprocess.run(
+        [*tidelog_command(), *args, "--json"], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, f"tidelog {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout)

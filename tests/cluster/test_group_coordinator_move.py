@@ -1,0 +1,228 @@
+"""Issue 10, must-show 4: a consumer group keeps its committed offsets and skips nothing while its
+coordinator moves.
+
+One DevCluster (3 brokers). A confluent-kafka producer (acks=all, idempotent) writes numbered records to a
+6-partition topic at a steady rate; three confluent-kafka members of one group consume them (subscribe,
+manual synchronous commits every few hundred milliseconds). Meanwhile the group's ``__consumer_offsets``
+partition (Kafka's ``abs(hashCode(group)) % 50``) moves from broker to broker with ``tidelog partitions move``
+(AlterPartitionReassignments), so the group's coordinator — and its state, rebuilt from that partition —
+moves with it. A monitor reads the group's committed offsets (OffsetFetch) all along.
+
+Shown: committed offsets never go backwards (on any partition, as the monitor saw them); every acknowledged
+record was consumed at least once; the duplicates (re-deliveries after a rebalance, from the last commit) are
+counted and printed; in the end the committed offsets equal the high watermarks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from brokers.devcluster import DevCluster
+from brokers.groups.records import partition_for
+from tests.e2e.helpers import create_topic, high_watermarks
+from tests.etcd_server import etcd_available
+
+from .harness import OFFSETS_TOPIC, leaders, running_cluster, tidelog_json
+
+pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
+
+TOPIC = "coordmove"
+PARTS = 6
+GROUP = "coordinator-move-group"
+MOVES = 4
+RATE = 400  # records/s
+MAX_RECORDS = 100_000  # the producer's bound
+CATCH_UP_S = 60.0  # hang guard for the members to read everything
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    with running_cluster(tmp_path_factory.mktemp("coordmove")) as c:
+        yield c
+
+
+class Member(threading.Thread):
+    """One group member: polls, records what it read, commits synchronously every ``commit_every`` s."""
+
+    def __init__(self, name: str, bootstrap: str, consumed: list[int], stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.bootstrap = bootstrap
+        self.consumed = consumed  # shared; list.append is atomic
+        self.stop_event = stop
+        self.commit_errors: list[str] = []
+        self.commits = 0
+        self.rebalances = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:
+            self.error = e
+
+    def _run(self) -> None:
+        def on_assign(consumer: Any, partitions: Any) -> None:
+            self.rebalances += 1
+
+        c = Consumer({
+            "bootstrap.servers": self.bootstrap, "group.id": GROUP, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "session.timeout.ms": 10_000, "heartbeat.interval.ms": 500,
+        })  # fmt: skip
+        c.subscribe([TOPIC], on_assign=on_assign)
+        last_commit = time.monotonic()
+        dirty = False
+        try:
+            while not self.stop_event.is_set():
+                msg = c.poll(0.2)
+                if msg is not None and msg.error() is None:
+                    self.consumed.append(int(msg.value()))
+                    dirty = True
+                if dirty and time.monotonic() - last_commit > 0.3:
+                    last_commit = time.monotonic()
+                    try:
+                        c.commit(asynchronous=False)
+                        self.commits += 1
+                        dirty = False
+                    except KafkaException as e:  # retried by the next commit; counted and reported
+                        self.commit_errors.append(str(e.args[0]))
+            if dirty:
+                try:
+                    c.commit(asynchronous=False)
+                except KafkaException as e:
+                    self.commit_errors.append(str(e.args[0]))
+        finally:
+            c.close()
+
+
+class Monitor(threading.Thread):
+    """Reads the group's committed offsets (OffsetFetch) over and over; records any that went backwards."""
+
+    def __init__(self, bootstrap: str, stop: threading.Event) -> None:
+        super().__init__(name="monitor", daemon=True)
+        self.bootstrap = bootstrap
+        self.stop_event = stop
+        self.high: dict[int, int] = {}
+        self.backwards: list[str] = []
+        self.reads = 0
+        self.failed_reads = 0
+
+    def run(self) -> None:
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": GROUP, "enable.auto.commit": False})
+        try:
+            while not self.stop_event.is_set():
+                self.read_once(c)
+                self.stop_event.wait(0.1)
+            self.read_once(c)
+        finally:
+            c.close()
+
+    def read_once(self, c: Consumer) -> None:
+        try:
+            got = c.committed([TopicPartition(TOPIC, p) for p in range(PARTS)], timeout=5)
+        except KafkaException:
+            self.failed_reads += 1
+            return
+        self.reads += 1
+        for tp in got:
+            if tp.error is not None or tp.offset < 0:
+                continue
+            before = self.high.get(tp.partition, -1)
+            if tp.offset < before:
+                self.backwards.append(f"partition {tp.partition}: {before} -> {tp.offset}")
+            self.high[tp.partition] = max(before, tp.offset)
+
+
+def test_committed_offsets_survive_coordinator_moves(cluster: DevCluster) -> None:
+    bootstrap = cluster.bootstrap
+    create_topic(bootstrap, TOPIC, PARTS)
+    offsets_partitions = len(leaders(bootstrap, OFFSETS_TOPIC))
+    gp = partition_for(GROUP, offsets_partitions)
+
+    acked: list[int] = []
+    produce_errors: list[str] = []
+    stop_producing = threading.Event()
+
+    def report(err: Any, msg: Any) -> None:
+        if err is not None:
+            produce_errors.append(str(err))
+        else:
+            acked.append(int(msg.value()))
+
+    def produce_with_reports() -> None:
+        p = Producer({
+            "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            "message.timeout.ms": 60_000, "on_delivery": report,
+        })  # fmt: skip
+        for i in range(MAX_RECORDS):
+            if stop_producing.is_set():
+                break
+            p.produce(TOPIC, value=str(i).encode(), key=str(i).encode())
+            p.poll(1.0 / RATE)
+        assert p.flush(60) == 0
+
+    consumed: list[int] = []
+    stop_members = threading.Event()
+    members = [Member(f"member-{i}", bootstrap, consumed, stop_members) for i in range(3)]
+    monitor = Monitor(bootstrap, stop_members)
+    producer = threading.Thread(target=produce_with_reports, name="producer", daemon=True)
+    producer.start()
+    for m in members:
+        m.start()
+    monitor.start()
+
+    moves: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(set(consumed)) < 500 and time.monotonic() < deadline:  # the group is up and committing
+            time.sleep(0.1)
+        for _ in range(MOVES):
+            owner = leaders(bootstrap, OFFSETS_TOPIC)[gp]
+            target = next(n for n in (1, 2, 3) if n != owner)
+            moved = tidelog_json("partitions", "move", f"{OFFSETS_TOPIC}:{gp}", "--to", str(target),
+                                 "--bootstrap", bootstrap)  # fmt: skip
+            assert (moved["from"], moved["to"]) == (owner, target)
+            moves.append(f"{owner}->{target} {moved['seconds']}s (leaderless {moved['leaderless_seconds']}s)")
+            at = len(consumed)
+            wait_until = time.monotonic() + 20
+            while len(consumed) < at + RATE and time.monotonic() < wait_until:  # the group carries on
+                time.sleep(0.1)
+            time.sleep(1.0)
+    finally:
+        stop_producing.set()
+        producer.join(90)
+    assert not produce_errors, produce_errors[:5]
+    want = set(acked)
+    deadline = time.monotonic() + CATCH_UP_S
+    while not want <= set(consumed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a last commit round
+    stop_members.set()
+    for m in members:
+        m.join(60)
+    monitor.join(30)
+
+    for m in members:
+        assert m.error is None, f"{m.name}: {m.error!r}"
+    dupes = len(consumed) - len(set(consumed))
+    commit_errors = [e for m in members for e in m.commit_errors]
+    print(f"offsets partition {OFFSETS_TOPIC}:{gp} moved {len(moves)} times: {moves}")
+    print(
+        f"produced {len(acked)} acknowledged, consumed {len(consumed)} ({len(set(consumed))} distinct, "
+        f"{dupes} duplicates), commits {sum(m.commits for m in members)}, failed commits {len(commit_errors)} "
+        f"{sorted(set(commit_errors))[:3]}, assignments {[m.rebalances for m in members]}, "
+        f"monitor reads {monitor.reads} (failed {monitor.failed_reads})"
+    )
+    assert len(moves) == MOVES
+    assert not monitor.backwards, monitor.backwards[:10]
+    skipped = sorted(want - set(consumed))
+    assert not skipped, f"{len(skipped)} acknowledged records never consumed, e.g. {skipped[:10]}"
+    assert set(consumed) <= want | set(range(max(want, default=0) + 1))  # nothing invented
+    ends = {p: hw for p, (_lo, hw) in high_watermarks(bootstrap, TOPIC, range(PARTS)).items()}
+    print(f"final committed {dict(sorted(monitor.high.items()))}, high watermarks {ends}")
+    assert monitor.high == ends
