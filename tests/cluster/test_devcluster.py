@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +17,8 @@ from brokers.devcluster import DevCluster
 from tests.e2e.helpers import create_topic
 from tests.etcd_server import etcd_available
 
+from .harness import tidelog_json as tidelog
+
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
 
 TOPIC = "moves"
@@ -29,15 +29,6 @@ MAX_MESSAGES = 200_000  # the producer thread's bound
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     with DevCluster(tmp_path_factory.mktemp("devcluster"), brokers=3, bookies=3) as c:
         yield c
-
-
-def tidelog(*args: str) -> Any:
-    """Run a ``tidelog`` subcommand with --json; its parsed output (fails the test on a non-zero exit)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "brokers.cli", *args, "--json"], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, f"tidelog {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return json.loads(done.stdout)
 
 
 def leader_of(bootstrap: str, partition: int) -> int:
