@@ -99,3 +99,9 @@ def tidelog_json(*args: str, timeout: float = 120.0) -> Any:
     )
     assert done.returncode == 0, f"tidelog {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
     return json.loads(done.stdout)
+
+
+def balanced(owner: dict[int, int], partitions: int, brokers: set[int]) -> bool:
+    """Every partition led by one of exactly ``brokers``, each holding its share (max - min <= 1)."""
+    counts = spread(owner)
+    return len(owner) == partitions and set(counts) == brokers and max(counts.values()) - min(counts.values()) <= 1
