@@ -28,7 +28,11 @@ OFFSETS_TOPIC = "__consumer_offsets"
 def running_cluster(
     directory: Path, *, brokers: int = 3, bookies: int = 3, session_timeout_ms: int | None = None
 ) -> Iterator[DevCluster]:
-    """A started DevCluster, stopped on exit; on an exception the tail of every broker's log is printed."""
+    """A started DevCluster, stopped on exit; on an exception the tail of every broker's log is printed.
+
+    After a clean exit the brokers' and bookies' logs must hold no Python traceback (an unexpected exception
+    path), as tests/e2e/conftest.py asks of the single broker.
+    """
     args = ["--config", f"broker.session.timeout.ms={session_timeout_ms}"] if session_timeout_ms else []
     dev = DevCluster(directory, brokers=brokers, bookies=bookies, broker_args=args)
     dev.start()
@@ -36,9 +40,18 @@ def running_cluster(
         yield dev
     except BaseException:
         print_logs(dev)
-        raise
-    finally:
         dev.stop()
+        raise
+    dev.stop()
+    assert_no_tracebacks(dev)
+
+
+def assert_no_tracebacks(dev: DevCluster) -> None:
+    for p in [*dev.brokers, *dev.bookies]:
+        text = p.log_tail(10_000_000)
+        if "Traceback" in text:
+            i = text.index("Traceback")
+            raise AssertionError(f"{p.name} logged a traceback ({p.log_path}):\n{text[max(0, i - 500) : i + 3000]}")
 
 
 def print_logs(dev: DevCluster, chars: int = 3000) -> None:

@@ -10,7 +10,8 @@ moves with it. A monitor reads the group's committed offsets (OffsetFetch) all a
 
 Shown: committed offsets never go backwards (on any partition, as the monitor saw them); every acknowledged
 record was consumed at least once; the duplicates (re-deliveries after a rebalance, from the last commit) are
-counted and printed; in the end the committed offsets equal the high watermarks.
+counted and printed; in the end the committed offsets equal the high watermarks. The slow variant moves it
+20 times and, every 4th move, has one member leave and a new one join, so rebalances meet coordinator moves.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not in
 TOPIC = "coordmove"
 PARTS = 6
 GROUP = "coordinator-move-group"
-MOVES = 4
 RATE = 400  # records/s
 MAX_RECORDS = 100_000  # the producer's bound
 CATCH_UP_S = 60.0  # hang guard for the members to read everything
@@ -50,11 +50,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
 class Member(threading.Thread):
     """One group member: polls, records what it read, commits synchronously every ``commit_every`` s."""
 
-    def __init__(self, name: str, bootstrap: str, consumed: list[int], stop: threading.Event) -> None:
+    def __init__(
+        self, name: str, bootstrap: str, topic: str, group: str, consumed: list[int], stop: threading.Event
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.bootstrap = bootstrap
+        self.topic = topic
+        self.group = group
         self.consumed = consumed  # shared; list.append is atomic
         self.stop_event = stop
+        self.leave = threading.Event()  # this member alone leaves the group
         self.commit_errors: list[str] = []
         self.commits = 0
         self.rebalances = 0
@@ -71,14 +76,14 @@ class Member(threading.Thread):
             self.rebalances += 1
 
         c = Consumer({
-            "bootstrap.servers": self.bootstrap, "group.id": GROUP, "enable.auto.commit": False,
+            "bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "session.timeout.ms": 10_000, "heartbeat.interval.ms": 500,
         })  # fmt: skip
-        c.subscribe([TOPIC], on_assign=on_assign)
+        c.subscribe([self.topic], on_assign=on_assign)
         last_commit = time.monotonic()
         dirty = False
         try:
-            while not self.stop_event.is_set():
+            while not (self.stop_event.is_set() or self.leave.is_set()):
                 msg = c.poll(0.2)
                 if msg is not None and msg.error() is None:
                     self.consumed.append(int(msg.value()))
@@ -103,9 +108,11 @@ class Member(threading.Thread):
 class Monitor(threading.Thread):
     """Reads the group's committed offsets (OffsetFetch) over and over; records any that went backwards."""
 
-    def __init__(self, bootstrap: str, stop: threading.Event) -> None:
+    def __init__(self, bootstrap: str, topic: str, group: str, stop: threading.Event) -> None:
         super().__init__(name="monitor", daemon=True)
         self.bootstrap = bootstrap
+        self.topic = topic
+        self.group = group
         self.stop_event = stop
         self.high: dict[int, int] = {}
         self.backwards: list[str] = []
@@ -113,7 +120,7 @@ class Monitor(threading.Thread):
         self.failed_reads = 0
 
     def run(self) -> None:
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": GROUP, "enable.auto.commit": False})
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False})
         try:
             while not self.stop_event.is_set():
                 self.read_once(c)
@@ -124,7 +131,7 @@ class Monitor(threading.Thread):
 
     def read_once(self, c: Consumer) -> None:
         try:
-            got = c.committed([TopicPartition(TOPIC, p) for p in range(PARTS)], timeout=5)
+            got = c.committed([TopicPartition(self.topic, p) for p in range(PARTS)], timeout=5)
         except KafkaException:
             self.failed_reads += 1
             return
@@ -138,11 +145,20 @@ class Monitor(threading.Thread):
             self.high[tp.partition] = max(before, tp.offset)
 
 
-def test_committed_offsets_survive_coordinator_moves(cluster: DevCluster) -> None:
+@pytest.mark.parametrize(
+    ("moves", "churn"),
+    [
+        pytest.param(4, False, id="4-moves"),
+        # every 4th move, one member leaves and a new one joins: rebalances while the coordinator moves
+        pytest.param(20, True, id="20-moves-with-member-churn", marks=pytest.mark.slow),
+    ],
+)
+def test_committed_offsets_survive_coordinator_moves(cluster: DevCluster, moves: int, churn: bool) -> None:
     bootstrap = cluster.bootstrap
-    create_topic(bootstrap, TOPIC, PARTS)
+    topic, group = f"{TOPIC}-{moves}", f"{GROUP}-{moves}"
+    create_topic(bootstrap, topic, PARTS)
     offsets_partitions = len(leaders(bootstrap, OFFSETS_TOPIC))
-    gp = partition_for(GROUP, offsets_partitions)
+    gp = partition_for(group, offsets_partitions)
 
     acked: list[int] = []
     produce_errors: list[str] = []
@@ -162,32 +178,36 @@ def test_committed_offsets_survive_coordinator_moves(cluster: DevCluster) -> Non
         for i in range(MAX_RECORDS):
             if stop_producing.is_set():
                 break
-            p.produce(TOPIC, value=str(i).encode(), key=str(i).encode())
+            p.produce(topic, value=str(i).encode(), key=str(i).encode())
             p.poll(1.0 / RATE)
         assert p.flush(60) == 0
 
     consumed: list[int] = []
     stop_members = threading.Event()
-    members = [Member(f"member-{i}", bootstrap, consumed, stop_members) for i in range(3)]
-    monitor = Monitor(bootstrap, stop_members)
+    members = [Member(f"member-{i}", bootstrap, topic, group, consumed, stop_members) for i in range(3)]
+    monitor = Monitor(bootstrap, topic, group, stop_members)
     producer = threading.Thread(target=produce_with_reports, name="producer", daemon=True)
     producer.start()
     for m in members:
         m.start()
     monitor.start()
 
-    moves: list[str] = []
+    done: list[str] = []
     try:
         deadline = time.monotonic() + 30
         while len(set(consumed)) < 500 and time.monotonic() < deadline:  # the group is up and committing
             time.sleep(0.1)
-        for _ in range(MOVES):
+        for i in range(moves):
+            if churn and i % 4 == 3:
+                members[-3].leave.set()  # the oldest of the three current members
+                members.append(Member(f"member-{len(members)}", bootstrap, topic, group, consumed, stop_members))
+                members[-1].start()
             owner = leaders(bootstrap, OFFSETS_TOPIC)[gp]
             target = next(n for n in (1, 2, 3) if n != owner)
             moved = tidelog_json("partitions", "move", f"{OFFSETS_TOPIC}:{gp}", "--to", str(target),
                                  "--bootstrap", bootstrap)  # fmt: skip
             assert (moved["from"], moved["to"]) == (owner, target)
-            moves.append(f"{owner}->{target} {moved['seconds']}s (leaderless {moved['leaderless_seconds']}s)")
+            done.append(f"{owner}->{target} {moved['seconds']}s (leaderless {moved['leaderless_seconds']}s)")
             at = len(consumed)
             wait_until = time.monotonic() + 20
             while len(consumed) < at + RATE and time.monotonic() < wait_until:  # the group carries on
@@ -211,18 +231,18 @@ def test_committed_offsets_survive_coordinator_moves(cluster: DevCluster) -> Non
         assert m.error is None, f"{m.name}: {m.error!r}"
     dupes = len(consumed) - len(set(consumed))
     commit_errors = [e for m in members for e in m.commit_errors]
-    print(f"offsets partition {OFFSETS_TOPIC}:{gp} moved {len(moves)} times: {moves}")
+    print(f"\n{group}: offsets partition {OFFSETS_TOPIC}:{gp} moved {len(done)} times: {done}")
     print(
         f"produced {len(acked)} acknowledged, consumed {len(consumed)} ({len(set(consumed))} distinct, "
         f"{dupes} duplicates), commits {sum(m.commits for m in members)}, failed commits {len(commit_errors)} "
         f"{sorted(set(commit_errors))[:3]}, assignments {[m.rebalances for m in members]}, "
         f"monitor reads {monitor.reads} (failed {monitor.failed_reads})"
     )
-    assert len(moves) == MOVES
+    assert len(done) == moves
     assert not monitor.backwards, monitor.backwards[:10]
     skipped = sorted(want - set(consumed))
     assert not skipped, f"{len(skipped)} acknowledged records never consumed, e.g. {skipped[:10]}"
     assert set(consumed) <= want | set(range(max(want, default=0) + 1))  # nothing invented
-    ends = {p: hw for p, (_lo, hw) in high_watermarks(bootstrap, TOPIC, range(PARTS)).items()}
+    ends = {p: hw for p, (_lo, hw) in high_watermarks(bootstrap, topic, range(PARTS)).items()}
     print(f"final committed {dict(sorted(monitor.high.items()))}, high watermarks {ends}")
     assert monitor.high == ends
