@@ -9,11 +9,13 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from brokers import cli_broker, cli_cluster, cli_groups, cli_offload, cli_run, devcluster
+from brokers import cli_broker, cli_cluster, cli_groups, cli_offload, cli_run, cli_verify, devcluster
 from storage.bookie import cli as bookie_cli
 
 # Subcommand modules, in help order. A module adds its parser and returns an exit code from run().
-COMMANDS: tuple[ModuleType, ...] = (cli_run, cli_broker, cli_groups, cli_offload, cli_cluster, bookie_cli, devcluster)
+COMMANDS: tuple[ModuleType, ...] = (
+    cli_run, cli_broker, cli_groups, cli_offload, cli_cluster, bookie_cli, devcluster, cli_verify,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
