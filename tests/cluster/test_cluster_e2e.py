@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from brokers.devcluster import DevCluster
+from tests.cluster import harness
 from tests.etcd_server import etcd_available
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="needs the etcd binary")
@@ -47,29 +48,9 @@ def cluster(tmp_path: Path) -> Iterator[DevCluster]:
         dev.stop()
 
 
-def _leaders(bootstrap: str) -> dict[int, int]:
-    """Partition -> leader node id of TOPIC as ``bootstrap`` answers Metadata (-1: none)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    md = admin.list_topics(TOPIC, timeout=10)
-    topic = md.topics[TOPIC]
-    if topic.error is not None:
-        return {}
-    return {p: meta.leader for p, meta in topic.partitions.items()}
-
-
 def _wait_leaders(bootstrap: str, allowed: set[int]) -> dict[int, int]:
     """Until every partition of TOPIC has a leader among ``allowed``, as ``bootstrap`` sees it."""
-    deadline = time.monotonic() + WAIT_S
-    leaders: dict[int, int] = {}
-    while time.monotonic() < deadline:
-        try:
-            leaders = _leaders(bootstrap)
-        except KafkaException:
-            leaders = {}
-        if len(leaders) == PARTITIONS and set(leaders.values()) <= allowed:
-            return leaders
-        time.sleep(0.2)
-    raise AssertionError(f"leaders of {TOPIC} via {bootstrap} never all in {allowed}: {leaders}")
+    return harness.wait_leaders(bootstrap, TOPIC, PARTITIONS, allowed, WAIT_S)
 
 
 def _produce(bootstrap: str, start: int, count: int, pace_s: float = 0.0) -> dict[int, list[bytes]]:
@@ -176,15 +157,7 @@ def test_cluster_spreads_serves_and_moves_partitions(cluster: DevCluster) -> Non
 
 def _wait_balanced(bootstrap: str, brokers: set[int]) -> dict[int, int]:
     """Until TOPIC's partitions are led by exactly ``brokers``, spread max - min <= 1."""
-    deadline = time.monotonic() + WAIT_S
-    counts: collections.Counter[int] = collections.Counter()
-    while time.monotonic() < deadline:
-        leaders = _wait_leaders(bootstrap, brokers)
-        counts = collections.Counter(leaders.values())
-        if set(counts) == brokers and max(counts.values()) - min(counts.values()) <= 1:
-            return leaders
-        time.sleep(0.2)
-    raise AssertionError(f"{TOPIC} never balanced over {brokers}: {counts}")
+    return harness.wait_balanced(bootstrap, TOPIC, PARTITIONS, brokers, WAIT_S)
 
 
 def _group_consume(bootstrap: str, group: str, expected: int) -> dict[int, list[bytes]]:
