@@ -12,6 +12,7 @@ Shown: committed offsets never go backwards (on any partition, as the monitor sa
 record was consumed at least once; the duplicates (re-deliveries after a rebalance, from the last commit) are
 counted and printed; in the end the committed offsets equal the high watermarks. The slow variant moves it
 20 times and, every 4th move, has one member leave and a new one join, so rebalances meet coordinator moves.
+Each runs with the classic group protocol and with KIP-848 (``group.protocol=consumer``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,14 @@ class Member(threading.Thread):
     """One group member: polls, records what it read, commits synchronously every ``commit_every`` s."""
 
     def __init__(
-        self, name: str, bootstrap: str, topic: str, group: str, consumed: list[int], stop: threading.Event
+        self,
+        name: str,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        consumed: list[int],
+        stop: threading.Event,
+        protocol: str = "classic",
     ) -> None:
         super().__init__(name=name, daemon=True)
         self.bootstrap = bootstrap
@@ -60,6 +68,7 @@ class Member(threading.Thread):
         self.consumed = consumed  # shared; list.append is atomic
         self.stop_event = stop
         self.leave = threading.Event()  # this member alone leaves the group
+        self.protocol = protocol
         self.commit_errors: list[str] = []
         self.commits = 0
         self.rebalances = 0
@@ -75,10 +84,13 @@ class Member(threading.Thread):
         def on_assign(consumer: Any, partitions: Any) -> None:
             self.rebalances += 1
 
-        c = Consumer({
+        conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "session.timeout.ms": 10_000, "heartbeat.interval.ms": 500,
-        })  # fmt: skip
+            "auto.offset.reset": "earliest", "group.protocol": self.protocol,
+        }  # fmt: skip
+        if self.protocol == "classic":  # KIP-848 members take these from the broker
+            conf.update({"session.timeout.ms": 10_000, "heartbeat.interval.ms": 500})
+        c = Consumer(conf)
         c.subscribe([self.topic], on_assign=on_assign)
         last_commit = time.monotonic()
         dirty = False
@@ -146,16 +158,20 @@ class Monitor(threading.Thread):
 
 
 @pytest.mark.parametrize(
-    ("moves", "churn"),
+    ("moves", "churn", "protocol"),
     [
-        pytest.param(4, False, id="4-moves"),
+        pytest.param(4, False, "classic", id="4-moves"),
+        pytest.param(4, False, "consumer", id="4-moves-kip848"),
         # every 4th move, one member leaves and a new one joins: rebalances while the coordinator moves
-        pytest.param(20, True, id="20-moves-with-member-churn", marks=pytest.mark.slow),
+        pytest.param(20, True, "classic", id="20-moves-with-member-churn", marks=pytest.mark.slow),
+        pytest.param(20, True, "consumer", id="20-moves-with-member-churn-kip848", marks=pytest.mark.slow),
     ],
 )
-def test_committed_offsets_survive_coordinator_moves(cluster: DevCluster, moves: int, churn: bool) -> None:
+def test_committed_offsets_survive_coordinator_moves(
+    cluster: DevCluster, moves: int, churn: bool, protocol: str
+) -> None:
     bootstrap = cluster.bootstrap
-    topic, group = f"{TOPIC}-{moves}", f"{GROUP}-{moves}"
+    topic, group = f"{TOPIC}-{moves}-{protocol}", f"{GROUP}-{moves}-{protocol}"
     create_topic(bootstrap, topic, PARTS)
     offsets_partitions = len(leaders(bootstrap, OFFSETS_TOPIC))
     gp = partition_for(group, offsets_partitions)
@@ -184,7 +200,7 @@ def test_committed_offsets_survive_coordinator_moves(cluster: DevCluster, moves:
 
     consumed: list[int] = []
     stop_members = threading.Event()
-    members = [Member(f"member-{i}", bootstrap, topic, group, consumed, stop_members) for i in range(3)]
+    members = [Member(f"member-{i}", bootstrap, topic, group, consumed, stop_members, protocol) for i in range(3)]
     monitor = Monitor(bootstrap, topic, group, stop_members)
     producer = threading.Thread(target=produce_with_reports, name="producer", daemon=True)
     producer.start()
@@ -200,7 +216,9 @@ def test_committed_offsets_survive_coordinator_moves(cluster: DevCluster, moves:
         for i in range(moves):
             if churn and i % 4 == 3:
                 members[-3].leave.set()  # the oldest of the three current members
-                members.append(Member(f"member-{len(members)}", bootstrap, topic, group, consumed, stop_members))
+                members.append(
+                    Member(f"member-{len(members)}", bootstrap, topic, group, consumed, stop_members, protocol)
+                )
                 members[-1].start()
             owner = leaders(bootstrap, OFFSETS_TOPIC)[gp]
             target = next(n for n in (1, 2, 3) if n != owner)
