@@ -73,11 +73,13 @@ class Workload:
         self._acked: set[int] = set()
         self._seen: dict[str, set[int]] = {}
         self.errors: list[str] = []
+        self.partitions = config.partitions
+        """The topic's partition count (an existing topic's own, once run() has begun)."""
 
     # --- phases ---------------------------------------------------------------------------------
     def run(self) -> None:
         cfg = self.config
-        ensure_topic(cfg.bootstrap, cfg.topic, cfg.partitions)
+        self.partitions = ensure_topic(cfg.bootstrap, cfg.topic, cfg.partitions)
         self._producing.set()
         self._consuming.set()
         consumers = [self._thread(self._group_consumer, "group-0"), self._thread(self._assign_consumer, "assign-0")]
@@ -141,7 +143,7 @@ class Workload:
         n = 0
         start = time.monotonic()
         while self._producing.is_set() and (cfg.max_sends is None or n < cfg.max_sends):
-            value, partition = number * VALUE_STRIDE + n, n % cfg.partitions
+            value, partition = number * VALUE_STRIDE + n, n % self.partitions
             w.add(process, INVOKE, SEND, topic=topic, partition=partition, value=value)
             while True:
                 try:
@@ -217,7 +219,7 @@ class Workload:
         consumer = Consumer(client_config(
             cfg.bootstrap, **{"group.id": f"verify-assign-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False},
         ))  # fmt: skip
-        parts = tuple(range(cfg.partitions))
+        parts = tuple(range(self.partitions))
         self._saw(process, [])
         consumer.assign([TopicPartition(cfg.topic, p, 0) for p in parts])
         self.writer.add(process, OK, ASSIGN, topic=cfg.topic, partitions=parts)
@@ -266,7 +268,7 @@ class Workload:
         deadline = time.monotonic() + cfg.final_read_timeout
         try:
             high: dict[int, int] = {}
-            for p in range(cfg.partitions):
+            for p in range(self.partitions):
                 while p not in high and time.monotonic() < deadline:
                     try:
                         high[p] = int(consumer.get_watermark_offsets(TopicPartition(cfg.topic, p), timeout=5)[1])
@@ -286,7 +288,7 @@ class Workload:
                     w.add(process, INFO, FINAL_READ, topic=cfg.topic, partition=p, offset=reached[p],
                           error=f"reached {reached[p]} of {high[p]} before the deadline")  # fmt: skip
                     self.errors.append(f"final read of partition {p}: reached {reached[p]} of {high[p]}")
-            missing = sorted(set(range(cfg.partitions)) - set(high))
+            missing = sorted(set(range(self.partitions)) - set(high))
             if missing:
                 self.errors.append(f"final read: no high watermark for partitions {missing}")
         finally:
@@ -298,8 +300,9 @@ def _value(msg: Message) -> int:
     return int(raw) if isinstance(raw, bytes) and raw.strip(b"-").isdigit() else -1
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = TOPIC_TIMEOUT) -> None:
-    """Create the topic unless it exists; return once Metadata lists every partition."""
+def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = TOPIC_TIMEOUT) -> int:
+    """Create the topic unless it exists; once every partition has a leader, return how many there are (an
+    existing topic keeps its own count)."""
     admin = AdminClient(client_config(bootstrap))
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)],
                                   operation_timeout=timeout, request_timeout=timeout)  # fmt: skip
@@ -311,12 +314,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = T
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         md = admin.list_topics(topic, timeout=10).topics.get(topic)
-        if (
-            md is not None
-            and md.error is None
-            and len(md.partitions) >= partitions
-            and all(p.leader >= 0 for p in md.partitions.values())
-        ):
-            return
+        if md is not None and md.error is None and md.partitions and all(p.leader >= 0 for p in md.partitions.values()):
+            return len(md.partitions)
         time.sleep(0.2)
     raise TimeoutError(f"topic {topic} has no leader for every partition after {timeout} s")
