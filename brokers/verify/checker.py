@@ -66,8 +66,8 @@ def pair(events: Iterable[Event]) -> list[Op]:
                 open_other[e.process] = e
             continue
         inv = open_sends.pop(e.value, None) if e.f == SEND else open_other.pop(e.process, None)
-        if inv is not None and inv.f != e.f:  # a completion of a different kind: treat both as standalone
-            ops.append(_unfinished(inv))
+        if inv is not None and inv.f != e.f:  # a standalone event (a rebalance callback) amid another op
+            open_other[e.process] = inv
             inv = None
         merged = e if inv is None else _merge(inv, e)
         ops.append(Op(e.process, e.f, e.type, inv.index if inv else e.index, e.index, merged))

@@ -329,3 +329,13 @@ def model_history(actions: list[tuple[Any, ...]]) -> H:
 def test_histories_of_a_correct_log_are_valid(actions: list[tuple[Any, ...]]) -> None:
     summary = check(model_history(actions).events)
     assert summary["valid?"] is True, summary["anomalies"]
+
+
+def test_a_rebalance_inside_a_commit_does_not_unpair_it() -> None:
+    h = clean()
+    h.add("cons", INVOKE, COMMIT, group="g", offsets=((0, 6),))
+    h.assign("cons", 0, 1)  # a callback recorded while the commit was in flight
+    h.add("cons", OK, COMMIT, group="g", offsets=((0, 6),))
+    h.commit("cons", (0, 5))  # after the commit of 6 completed: a regression only if the pairing held
+    (ex,) = only(found(h), "commit-regression")
+    assert (ex["offset"], ex["committed_before"]) == (5, 6)
