@@ -14,6 +14,8 @@ import sys
 import uuid
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from brokers.verify.checker import DEFAULT_EXAMPLES, check
 from brokers.verify.history import HistoryWriter, read_history
 from brokers.verify.workload import Workload, WorkloadConfig
@@ -62,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
             workload.run()
         except KeyboardInterrupt:
             workload.stop.set()
+            return 1
+        except (KafkaException, TimeoutError) as e:  # no cluster to talk to, or the topic never got leaders
+            print(f"tidelog verify: error: {e}", file=sys.stderr)
             return 1
         finally:
             signal.signal(signal.SIGTERM, previous)

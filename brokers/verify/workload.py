@@ -311,6 +311,8 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, timeout: float = T
     except KafkaException as e:
         if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise
+    except TimeoutError:
+        raise TimeoutError(f"no answer to CreateTopics {topic} from {bootstrap} in {timeout} s") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         md = admin.list_topics(topic, timeout=10).topics.get(topic)

@@ -339,3 +339,18 @@ def test_a_rebalance_inside_a_commit_does_not_unpair_it() -> None:
     h.commit("cons", (0, 5))  # after the commit of 6 completed: a regression only if the pairing held
     (ex,) = only(found(h), "commit-regression")
     assert (ex["offset"], ex["committed_before"]) == (5, 6)
+
+
+def test_verify_check_exit_codes(tmp_path: Any, capsys: Any) -> None:
+    from brokers.cli import main
+    from brokers.verify.history import write_history
+
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    write_history(good, clean().events)
+    h = clean()
+    h.poll("cons", (0, 4, 4), (0, 2, 2))
+    write_history(bad, h.events)
+    assert main(["verify", "check", str(good)]) == 0
+    assert main(["verify", "check", str(bad)]) == 1
+    assert '"nonmonotonic-poll"' in capsys.readouterr().out
+    assert main(["verify", "check", str(tmp_path / "missing.jsonl")]) == 2
