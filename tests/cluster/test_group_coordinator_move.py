@@ -12,7 +12,9 @@ Shown: committed offsets never go backwards (on any partition, as the monitor sa
 record was consumed at least once; the duplicates (re-deliveries after a rebalance, from the last commit) are
 counted and printed; in the end the committed offsets equal the high watermarks. The slow variant moves it
 20 times and, every 4th move, has one member leave and a new one join, so rebalances meet coordinator moves.
-Each runs with the classic group protocol and with KIP-848 (``group.protocol=consumer``).
+Each runs with the classic group protocol and with KIP-848 (``group.protocol=consumer``). Another slow variant
+kills the coordinator's broker (kill -9) instead: the offsets it acknowledged must be there once another broker
+has taken the partition (after the lease ttl).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from brokers.groups.records import partition_for
 from tests.e2e.helpers import create_topic, high_watermarks
 from tests.etcd_server import etcd_available
 
-from .harness import OFFSETS_TOPIC, leaders, running_cluster, tidelog_json
+from .harness import OFFSETS_TOPIC, leaders, running_cluster, tidelog_json, wait_leaders
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
 
@@ -165,6 +167,8 @@ class Monitor(threading.Thread):
         # every 4th move, one member leaves and a new one joins: rebalances while the coordinator moves
         pytest.param(20, True, "classic", id="20-moves-with-member-churn", marks=pytest.mark.slow),
         pytest.param(20, True, "consumer", id="20-moves-with-member-churn-kip848", marks=pytest.mark.slow),
+        # no planned move: kill -9 of the coordinator's broker; the partition moves once its lease expires
+        pytest.param(0, False, "classic", id="coordinator-killed", marks=pytest.mark.slow),
     ],
 )
 def test_committed_offsets_survive_coordinator_moves(
@@ -172,6 +176,7 @@ def test_committed_offsets_survive_coordinator_moves(
 ) -> None:
     bootstrap = cluster.bootstrap
     topic, group = f"{TOPIC}-{moves}-{protocol}", f"{GROUP}-{moves}-{protocol}"
+    crash = moves == 0
     create_topic(bootstrap, topic, PARTS)
     offsets_partitions = len(leaders(bootstrap, OFFSETS_TOPIC))
     gp = partition_for(group, offsets_partitions)
@@ -231,6 +236,20 @@ def test_committed_offsets_survive_coordinator_moves(
             while len(consumed) < at + RATE and time.monotonic() < wait_until:  # the group carries on
                 time.sleep(0.1)
             time.sleep(1.0)
+        if crash:
+            owner = leaders(bootstrap, OFFSETS_TOPIC)[gp]
+            victim = cluster.broker(owner)
+            killed_at = time.monotonic()
+            victim.kill9()
+            others = {b.node_id for b in cluster.brokers if b.alive()}
+            wait_leaders(cluster.broker(min(others)).address, OFFSETS_TOPIC, offsets_partitions, others)
+            done.append(f"kill -9 of {owner}: served elsewhere after {time.monotonic() - killed_at:.1f} s")
+            at = len(consumed)
+            wait_until = time.monotonic() + 30
+            while len(consumed) < at + RATE and time.monotonic() < wait_until:  # the group carries on
+                time.sleep(0.1)
+            victim.start()
+            cluster.wait_ready()
     finally:
         stop_producing.set()
         producer.join(90)
@@ -256,11 +275,11 @@ def test_committed_offsets_survive_coordinator_moves(
         f"{sorted(set(commit_errors))[:3]}, assignments {[m.rebalances for m in members]}, "
         f"monitor reads {monitor.reads} (failed {monitor.failed_reads})"
     )
-    assert len(done) == moves
+    assert len(done) == moves + crash
     assert not monitor.backwards, monitor.backwards[:10]
     skipped = sorted(want - set(consumed))
     assert not skipped, f"{len(skipped)} acknowledged records never consumed, e.g. {skipped[:10]}"
-    assert set(consumed) <= want | set(range(max(want, default=0) + 1))  # nothing invented
+    assert set(consumed) <= want  # nothing unacknowledged or invented
     ends = {p: hw for p, (_lo, hw) in high_watermarks(bootstrap, topic, range(PARTS)).items()}
     print(f"final committed {dict(sorted(monitor.high.items()))}, high watermarks {ends}")
     assert monitor.high == ends
