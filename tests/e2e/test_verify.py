@@ -69,11 +69,9 @@ def test_verify_run_against_the_embedded_broker(broker: BrokerProcess, tmp_path:
     assert lost["anomalies"]["lost-write"]["examples"][0]["value"] == acked["value"]
 
 
-def leader_of(bootstrap: str, topic: str) -> int:
-    """The leader of partition 0 (the topic is created here first: a Metadata request could auto-create it)."""
-    ensure_topic(bootstrap, topic, 3)
+def leader_of(bootstrap: str, topic: str, partition: int) -> int:
     t = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10).topics[topic]
-    return int(t.partitions[0].leader)
+    return int(t.partitions[partition].leader)
 
 
 def run_on_cluster(tmp_path: Path, duration: float, kill_after: float | None) -> dict[str, Any]:
@@ -83,13 +81,14 @@ def run_on_cluster(tmp_path: Path, duration: float, kill_after: float | None) ->
     history = tmp_path / "history.jsonl"
     args = ["--config", f"broker.session.timeout.ms={SESSION_TIMEOUT_MS}"]
     with DevCluster(tmp_path / "cluster", brokers=3, bookies=3, broker_args=args) as cluster:
+        ensure_topic(cluster.bootstrap, topic, 3)  # before anything asks Metadata for it, which may auto-create
         cmd = [sys.executable, "-m", "brokers.cli", "--log-level", "WARNING", "verify", "run",
                "--bootstrap", cluster.bootstrap, "--topic", topic, "--duration", str(duration),
                "--history", str(history)]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             if kill_after is not None:
-                victim = leader_of(cluster.bootstrap, topic)
+                victim = leader_of(cluster.bootstrap, topic, 0)
                 time.sleep(kill_after)
                 cluster.broker(victim).kill9()
                 print(f"\nkilled broker {victim} (leader of {topic}/0) {kill_after} s into the load")
