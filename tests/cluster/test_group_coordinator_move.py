@@ -25,13 +25,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from brokers.devcluster import DevCluster
 from brokers.groups.records import partition_for
 from tests.e2e.helpers import create_topic, high_watermarks
 from tests.etcd_server import etcd_available
 
+from .group_members import Member, Monitor
 from .harness import OFFSETS_TOPIC, leaders, running_cluster, tidelog_json, wait_leaders
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
@@ -48,115 +49,6 @@ CATCH_UP_S = 60.0  # hang guard for the members to read everything
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     with running_cluster(tmp_path_factory.mktemp("coordmove")) as c:
         yield c
-
-
-class Member(threading.Thread):
-    """One group member: polls, records what it read, commits synchronously every ``commit_every`` s."""
-
-    def __init__(
-        self,
-        name: str,
-        bootstrap: str,
-        topic: str,
-        group: str,
-        consumed: list[int],
-        stop: threading.Event,
-        protocol: str = "classic",
-    ) -> None:
-        super().__init__(name=name, daemon=True)
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.group = group
-        self.consumed = consumed  # shared; list.append is atomic
-        self.stop_event = stop
-        self.leave = threading.Event()  # this member alone leaves the group
-        self.protocol = protocol
-        self.commit_errors: list[str] = []
-        self.commits = 0
-        self.rebalances = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as e:
-            self.error = e
-
-    def _run(self) -> None:
-        def on_assign(consumer: Any, partitions: Any) -> None:
-            self.rebalances += 1
-
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "group.protocol": self.protocol,
-        }  # fmt: skip
-        if self.protocol == "classic":  # KIP-848 members take these from the broker
-            conf.update({"session.timeout.ms": 10_000, "heartbeat.interval.ms": 500})
-        c = Consumer(conf)
-        c.subscribe([self.topic], on_assign=on_assign)
-        last_commit = time.monotonic()
-        dirty = False
-        try:
-            while not (self.stop_event.is_set() or self.leave.is_set()):
-                msg = c.poll(0.2)
-                if msg is not None and msg.error() is None:
-                    self.consumed.append(int(msg.value()))
-                    dirty = True
-                if dirty and time.monotonic() - last_commit > 0.3:
-                    last_commit = time.monotonic()
-                    try:
-                        c.commit(asynchronous=False)
-                        self.commits += 1
-                        dirty = False
-                    except KafkaException as e:  # retried by the next commit; counted and reported
-                        self.commit_errors.append(str(e.args[0]))
-            if dirty:
-                try:
-                    c.commit(asynchronous=False)
-                except KafkaException as e:
-                    self.commit_errors.append(str(e.args[0]))
-        finally:
-            c.close()
-
-
-class Monitor(threading.Thread):
-    """Reads the group's committed offsets (OffsetFetch) over and over; records any that went backwards."""
-
-    def __init__(self, bootstrap: str, topic: str, group: str, stop: threading.Event) -> None:
-        super().__init__(name="monitor", daemon=True)
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.group = group
-        self.stop_event = stop
-        self.high: dict[int, int] = {}
-        self.backwards: list[str] = []
-        self.reads = 0
-        self.failed_reads = 0
-
-    def run(self) -> None:
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False})
-        try:
-            while not self.stop_event.is_set():
-                self.read_once(c)
-                self.stop_event.wait(0.1)
-            self.read_once(c)
-        finally:
-            c.close()
-
-    def read_once(self, c: Consumer) -> None:
-        try:
-            got = c.committed([TopicPartition(self.topic, p) for p in range(PARTS)], timeout=5)
-        except KafkaException:
-            self.failed_reads += 1
-            return
-        self.reads += 1
-        for tp in got:
-            if tp.error is not None or tp.offset < 0:
-                continue
-            before = self.high.get(tp.partition, -1)
-            if tp.offset < before:
-                self.backwards.append(f"partition {tp.partition}: {before} -> {tp.offset}")
-            self.high[tp.partition] = max(before, tp.offset)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +98,7 @@ def test_committed_offsets_survive_coordinator_moves(
     consumed: list[int] = []
     stop_members = threading.Event()
     members = [Member(f"member-{i}", bootstrap, topic, group, consumed, stop_members, protocol) for i in range(3)]
-    monitor = Monitor(bootstrap, topic, group, stop_members)
+    monitor = Monitor(bootstrap, topic, PARTS, group, stop_members)
     producer = threading.Thread(target=produce_with_reports, name="producer", daemon=True)
     producer.start()
     for m in members:

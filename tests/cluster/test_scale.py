@@ -33,6 +33,7 @@ from brokers.devcluster import DevCluster
 from tests.e2e.helpers import confluent_read, create_topic, high_watermarks
 from tests.etcd_server import etcd_available
 
+from .group_members import Member, Monitor
 from .harness import OFFSETS_TOPIC, balanced, leaders, running_cluster, spread, tidelog_json, wait_balanced
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
@@ -220,26 +221,56 @@ def test_a_broker_joins_and_the_controller_leaves_under_load(cluster: DevCluster
 
 @pytest.mark.slow
 def test_brokers_leave_and_rejoin_under_load_repeatedly(cluster: DevCluster) -> None:
-    """Six rounds: SIGTERM of a seeded-random live broker, then it starts again and takes its share back."""
+    """Six rounds: SIGTERM of a seeded-random live broker, then it starts again and takes its share back. A
+    consumer group of three reads along with commits (its coordinator moves with every round that hits it):
+    every acknowledged record consumed, committed offsets never backwards."""
     rng = random.Random(10)
-    topic = f"{TOPIC}-cycles"
+    topic, group = f"{TOPIC}-cycles", "scale-cycles"
     create_topic(cluster.bootstrap, topic, PARTS)
     live = _live(cluster)
     wait_balanced(cluster.broker(min(live)).address, topic, PARTS, live)
-    producer = LoadProducer(",".join(b.address for b in cluster.brokers), topic, rate=5000, size=1000)  # 5 MB/s
-    producer.start()
+    everyone = ",".join(b.address for b in cluster.brokers)
+    producer = LoadProducer(everyone, topic, rate=5000, size=1000)  # 5 MB/s
+    consumed: list[int] = []
+    stop_members = threading.Event()
+    members = [Member(f"member-{i}", everyone, topic, group, consumed, stop_members) for i in range(3)]
+    monitor = Monitor(everyone, topic, PARTS, group, stop_members)
+    for t in (producer, *members, monitor):
+        t.start()
     shares: list[float] = []
     try:
-        producer.acks_after(0, RATE)
-        print()
-        for stopped in sorted(b.node_id for b in cluster.brokers if not b.alive()):
-            shares.append(join(cluster, topic, producer, stopped))  # back to full strength first
-        for _ in range(6):
-            victim = rng.choice(sorted(_live(cluster)))
-            leave(cluster, topic, producer, victim)
-            shares.append(join(cluster, topic, producer, victim))
+        try:
+            producer.acks_after(0, RATE)
+            print()
+            for stopped in sorted(b.node_id for b in cluster.brokers if not b.alive()):
+                shares.append(join(cluster, topic, producer, stopped))  # back to full strength first
+            for _ in range(6):
+                victim = rng.choice(sorted(_live(cluster)))
+                leave(cluster, topic, producer, victim)
+                shares.append(join(cluster, topic, producer, victim))
+        finally:
+            producer.stop_event.set()
+            producer.join(120)
+        want = {v for _, _, v in producer.acked}
+        deadline = time.monotonic() + 120
+        while not want <= set(consumed) and time.monotonic() < deadline:  # hang guard
+            time.sleep(0.2)
+        time.sleep(1.0)  # a last commit round
     finally:
-        producer.stop_event.set()
-        producer.join(120)
+        stop_members.set()
+        for t in (*members, monitor):
+            t.join(60)
     print(f"seconds to own its share after (re)joining: {[round(s, 1) for s in shares]}")
     check_producer(cluster, topic, producer)
+    assert all(m.error is None for m in members), [m.error for m in members]
+    commit_errors = sorted({e for m in members for e in m.commit_errors})
+    print(
+        f"group: consumed {len(consumed)} ({len(consumed) - len(set(consumed))} duplicates), commits "
+        f"{sum(m.commits for m in members)}, failed commits {sum(len(m.commit_errors) for m in members)} "
+        f"{commit_errors[:3]}, assignments {[m.rebalances for m in members]}, committed offsets read "
+        f"{monitor.reads} times"
+    )
+    assert not monitor.backwards, monitor.backwards[:10]
+    skipped = want - set(consumed)
+    assert not skipped, f"{len(skipped)} acknowledged records never consumed by the group"
+    assert set(consumed) <= want
