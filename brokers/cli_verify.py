@@ -3,6 +3,7 @@ recorded history. Exit codes: 0 valid, 1 anomalies found (or the run could not f
 
     tidelog verify run --bootstrap 127.0.0.1:9092 --duration 30 --history run.jsonl
     tidelog verify check run.jsonl
+    tidelog verify nemesis --dir /tmp/nem --duration 120 --seed 1 --etcd 3 --faults kill,pause,move,partition
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from brokers.devcluster import DevClusterError
 from brokers.verify.checker import DEFAULT_EXAMPLES, check
 from brokers.verify.history import HistoryWriter, read_history
+from brokers.verify.nemesis import FAULT_TYPES, NemesisRun, run_nemesis
 from brokers.verify.workload import Workload, WorkloadConfig
 
 
@@ -39,9 +42,22 @@ def add_parser(sub: Any) -> None:
     c.add_argument("file")
     c.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES, help="examples per anomaly class")
     c.set_defaults(run=run)
+    n = vsub.add_parser("nemesis", help="start a dev cluster, run the workload under a seeded schedule of faults")
+    n.add_argument("--dir", required=True, help="directory for the cluster's data, logs and history.jsonl")
+    n.add_argument("--duration", type=float, default=120.0, help="seconds of load and faults (default 120)")
+    n.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default 0)")
+    n.add_argument("--brokers", type=int, default=3)
+    n.add_argument("--bookies", type=int, default=3)
+    n.add_argument("--etcd", type=int, choices=(1, 3), default=1, help="etcd members (default 1)")
+    n.add_argument("--faults", default=",".join(FAULT_TYPES), help=f"comma-separated (default {','.join(FAULT_TYPES)})")
+    n.add_argument("--session-timeout-ms", type=int, default=3000, help="broker.session.timeout.ms (default 3000)")
+    n.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES, help="examples per anomaly class")
+    n.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verify_command == "nemesis":
+        return _nemesis(args)
     if args.verify_command == "check":
         try:
             events = read_history(args.file)
@@ -76,6 +92,25 @@ def run(args: argparse.Namespace) -> int:
     summary = check(workload.writer.events, args.examples)
     summary["topic"] = config.topic
     return _report(summary, workload.errors)
+
+
+def _nemesis(args: argparse.Namespace) -> int:
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = sorted(set(faults) - set(FAULT_TYPES))
+    if unknown or not faults or args.duration <= 0 or args.brokers < 2 or args.bookies < 1:
+        print(f"tidelog verify: error: --faults from {','.join(FAULT_TYPES)}, --duration > 0, --brokers >= 2",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    spec = NemesisRun(directory=args.dir, duration=args.duration, seed=args.seed, brokers=args.brokers,
+                      bookies=args.bookies, etcd_members=args.etcd, faults=faults,
+                      session_timeout_ms=args.session_timeout_ms)  # fmt: skip
+    try:
+        summary = run_nemesis(spec)
+    except (DevClusterError, KafkaException, TimeoutError) as e:
+        print(f"tidelog verify: error: {e}", file=sys.stderr)
+        return 1
+    errors = summary.pop("workload-errors", [])
+    return _report(summary, errors)
 
 
 def _report(summary: dict[str, Any], errors: list[str]) -> int:

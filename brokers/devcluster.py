@@ -26,8 +26,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +70,22 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     os.setpgrp()  # a Ctrl-C in the terminal reaches only us; we stop the children in order
+
+
+_SPAWNER: ThreadPoolExecutor | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawn(popen: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Popen on the main thread, or else on one long-lived thread: PR_SET_PDEATHSIG fires when the *thread*
+    that forked the child ends, so a child restarted from a short-lived thread (a nemesis) would die with it."""
+    global _SPAWNER
+    if threading.current_thread() is threading.main_thread():
+        return popen()
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devcluster-spawn")
+    return _SPAWNER.submit(popen).result()
 
 
 class _PortAllocator:
@@ -135,10 +153,10 @@ class Proc:
             self.log_start = log.tell()
             log.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(self.args)}\n".encode())
             log.flush()
-            self.popen = subprocess.Popen(  # noqa: S603 - our own command lines
+            self.popen = _spawn(lambda: subprocess.Popen(  # noqa: S603 - our own command lines
                 self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, preexec_fn=_die_with_parent,
-            )  # fmt: skip
+            ))  # fmt: skip
 
     def send_signal(self, sig: signal.Signals) -> None:
         popen = self.popen
@@ -212,6 +230,14 @@ class BrokerProc(Proc):
 
 
 @dataclass
+class EtcdProc(Proc):
+    """One etcd member."""
+
+    client_port: int = 0
+    peer_port: int = 0
+
+
+@dataclass
 class BookieProc(Proc):
     """A ``tidelog bookie`` child."""
 
@@ -233,9 +259,15 @@ class DevCluster:
         cluster: str = "tidelog",
         etcd_binary: str | None = None,
         start_timeout: float = START_TIMEOUT,
+        etcd_members: int = 1,
+        proxied: bool = False,
     ) -> None:
         # brokers=0 starts etcd, the object store and the bookies only; add_broker() adds brokers one by one
         # (bench/etcd_load.py measures the bookies' own etcd load that way before any broker exists).
+        # etcd_members=3: three etcd processes in one cluster (brokers get every endpoint, bookie i the i-th);
+        # proxied=True: each bookie advertises a brokers.verify.proxy port in front of it (the nemesis cuts it).
+        if etcd_members < 1:
+            raise DevClusterError("need at least one etcd member")
         if brokers < 0 or bookies < 1:
             raise DevClusterError("need at least one bookie (and no negative number of brokers)")
         self.dir = Path(directory)
@@ -249,6 +281,11 @@ class DevCluster:
         self.etcd_port = 0
         self.moto_port = 0
         self.etcd: Proc | None = None
+        self.n_etcd = etcd_members
+        self.etcds: list[EtcdProc] = []
+        self.proxied = proxied
+        self.proxies: Any = None
+        """A brokers.verify.proxy.ProxyRunner when proxied (proxies[i-1] fronts bookie i)."""
         self.moto: Proc | None = None
         self.bookies: list[BookieProc] = []
         self.brokers: list[BrokerProc] = []
@@ -257,6 +294,22 @@ class DevCluster:
     @property
     def metadata_url(self) -> str:
         return f"etcd://{HOST}:{self.etcd_port}"
+
+    @property
+    def metadata_endpoints(self) -> str:
+        """Every etcd member, as ``tidelog broker --metadata`` takes them."""
+        return "etcd://" + ",".join(f"{HOST}:{m.client_port}" for m in self.etcds) if self.etcds else self.metadata_url
+
+    def etcd_leader(self) -> EtcdProc | None:
+        """The member whose /metrics says ``etcd_server_is_leader 1`` (None if no running member does)."""
+        for m in self.etcds:
+            if not m.alive():
+                continue
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, body = _http(m.client_port, "GET", "/metrics")
+                if status == 200 and b"\netcd_server_is_leader 1" in body:
+                    return m
+        return None
 
     @property
     def object_store_url(self) -> str:
@@ -308,13 +361,18 @@ class DevCluster:
 
     def stop(self) -> None:
         """Brokers first (SIGTERM, in parallel), then bookies, moto, etcd."""
-        for group in (self.brokers, self.bookies, [p for p in (self.moto, self.etcd) if p is not None]):
+        if self.proxies is not None:
+            self.proxies.heal_all()  # a broker stalled on a cut link would not stop in time
+        for group in (self.brokers, self.bookies, [p for p in (self.moto, *self.etcds) if p is not None]):
             for p in group:
                 if p.alive():
                     p.send_signal(signal.SIGCONT)
                     p.send_signal(signal.SIGTERM)
             for p in group:
                 p.stop()
+        if self.proxies is not None:
+            self.proxies.close()
+            self.proxies = None
 
     def __enter__(self) -> DevCluster:
         self.start()
@@ -363,17 +421,27 @@ class DevCluster:
     def _start_etcd(self) -> None:
         if shutil.which(self.etcd_binary) is None:
             raise DevClusterError(f"{self.etcd_binary!r} not found (Debian: apt-get install etcd-server)")
-        self.etcd_port, peer_port = self._port(), self._port()
-        client, peer = f"http://{HOST}:{self.etcd_port}", f"http://{HOST}:{peer_port}"
-        self.etcd = Proc("etcd", [
-            self.etcd_binary, "--name", "tidelog-dev", "--data-dir", str(self.dir / "etcd-data"),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"tidelog-dev={peer}", "--initial-cluster-state", "new",
-            "--heartbeat-interval", "50", "--election-timeout", "500",
-        ], self.dir / "etcd.log")  # fmt: skip
-        self.etcd.start()
-        self._wait_http(self.etcd, self.etcd_port, "/health", lambda status, body: b'"true"' in body)
+        ports = [(self._port(), self._port()) for _ in range(self.n_etcd)]
+        names = ["tidelog-dev"] if self.n_etcd == 1 else [f"etcd-{i + 1}" for i in range(self.n_etcd)]
+        initial = ",".join(f"{n}=http://{HOST}:{peer}" for n, (_c, peer) in zip(names, ports, strict=True))
+        # Three members on a loaded machine need slower elections than one, or they keep electing.
+        timing = ("50", "500") if self.n_etcd == 1 else ("100", "1500")
+        for name, (client_port, peer_port) in zip(names, ports, strict=True):
+            client, peer = f"http://{HOST}:{client_port}", f"http://{HOST}:{peer_port}"
+            data = self.dir / ("etcd-data" if self.n_etcd == 1 else f"{name}-data")
+            log_path = self.dir / ("etcd.log" if self.n_etcd == 1 else f"{name}.log")
+            self.etcds.append(EtcdProc(name if self.n_etcd > 1 else "etcd", [
+                self.etcd_binary, "--name", name, "--data-dir", str(data),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", initial, "--initial-cluster-state", "new",
+                "--heartbeat-interval", timing[0], "--election-timeout", timing[1],
+            ], log_path, client_port=client_port, peer_port=peer_port))  # fmt: skip
+        self.etcd, self.etcd_port = self.etcds[0], self.etcds[0].client_port
+        for m in self.etcds:
+            m.start()  # all before any wait: a member of three is healthy only once a quorum runs
+        for m in self.etcds:
+            self._wait_http(m, m.client_port, "/health", lambda status, body: b'"true"' in body)
 
     def _start_moto(self) -> None:
         self.moto_port = self._port()
@@ -390,10 +458,21 @@ class DevCluster:
         index = len(self.bookies) + 1
         port = self._port()
         bid = f"bookie-{index}"
+        member = self.etcds[(index - 1) % len(self.etcds)] if self.etcds else None
+        metadata = f"etcd://{HOST}:{member.client_port}" if member is not None else self.metadata_url
+        extra: list[str] = []
+        if self.proxied:
+            from brokers.verify.proxy import ProxyRunner
+
+            if self.proxies is None:
+                self.proxies = ProxyRunner()
+            proxy_port = self._port()
+            self.proxies.add(proxy_port, port)
+            extra = ["--advertised", f"{HOST}:{proxy_port}"]
         b = BookieProc(
             bid,
-            [*tidelog_command(), "bookie", "--metadata", self.metadata_url, "--data-dir", str(self.dir / bid),
-             "--listen", f"{HOST}:{port}", "--bookie-id", bid, "--cluster", self.cluster],
+            [*tidelog_command(), "bookie", "--metadata", metadata, "--data-dir", str(self.dir / bid),
+             "--listen", f"{HOST}:{port}", "--bookie-id", bid, "--cluster", self.cluster, *extra],
             self.dir / f"{bid}.log", bookie_id=bid, port=port,
         )  # fmt: skip
         self.bookies.append(b)
@@ -406,6 +485,9 @@ class DevCluster:
         while pending and time.monotonic() < deadline:
             for b in list(pending):
                 if not b.alive():
+                    if "etcd: UNAVAILABLE" in b.run_log():  # a member of a 3-member etcd still settling
+                        b.start()
+                        continue
                     raise DevClusterError(f"{b.name} exited; log {b.log_path}:\n{b.log_tail()}")
                 if "listening on" in b.log_tail(100_000):
                     pending.remove(b)
@@ -418,7 +500,8 @@ class DevCluster:
         port, admin = self._port(), self._port()
         name = f"broker-{node_id}"
         args = [
-            *tidelog_command(), "broker", "--metadata", self.metadata_url, "--object-store", self.object_store_url,
+            *tidelog_command(), "broker", "--metadata", self.metadata_endpoints,
+            "--object-store", self.object_store_url,
             "--listen", f"{HOST}:{port}", "--advertised", f"{HOST}:{port}", "--node-id", str(node_id),
             "--admin", f"{HOST}:{admin}", "--cluster", self.cluster, "--cache-dir", str(self.dir / name),
             *self.broker_args,

@@ -31,6 +31,7 @@ from typing import IO, Any
 INVOKE, OK, FAIL, INFO = "invoke", "ok", "fail", "info"
 TYPES = (INVOKE, OK, FAIL, INFO)
 SEND, POLL, COMMIT, ASSIGN, LEADER, FINAL_READ = "send", "poll", "commit", "assign", "leader", "final-read"
+NEMESIS = "nemesis"
 
 Record = tuple[int, int, int, int | None]
 """One polled record: partition, offset, value, leader epoch (None when unknown)."""
@@ -56,12 +57,14 @@ class Event:
     partitions: tuple[int, ...] = ()
     offsets: tuple[tuple[int, int], ...] = ()
     error: str | None = None
+    fault: str | None = None
+    """A nemesis event's fault (``kill broker 2``...): f is ``nemesis``, invoke at its start, ok at its end."""
 
     def to_json(self) -> dict[str, Any]:
         """Only the fields that are set, so a line stays short."""
         out: dict[str, Any] = {"index": self.index, "time": round(self.time, 6), "process": self.process,
                                "type": self.type, "f": self.f}  # fmt: skip
-        for name in ("topic", "partition", "value", "offset", "epoch", "node", "group", "error"):
+        for name in ("topic", "partition", "value", "offset", "epoch", "node", "group", "error", "fault"):
             v = getattr(self, name)
             if v is not None:
                 out[name] = v
@@ -90,7 +93,7 @@ class Event:
                           for r in d.get("records", ())),
             partitions=tuple(int(p) for p in d.get("partitions", ())),
             offsets=tuple((int(p), int(o)) for p, o in d.get("offsets", ())),
-            error=d.get("error"),
+            error=d.get("error"), fault=d.get("fault"),
         )  # fmt: skip
 
 
