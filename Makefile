@@ -8,7 +8,7 @@ DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:9092
 PYTEST_ARGS ?=
 
-.PHONY: help run cluster test test-all lint bench system-deps node-deps venv clean
+.PHONY: help run cluster test test-faults test-all lint bench system-deps node-deps venv clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ test: system-deps node-deps $(VENV)/.installed lint  ## the fast suite (everythi
 
 test-all: system-deps node-deps $(VENV)/.installed lint  ## every test, slow fault-injection suites included
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-faults: system-deps $(VENV)/.installed  ## the fault suite: nemesis runs, failover, etcd loss (slow ones included)
+	$(PY) -m pytest -m faults -q -s tests/faults $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed  ## run the benchmarks (figures go in docs/benchmarks.md)
 	$(PY) bench/produce_consume.py

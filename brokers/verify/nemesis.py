@@ -15,7 +15,7 @@ Each fault is recorded in the history as process ``nemesis-N``, f ``nemesis``: a
 (``fault`` names it, ``node`` the broker, ``partitions`` the partitions it affects — none: all) and an ok event
 when it is undone. ``heal()`` undoes everything at the end (resume, restart, heal the proxies) before the
 workload's final read. ``summarize`` measures unavailability per fault: from a fault's start to the first
-acknowledgement of a send invoked after it on an affected partition.
+acknowledgement of a send invoked after it on an affected partition, and the longest time without any.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,8 @@ from brokers.verify.history import INVOKE, NEMESIS, OK, SEND, Event, HistoryWrit
 log = logging.getLogger("tidelog.verify.nemesis")
 FAULT_TYPES = ("kill", "pause", "move", "partition", "etcd", "bookie")
 HEAL = "heal"
+SCHEDULE_ONLY = ("etcd-leader",)
+"""Kinds a schedule may name besides FAULT_TYPES: ``etcd-leader`` always kills the etcd leader."""
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,18 @@ class NemesisConfig:
     session_timeout_s: float = 3.0
     """The brokers' lease TTL (broker.session.timeout.ms); a pause lasts twice this."""
     ready_timeout: float = 60.0
+    schedule: tuple[str, ...] = ()
+    """Faults in this order, then stop; empty: seeded shuffles of ``faults``, one of each before any repeats."""
 
 
 class Nemesis:
     """``run()`` injects faults until ``stop`` is set (call it in a thread); ``heal()`` undoes everything."""
 
     def __init__(self, cluster: DevCluster, config: NemesisConfig, writer: HistoryWriter, topic: str) -> None:
-        unknown = set(config.faults) - set(FAULT_TYPES)
+        unknown = (set(config.faults) | set(config.schedule)) - set(FAULT_TYPES) - set(SCHEDULE_ONLY)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)} (known: {', '.join(FAULT_TYPES)})")
-        if "partition" in config.faults and cluster.proxies is None:
+        if "partition" in (config.schedule or config.faults) and cluster.proxies is None:
             raise ValueError("the partition fault needs DevCluster(proxied=True)")
         self.cluster = cluster
         self.config = config
@@ -77,14 +81,23 @@ class Nemesis:
     # --- the schedule ---------------------------------------------------------------------------
     def run(self) -> None:
         cfg = self.config
+        kinds = iter(cfg.schedule) if cfg.schedule else self._shuffled()
         while not self.stop.wait(self.random.uniform(*cfg.gap)):
-            kind = self.random.choice(cfg.faults)
+            kind = next(kinds, None)
+            if kind is None:
+                return
             try:
-                getattr(self, f"_{kind}")()
+                getattr(self, "_" + kind.replace("-", "_"))()
             except (DevClusterError, ClientError, OSError, TimeoutError) as e:
                 log.warning("nemesis %s: %s", kind, e)
                 self.errors.append(f"{kind}: {e}")
                 self.heal()
+
+    def _shuffled(self) -> Iterator[str]:
+        while True:
+            round_ = list(self.config.faults)
+            self.random.shuffle(round_)
+            yield from round_
 
     def _hold(self) -> None:
         self.stop.wait(self.random.uniform(*self.config.hold))
@@ -192,10 +205,14 @@ class Nemesis:
         proxies.heal(proxy)
         self._end(process, fault)
 
-    def _etcd(self) -> None:
+    def _etcd_leader(self) -> None:
+        self._etcd(leader_only=True)
+
+    def _etcd(self, leader_only: bool = False) -> None:
         members = self.cluster.etcds
         leader = self.cluster.etcd_leader() if len(members) > 1 else None
-        member = leader if leader is not None and self.random.random() < 0.5 else self.random.choice(members)
+        take_leader = leader is not None and (leader_only or self.random.random() < 0.5)
+        member = leader if take_leader and leader is not None else self.random.choice(members)
         role = " (leader)" if member is leader else ""
         fault = f"etcd kill {member.name}{role}"
         process = self._begin(fault)
@@ -234,9 +251,14 @@ class Nemesis:
 
 # --- the summary ------------------------------------------------------------------------------------
 def summarize(events: Iterable[Event]) -> dict[str, Any]:
-    """Faults injected by type, and unavailability per type (p50/max seconds, and how many never recovered
-    before the load ended) — from each fault's start to the first ack of a send invoked after it on a
-    partition it affects."""
+    """Faults injected by type, and per type two measures of unavailability (p50/p99/max seconds):
+
+    * ``first-ack``: from a fault's start to the first ack of a send invoked after it on a partition it
+      affects (``no-ack-after`` counts faults after which none came before the load ended);
+    * ``longest-gap``: the longest time without any ack on an affected partition, from the fault's start until
+      the next fault starts (or the load ends) — this one also sees an outage that begins later, as when
+      the brokers fence themselves a lease TTL after etcd went away.
+    """
     evs = list(events)
     invoked: dict[int, float] = {}
     acks: list[tuple[float, float, int]] = []  # (invoke time, ack time, partition)
@@ -250,25 +272,52 @@ def summarize(events: Iterable[Event]) -> dict[str, Any]:
         elif e.f == NEMESIS and e.type == INVOKE and e.fault and e.fault != HEAL:
             faults.append(e)
     acks.sort()
-    gaps: dict[str, list[float]] = {}
+    ack_times: dict[int, list[float]] = {}
+    for _inv, ack, p in acks:
+        ack_times.setdefault(p, []).append(ack)
+    for times in ack_times.values():
+        times.sort()
+    load_end = max((a for _i, a, _p in acks), default=0.0)
+    first: dict[str, list[float]] = {}
+    longest: dict[str, list[float]] = {}
     unrecovered: dict[str, int] = {}
     by_type: dict[str, int] = {}
-    for fe in faults:
+    for i, fe in enumerate(faults):
         kind = fe.fault.split()[0] if fe.fault else "?"
         by_type[kind] = by_type.get(kind, 0) + 1
-        affected = set(fe.partitions)
-        firsts = [ack for inv, ack, p in acks if inv >= fe.time and (not affected or p in affected)]
+        affected = set(fe.partitions) or set(ack_times)
+        firsts = [ack for inv, ack, p in acks if inv >= fe.time and p in affected]
         if firsts:
-            gaps.setdefault(kind, []).append(min(firsts) - fe.time)
+            first.setdefault(kind, []).append(min(firsts) - fe.time)
         else:
             unrecovered[kind] = unrecovered.get(kind, 0) + 1
-    unavailability = {
-        kind: {"n": len(v), "p50": round(statistics.median(v), 3), "max": round(max(v), 3)}
-        for kind, v in sorted(gaps.items())
+        until = faults[i + 1].time if i + 1 < len(faults) else load_end
+        gap = 0.0
+        for p in affected:
+            prev = fe.time
+            for t in ack_times.get(p, ()):
+                if t <= fe.time:
+                    continue
+                if t > until:
+                    break
+                gap, prev = max(gap, t - prev), t
+        longest.setdefault(kind, []).append(gap)
+    return {
+        "faults": dict(sorted(by_type.items())),
+        "first-ack-s": {k: _stats(v) for k, v in sorted(first.items())},
+        "longest-gap-s": {k: _stats(v) for k, v in sorted(longest.items())},
+        "no-ack-after": dict(sorted(unrecovered.items())),
     }
-    for kind, n in unrecovered.items():
-        unavailability.setdefault(kind, {})["no-ack-after"] = n
-    return {"faults": dict(sorted(by_type.items())), "unavailability-s": unavailability}
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50": round(statistics.median(values), 3), "p99": round(_p99(values), 3),
+            "max": round(max(values), 3)}  # fmt: skip
+
+
+def _p99(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 @dataclass(frozen=True)
@@ -287,6 +336,10 @@ class NemesisRun:
     producers: int = 2
     rate: float = 50.0
     history: str | None = None
+    schedule: tuple[str, ...] = ()
+    """Exactly these faults in order (then the load ends a few seconds later); empty: random until the end."""
+    gap: tuple[float, float] = (3.0, 6.0)
+    hold: tuple[float, float] = (2.0, 6.0)
 
 
 def run_nemesis(spec: NemesisRun) -> dict[str, Any]:
@@ -302,8 +355,9 @@ def run_nemesis(spec: NemesisRun) -> dict[str, Any]:
     from brokers.verify.workload import Workload, WorkloadConfig
 
     args = ["--config", f"broker.session.timeout.ms={spec.session_timeout_ms}"]
+    proxied = "partition" in (spec.schedule or spec.faults)
     cluster = DevCluster(spec.directory, brokers=spec.brokers, bookies=spec.bookies, broker_args=args,
-                         etcd_members=spec.etcd_members, proxied="partition" in spec.faults)  # fmt: skip
+                         etcd_members=spec.etcd_members, proxied=proxied)  # fmt: skip
     Path(spec.directory).mkdir(parents=True, exist_ok=True)
     out = open(spec.history or Path(spec.directory) / "history.jsonl", "w", encoding="utf-8")
     try:
@@ -313,7 +367,8 @@ def run_nemesis(spec: NemesisRun) -> dict[str, Any]:
         workload = Workload(WorkloadConfig(bootstrap=cluster.bootstrap, topic=topic, partitions=spec.partitions,
                                            duration=spec.duration, producers=spec.producers, rate=spec.rate,
                                            drain_timeout=60.0, final_read_timeout=90.0), writer)  # fmt: skip
-        nemesis = Nemesis(cluster, NemesisConfig(faults=spec.faults, seed=spec.seed,
+        nemesis = Nemesis(cluster, NemesisConfig(faults=spec.faults, seed=spec.seed, schedule=spec.schedule,
+                                                 gap=spec.gap, hold=spec.hold,
                                                  session_timeout_s=spec.session_timeout_ms / 1000), writer, topic)
         load_done = threading.Event()
         original_final_read = workload.final_read
@@ -331,7 +386,15 @@ def run_nemesis(spec: NemesisRun) -> dict[str, Any]:
         workload.final_read = final_read_after_heal  # type: ignore[method-assign]
         faults = threading.Thread(target=_guarded(nemesis), name="nemesis", daemon=True)
         # Faults only while producers run: the schedule stops when the load phase ends.
-        stopper = threading.Thread(target=_stop_after, args=(nemesis, spec.duration), daemon=True)
+        if spec.schedule:  # the load lasts as long as the schedule (at most the duration), plus a little
+            def end_load() -> None:
+                faults.join(spec.duration)
+                nemesis.stop.wait(3.0)
+                workload.stop.set()
+
+            stopper = threading.Thread(target=end_load, daemon=True)
+        else:
+            stopper = threading.Thread(target=_stop_after, args=(nemesis, spec.duration), daemon=True)
         faults.start()
         stopper.start()
         workload.run()
