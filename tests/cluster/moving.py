@@ -156,18 +156,17 @@ def read_partition(
 
 
 def high_watermark(bootstrap: str, topic: str, partition: int, timeout: float = 60.0) -> int:
-    """The partition's high watermark (asked again while the partition is between owners)."""
+    """The partition's high watermark (asked again, by a new client, while the partition is between owners)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "hw"})
     deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    finally:
-        consumer.close()
+    while True:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "hw"})
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+        finally:
+            consumer.close()

@@ -170,6 +170,19 @@ def wait_leader_not(cluster: DevCluster, ask: str, topic: str, old: int) -> tupl
     raise AssertionError(f"{topic}: leader still {now} after {WAIT_S}s")
 
 
+def wait_agreed_leader(cluster: DevCluster, topic: str) -> None:
+    """Until Metadata from every broker names the same live leader (the controller may be giving the partition
+    back to the old owner, which registered again)."""
+    deadline = time.monotonic() + WAIT_S
+    seen: dict[int, tuple[int, int]] = {}
+    while time.monotonic() < deadline:
+        seen = {b.node_id: leader(b.address, topic, 0) for b in cluster.brokers}
+        if len(set(seen.values())) == 1 and next(iter(seen.values()))[0] in seen:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{topic}: brokers disagree on the leader after {WAIT_S}s: {seen}")
+
+
 @dataclass
 class Round:
     seed: int
@@ -214,6 +227,8 @@ def one_round(cluster: DevCluster, seed: int) -> Round:
     raw.stop()
 
     acked_raw = [(a.offset, a.value) for a in raw.answers if a.error == 0]
+    cluster.wait_ready(WAIT_S)  # the old owner has registered again and every broker lists every broker
+    wait_agreed_leader(cluster, topic)
     end = high_watermark(",".join(others), topic, 0)
     read = read_partition(",".join(others), topic, 0, end)
     problems = check_history([*acked_raw, *confluent], read)
@@ -226,7 +241,6 @@ def one_round(cluster: DevCluster, seed: int) -> Round:
     in_flight = sum(a.error == 0 and a.offset < first_new for a in after)
     retaken = sum(a.error == 0 and a.offset > last_new for a in after)
     assert in_flight + retaken == sum(a.error == 0 for a in after)  # none among the new owner's offsets
-    cluster.wait_ready(WAIT_S)  # the old owner registers again before the next round
     log = victim.run_log()[log_start:]
     return Round(
         seed, victim_id, sum(a.error == 0 and a.at < paused_at for a in raw.answers),
