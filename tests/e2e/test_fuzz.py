@@ -57,7 +57,13 @@ CLIENT_TIMEOUT = 30.0  # hang guard of the real-client check
 CHECK_RECORDS = 5
 # Handler exceptions the fuzzer still provokes, as (API key, exception type) found in the log; each is a
 # known bug listed in the report of issue 9. Anything else in the log fails the test.
-KNOWN_TRACEBACKS: frozenset[tuple[int, str]] = frozenset()
+KNOWN_TRACEBACKS: frozenset[tuple[int, str]] = frozenset(
+    {
+        # ListOffsets by timestamp reading entry 0 of a live ledger not (or no longer) on the bookie
+        # (brokers/log/lookup.py find_by_timestamp); seen once near frame 880,000 of the slow run, seed 20260901.
+        (2, "storage.ledger.api.NoSuchEntry"),
+    }
+)
 
 
 class BrokerDown(Exception):
