@@ -5,8 +5,10 @@ retention change that state through the log (``PartitionStateAccess``: under the
 version, updating its cached state) — a commit of theirs never makes the log's next compare-and-swap fail.
 
 Reads go tail cache → ledger (refs not offloaded) → segments (``PartitionSegments``) for offsets below the
-first ledger not offloaded. A ledger read may fail with NoSuchLedger when the offloader deleted the ledger
-just after the read was routed to it: the read is routed again, to the segment.
+first ledger not offloaded. A ledger read may fail with NoSuchLedger, or NoSuchEntry from a bookie that has
+already dropped the ledger's entries, when the offloader deleted the ledger just after the read was routed to
+it: the read is routed again, to the segment (and after ``READ_ATTEMPTS`` the client gets a retriable
+KAFKA_STORAGE_ERROR, never an internal error).
 
 An object store that fails or does not answer while offloaded data is read: the segment read is retried
 with a backoff (0.1 s doubling to 1 s) for at most ``SEGMENT_READ_BOUND_S`` in all, each attempt bounded
@@ -35,7 +37,7 @@ from brokers.log.types import LogError
 from metadata.api import Check, MetadataStore, Put, VersionConflict
 from metadata.keys import Keys
 from metadata.models import LedgerRef, PartitionState, SegmentRecord
-from storage.ledger.api import LedgerClient, LedgerError, LedgerWriter, NoSuchLedger
+from storage.ledger.api import LedgerClient, LedgerError, LedgerWriter, NoSuchEntry, NoSuchLedger
 from storage.objectstore.api import ObjectNotFound, ObjectStore, ObjectStoreError
 from storage.offload.offloader import Offloader
 from storage.offload.retention import RetentionResult, apply_retention, plan_retention
@@ -322,7 +324,7 @@ class TieredLog:
                 return []
             try:
                 return await self._lookup.read(live, offset, max_bytes, hw)
-            except NoSuchLedger:
+            except (NoSuchLedger, NoSuchEntry):
                 continue  # offloaded and deleted since the read was routed: its segment has it now
         raise LogError(ErrorCode.kafka_storage_error, f"offset {offset} moved between tiers repeatedly; retry")
 
@@ -387,7 +389,7 @@ class TieredLog:
                     return found
             try:
                 return await self._lookup.find_by_timestamp(self._live_ledgers(), timestamp, hw)
-            except NoSuchLedger:
+            except (NoSuchLedger, NoSuchEntry):
                 continue
         raise LogError(ErrorCode.kafka_storage_error, "ledgers moved to segments repeatedly; retry")
 
@@ -424,7 +426,7 @@ class TieredLog:
                 if best is None or self._segments is None or best.max_timestamp < live_max:
                     return await self._lookup.max_timestamp_entry(live, hw)
                 return await self._segments.reader(best).find_timestamp(best.max_timestamp)
-            except NoSuchLedger:
+            except (NoSuchLedger, NoSuchEntry):
                 continue
             except (ObjectStoreError, CorruptSegment) as e:
                 raise LogError(ErrorCode.kafka_storage_error, f"object store read failed: {e}") from None
