@@ -12,6 +12,9 @@ encoded bytes are cached until that topic, one of its loaded logs or the routing
 whole bodies until any topic, log or routing does, so an answer for many partitions is mostly a join of
 cached bytes.
 tests/unit/test_metadata_response.py checks the bytes against kio's encoder for every version.
+
+A v10/v11 request naming a topic by id (null name, or a topic id) gets Kafka's error response for an
+InvalidRequestException (every topic INVALID_REQUEST): topic ids in Metadata requests exist from v12.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
     requested = request.topics
     if version == 0 and requested is not None and len(requested) == 0:
         requested = None  # v0: an empty list means all topics
+    if requested is not None and 10 <= version < 12 and any(_by_id(t) for t in requested):
+        return _invalid_request(version, requested)
     names: list[str] | None = None
     ids: list[uuid.UUID | None] = []
     if requested is not None:
@@ -76,6 +81,26 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
         while len(_cache) > _CACHE_ENTRIES:
             _cache.popitem(last=False)
     return body
+
+
+def _by_id(topic: Any) -> bool:
+    """A v10/v11 topic named by id: a null name or a topic id. Topic ids exist in requests from v12 only."""
+    topic_id = getattr(topic, "topic_id", None)
+    return topic.name is None or (topic_id is not None and topic_id.int != 0)
+
+
+def _invalid_request(version: int, requested: Any) -> bytes:
+    """Kafka's answer to a v10/v11 request naming a topic by id ("Topic name can not be null for version N" or
+    "Topic IDs are not supported in requests for version N", InvalidRequestException): its error response,
+    every topic asked for with INVALID_REQUEST, a null name as "" (the answer's names are not nullable before
+    v12), no brokers, no cluster id, controller -1."""
+    flexible = version >= FLEXIBLE_FROM
+    out = [_I32.pack(0), _count(0, flexible), _string(None, flexible), _I32.pack(-1), _count(len(requested), flexible)]
+    out += [_missing_topic(version, ErrorCode.invalid_request, t.name, getattr(t, "topic_id", None)) for t in requested]
+    if version <= 10:
+        out.append(_I32.pack(_NO_AUTHORIZED_OPERATIONS))  # cluster_authorized_operations
+    out.append(b"\x00")  # tags
+    return b"".join(out)
 
 
 def _uvarint(n: int) -> bytes:

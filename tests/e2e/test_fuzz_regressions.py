@@ -13,6 +13,11 @@ import struct
 import time
 import uuid
 
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_reader
+
+from brokers.handlers.base import response_module
+
 from .broker_process import BrokerProcess
 from .helpers import create_topic
 from .kafka_wire import fetch_request, uvarint
@@ -57,13 +62,35 @@ def _assert_serving_without_traceback(broker: BrokerProcess, what: str) -> None:
 
 
 def test_metadata_v10_topic_by_id_only(broker: BrokerProcess) -> None:
-    """Metadata v10/v11 with a topic given by id and a null name (names are not nullable in those versions'
-    answers): kio raised TypeError encoding the answer ("API 3 v10 ... failed")."""
+    """Metadata v10/v11 naming a topic by id (a null name, or a topic id beside a name): kio raised TypeError
+    encoding the answer ("API 3 v10 ... failed"). Kafka refuses such a request ("Topic name can not be null
+    for version N" / "Topic IDs are not supported in requests for version N", InvalidRequestException) with
+    its error response: every topic asked for with INVALID_REQUEST, a null name answered as "", no brokers."""
+    create_topic(broker.bootstrap, "named", 1)
+    known = uuid.uuid4()
     for version in (10, 11):
-        topic = uuid.uuid4().bytes + b"\x00" + b"\x00"  # topic_id, name null, no tagged fields
-        body = uvarint(2) + topic + b"\x01" + (b"\x00" if version == 10 else b"") + b"\x00" + b"\x00"
-        _exchange(broker, [_request(3, version, body)])
-    _assert_serving_without_traceback(broker, "Metadata v10/v11 naming a topic by id only")
+        mod = response_module(3, version)
+        by_id = known.bytes + b"\x00" + b"\x00"  # topic_id, name null, no tagged fields
+        named_with_id = uuid.uuid4().bytes + uvarint(len(b"named") + 1) + b"named" + b"\x00"
+        for topics, names in ((by_id, [""]), (named_with_id, ["named"]), (by_id + named_with_id, ["", "named"])):
+            body = uvarint(len(names) + 1) + topics + b"\x01" + (b"\x00" if version == 10 else b"") + b"\x00\x00"
+            answer, closed = _exchange(broker, [_request(3, version, body, correlation_id=5)])
+            assert not closed and len(answer) > 9, f"v{version}: no answer ({answer!r})"
+            size, correlation_id = struct.unpack_from(">ii", answer)
+            assert size == len(answer) - 4 and correlation_id == 5
+            response, used = entity_reader(mod.MetadataResponse)(answer, 9)  # size, correlation id, tags
+            assert 9 + used == len(answer)  # the reader returns what it consumed
+            assert [t.name for t in response.topics] == names
+            assert {t.error_code for t in response.topics} == {ErrorCode.invalid_request}
+            assert response.topics[0].topic_id is not None
+            assert response.brokers == () and response.controller_id == -1
+    for version in (10, 11, 12):  # a name and no topic id is answered as always; v12 may name by id
+        topic = uuid.UUID(int=0).bytes + uvarint(len(b"named") + 1) + b"named" + b"\x00"
+        body = uvarint(2) + topic + b"\x01" + (b"\x00" if version == 10 else b"") + b"\x00\x00"
+        answer, _ = _exchange(broker, [_request(3, version, body)])
+        response, _ = entity_reader(response_module(3, version).MetadataResponse)(answer, 9)
+        assert [(t.name, t.error_code) for t in response.topics] == [("named", ErrorCode.none)]
+    _assert_serving_without_traceback(broker, "Metadata v10/v11 naming a topic by id")
 
 
 def test_bad_frame_then_pipelined_frames(broker: BrokerProcess) -> None:
