@@ -11,6 +11,7 @@ To add an implementation (e.g. Postgres): add its kind to METADATA_STORE_KINDS, 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from metadata.api import MetadataStore
+from metadata.api import MetadataStore, StoreUnavailable
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.etcd import EtcdMetadataStore
 
@@ -48,6 +49,18 @@ def metadata_store_etcd_server() -> Iterator[EtcdServer]:
         server.cleanup()
 
 
+async def _connect_etcd(url: str, attempts: int = 3) -> MetadataStore:
+    """Connect to the session's etcd, trying again when a loaded machine lets the gRPC handshake time out."""
+    for attempt in range(attempts):
+        try:
+            return await EtcdMetadataStore.connect(url)
+        except StoreUnavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
 async def _open_metadata_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> MetadataStore:
     if kind == "embedded-memory":
         return await EmbeddedMetadataStore.open(None)
@@ -56,7 +69,7 @@ async def _open_metadata_store(kind: str, request: pytest.FixtureRequest, tmp_pa
         return await EmbeddedMetadataStore.open(tmp_path / "metadata", compact_bytes=4096)
     if kind == "etcd":
         server: EtcdServer = request.getfixturevalue("metadata_store_etcd_server")
-        store = await EtcdMetadataStore.connect(server.url)
+        store = await _connect_etcd(server.url)
         stale = await store.list("")  # the etcd is shared by the session: start each test empty
         for item in stale:
             await store.delete(item.key)
