@@ -166,17 +166,7 @@ async def _serve(
         node_id, session, PartitionOwnership(store, keys, node_id, session), owners,
         lambda: controller.assignments.items, host, topic_name=topic_name,
     )
-
-    def assigned(topic_id: str, partition: int) -> int | None:
-        """The controller's desired owner of a partition (the successor named while handing it over)."""
-        assignment = controller.assignments.items.get(topic_id)
-        if assignment is None or not 0 <= partition < len(assignment.owners):
-            return None
-        return assignment.owners[partition]
-
-    routing = ClusterRouting(
-        node_id, live, owners, controller.election, follower.serving, lambda: session.alive, assigned
-    )
+    routing = ClusterRouting(node_id, live, owners, controller.election, follower.serving, lambda: session.alive)
     follower.set_on_change(routing.bump)
     controller.assignments.add_listener(follower.kick)
     broker.routing = routing

@@ -3,11 +3,7 @@
 * brokers / endpoints: the live registrations (``LiveBrokers``);
 * controller: the elected controller as last seen (``ControllerElection.leader_id``);
 * leader: the owner key of the partition and the epoch its take wrote (``OwnersView``) - clients are sent to
-  the owner, and the leader epoch they see is the partition epoch every takeover bumps. One exception: while
-  this broker hands a partition over (its owner key still stands, it no longer serves, and the controller's
-  assignment names another live broker), the leader named is that successor at the next epoch. A producer's
-  first NOT_LEADER_OR_FOLLOWER then carries a KIP-951 hint it can act on: naming ourselves at the current
-  epoch made librdkafka retry here once more after its retry backoff, doubling the client's pause per move;
+  the owner, and the leader epoch they see is the partition epoch every takeover bumps;
 * serving: only partitions this broker has taken *and* finished loading (the follower's set), and only while
   its session is alive: from the moment the lease is lost every partition answers NOT_LEADER_OR_FOLLOWER
   (self-fencing), before the store has told anyone else.
@@ -37,7 +33,6 @@ class ClusterRouting:
         election: ControllerElection,
         serving: Collection[TopicPartition],
         alive: Callable[[], bool],
-        assigned: Callable[[str, int], int | None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._live = live
@@ -45,7 +40,6 @@ class ClusterRouting:
         self._election = election
         self._serving = serving
         self._alive = alive
-        self._assigned = assigned
         self._generation = 0
         self._endpoints: tuple[Endpoint, ...] | None = None
         live.add_listener(self._brokers_changed)
@@ -94,13 +88,7 @@ class ClusterRouting:
 
     def leader(self, topic_id: str, partition: int) -> Leader | None:
         owner = self._owners.owner_of(topic_id, partition)
-        if owner is None:
-            return None
-        if owner.node_id == self._node_id and self._assigned is not None and not self.serving(topic_id, partition):
-            successor = self._assigned(topic_id, partition)
-            if successor is not None and successor != self._node_id and successor in self._live.brokers:
-                return Leader(successor, owner.epoch + 1)  # handing over: the take bumps the epoch by one
-        return Leader(owner.node_id, owner.epoch)
+        return None if owner is None else Leader(owner.node_id, owner.epoch)
 
     def serving(self, topic_id: str, partition: int) -> bool:
         return (topic_id, partition) in self._serving and self._alive()
