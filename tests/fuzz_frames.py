@@ -35,6 +35,7 @@ from kio.serial._introspect import (
 )
 
 from brokers.handlers.registry import HANDLERS
+from tests.e2e.kafka_wire import uvarint
 from tests.request_samples import sample_requests
 from tests.segment_data import make_batch
 
@@ -137,18 +138,6 @@ def encodable_versions() -> tuple[tuple[int, int], ...]:
             continue
         out.append((key, version))
     return tuple(out)
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 class _Out:
