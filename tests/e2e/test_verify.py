@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from brokers.devcluster import DevCluster
@@ -111,5 +112,6 @@ def test_verify_run_against_a_dev_cluster(tmp_path: Path) -> None:
     run_on_cluster(tmp_path, duration=5, kill_after=None)
 
 
+@pytest.mark.slow  # the fast suite kills owners in tests/faults/test_failover.py
 def test_verify_run_with_a_broker_killed(tmp_path: Path) -> None:
     run_on_cluster(tmp_path, duration=20, kill_after=8)
