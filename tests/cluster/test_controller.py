@@ -14,7 +14,7 @@ import pytest
 from brokers.cluster.assignment import PartitionSpec
 from brokers.cluster.controller import Controller, _compute
 from brokers.cluster.membership import BrokerMembership, LiveBrokers
-from metadata.api import VersionConflict
+from metadata.api import Put, VersionConflict
 from metadata.keys import Keys
 from metadata.models import OwnerRecord, Reassignment, TopicAssignment, TopicRecord
 from metadata.session import LeasedSession
@@ -255,8 +255,16 @@ async def test_a_pin_to_a_broker_that_is_not_live_is_dropped(cluster_env: Cluste
         await create_topic(cluster_env, EVENTS)
         await wait_assigned(nodes[0], {1, 2}, [EVENTS])
         before = dict(nodes[0].controller.assignments.items)
-        await pin(cluster_env, EVENTS, 3, 9)  # no broker 9
-        await pin(cluster_env, TopicRecord("gone", str(uuid.UUID(int=3)), 1), 0, 1)  # no such topic
+        gone = TopicRecord("gone", str(uuid.UUID(int=3)), 1)
+        # Both pins in one commit: written one by one, the first could be cleared before the second is put, and
+        # the wait below would see no pins in between.
+        await cluster_env.store.commit(
+            [],
+            [
+                Put(KEYS.reassignment(EVENTS.topic_id, 3), Reassignment(EVENTS.topic_id, 3, 9).encode()),  # no broker 9
+                Put(KEYS.reassignment(gone.topic_id, 0), Reassignment(gone.topic_id, 0, 1).encode()),  # no such topic
+            ],
+        )
         await asyncio.wait_for(leader.controller.reassignments.wait_until(lambda pins: not pins), WAIT)
         assert dict(nodes[0].controller.assignments.items) == before
         assert leader.controller.pins_cleared == 2
