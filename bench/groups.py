@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 from common import EmbeddedBroker, machine, percentile, table  # noqa: E402
 
-from brokers.client import KafkaClient  # noqa: E402
+from brokers.cli.client import KafkaClient  # noqa: E402
 from brokers.group_admin import commit_offsets  # noqa: E402
 
 INITIAL_REBALANCE_DELAY_MS = 3000  # Kafka's default group.initial.rebalance.delay.ms

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import EmbeddedBroker  # noqa: E402
 
-from brokers.client import KafkaClient  # noqa: E402
+from brokers.cli.client import KafkaClient  # noqa: E402
 from brokers.group_admin import list_offsets  # noqa: E402
 from tests.moto_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Consumer-group administration over the Kafka protocol: what kafka-consumer-groups' admin client does
 (list, describe, committed offsets, log offsets, delete).
 
-Every call goes through :class:`brokers.client.KafkaClient` to the group's coordinator (ListGroups to
+Every call goes through :class:`brokers.cli.client.KafkaClient` to the group's coordinator (ListGroups to
 every broker), so it works against any Kafka-compatible cluster, not only Tidelog.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader
 
-from brokers.client import (
+from brokers.cli.client import (
     COORDINATOR_MOVED,
     LIST_OFFSETS,
     Connection,

@@ -1,4 +1,4 @@
-"""A scripted Kafka server on 127.0.0.1 for unit tests of the client side (brokers/client.py and its users).
+"""A scripted Kafka server on 127.0.0.1 for unit tests of the client side (brokers/cli/client.py and its users).
 
 It decodes requests with kio exactly as a broker does and answers what the test tells it to; it is never
 evidence that the broker works.

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from brokers.client import ClientError, KafkaClient
+from brokers.cli.client import ClientError, KafkaClient
 from brokers.devcluster import DevCluster, DevClusterError
 from brokers.verify.history import INVOKE, NEMESIS, OK, SEND, Event, HistoryWriter
 

@@ -2,7 +2,7 @@
 an assign consumer reading from offset 0, an observer of partition leaders, and a final read — all recorded
 as a history (brokers/verify/history.py) for brokers/verify/checker.py.
 
-It talks only the Kafka protocol (confluent-kafka, and brokers/client.py for Metadata with leader epochs),
+It talks only the Kafka protocol (confluent-kafka, and brokers/cli/client.py for Metadata with leader epochs),
 so it runs against any Kafka-compatible cluster. ``Workload.stop`` ends it early (a nemesis, Ctrl-C); every
 loop is bounded by the configured duration and timeouts. Values are ``producer * 10**9 + n``: unique, and
 the producer that wrote one can be read off it.
@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from brokers.client import KafkaClient, parse_bootstrap
+from brokers.cli.client import KafkaClient, parse_bootstrap
 from brokers.verify.history import ASSIGN, COMMIT, FINAL_READ, INFO, INVOKE, LEADER, OK, POLL, SEND, HistoryWriter
 
 log = logging.getLogger("tidelog.verify")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from kio.schema.errors import ErrorCode
 
-from brokers.client import KafkaClient
+from brokers.cli.client import KafkaClient
 
 POLL_S = 0.01
 MOVE_TIMEOUT_S = 60.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from brokers import cli
-from brokers.cli_broker import metadata_endpoints
+from brokers.cli.broker import metadata_endpoints
 from tests.etcd_server import free_port
 
 GOOD = {

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 from kio.schema.errors import ErrorCode
 
-from brokers.client import Connection, request_module
+from brokers.cli.client import Connection, request_module
 
 from .broker_process import BrokerProcess
 from .group_members import (

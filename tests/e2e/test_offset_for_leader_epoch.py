@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer
 from kio.schema.errors import ErrorCode
 
-from brokers.client import KafkaClient
+from brokers.cli.client import KafkaClient
 from brokers.handlers.base import make
 
 from .kafka_wire import fetch_all_batches

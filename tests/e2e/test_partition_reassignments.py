@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from brokers.client import KafkaClient
+from brokers.cli.client import KafkaClient
 from tests.e2e.broker_process import BrokerProcess
 
 

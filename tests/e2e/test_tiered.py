@@ -28,7 +28,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from brokers.client import KafkaClient, request_module
+from brokers.cli.client import KafkaClient, request_module
 from brokers.group_admin import list_offsets
 from brokers.handlers.base import make
 from metadata.embedded import EmbeddedMetadataStore

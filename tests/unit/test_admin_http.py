@@ -1,5 +1,5 @@
 """brokers/admin_http.py over real sockets on 127.0.0.1, serving a constructed snapshot; and the CLI that
-reads it (brokers/cli_offload.py). The broker process around it is tests/e2e/test_offload_status.py."""
+reads it (brokers/cli/offload.py). The broker process around it is tests/e2e/test_offload_status.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from brokers import cli
 from brokers.admin_http import MAX_HEAD, AdminServer
-from brokers.cli_offload import render
+from brokers.cli.offload import render
 from brokers.metrics import BrokerFigures, PartitionFigures, offload_status
 
 FIGURES = BrokerFigures(

@@ -1,4 +1,4 @@
-"""brokers/client.py over real 127.0.0.1 sockets: against a scripted Kafka server (for the protocol's corners:
+"""brokers/cli/client.py over real 127.0.0.1 sockets: against a scripted Kafka server (for the protocol's corners:
 version fallback, out-of-order answers, timeouts, lost connections, coordinator retries) and against the
 real broker server (Broker + KafkaServer, in-memory ledgers)."""
 
@@ -19,7 +19,7 @@ from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader
 
 from brokers.broker import Broker
-from brokers.client import (
+from brokers.cli.client import (
     BrokerUnreachable,
     Connection,
     KafkaClient,

@@ -1,5 +1,5 @@
 """compose/docker-compose.yml: the service set, the wiring, and every ``tidelog`` command line as the real
-CLI parses and validates it (brokers/cli.py's parser; ``tidelog broker``'s build_config; the bookie's own
+CLI parses and validates it (brokers/cli's parser; ``tidelog broker``'s build_config; the bookie's own
 address checks), so a flag the CLI does not take, or a value it refuses, fails here rather than in a
 container. When Debian's ``docker-compose`` is installed (``make system-deps``) the file is also checked
 with ``docker-compose config``, which validates it against the compose schema without a Docker engine."""
@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from brokers import cli, cli_broker
+from brokers import cli
+from brokers.cli import broker as cli_broker
 from storage.bookie import cli as bookie_cli
 from storage.objectstore import S3ObjectStore, open_object_store
 

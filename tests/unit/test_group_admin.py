@@ -20,8 +20,8 @@ import pytest
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_writer
 
-from brokers import cli_groups
-from brokers.client import KafkaClient
+from brokers.cli import groups as cli_groups
+from brokers.cli.client import KafkaClient
 from brokers.codec.frame import RequestHead
 from brokers.group_admin import (
     LATEST,

@@ -1,6 +1,6 @@
 """``tidelog partitions move|list`` and ``tidelog cluster status``: where partitions live, and moving them.
 
-Everything goes over the Kafka protocol (brokers/client.py), so it works from anywhere a client can reach a
+Everything goes over the Kafka protocol (brokers/cli/client.py), so it works from anywhere a client can reach a
 broker: ``partitions move TOPIC:P --to NODE`` sends AlterPartitionReassignments (the controller honours the
 request as a pin, see brokers/cluster/controller.py) and polls Metadata until the partition's leader is
 NODE, then prints how long that took and how long the partition had no leader in Metadata (the pause
@@ -25,9 +25,9 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.cli_groups import table
-from brokers.cli_offload import StatusError, fetch_status
-from brokers.client import ClientError, KafkaClient, parse_bootstrap
+from brokers.cli.client import ClientError, KafkaClient, parse_bootstrap
+from brokers.cli.groups import table
+from brokers.cli.offload import StatusError, fetch_status
 from brokers.config import ConfigError, parse_hostport
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"

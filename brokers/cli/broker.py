@@ -16,7 +16,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from brokers.cli_run import run_async
+from brokers.cli.run import run_async
 from brokers.config import INT32_MAX, BrokerConfig, ConfigError, parse_hostport
 
 CLUSTER_ENSEMBLE = (3, 3, 2)

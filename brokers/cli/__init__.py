@@ -1,4 +1,8 @@
-"""The ``tidelog`` command. Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args)``."""
+"""The ``tidelog`` command. Each subcommand is a module with ``add_parser(subparsers)`` and ``run(args)``.
+
+The subcommand modules are imported when the parser is built, not when the package is: brokers/verify and
+the group admin import :mod:`brokers.cli.client` alone and should not pull in every subcommand.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,21 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from brokers import cli_broker, cli_cluster, cli_groups, cli_offload, cli_run, cli_verify, devcluster
-from storage.bookie import cli as bookie_cli
 
-# Subcommand modules, in help order. A module adds its parser and returns an exit code from run().
-COMMANDS: tuple[ModuleType, ...] = (
-    cli_run, cli_broker, cli_groups, cli_offload, cli_cluster, bookie_cli, devcluster, cli_verify,
-)
+def commands() -> tuple[ModuleType, ...]:
+    """Subcommand modules, in help order. A module adds its parser and returns an exit code from run()."""
+    from brokers import devcluster
+    from brokers.cli import broker, cluster, groups, offload, run, verify
+    from storage.bookie import cli as bookie_cli
+
+    return (run, broker, groups, offload, cluster, bookie_cli, devcluster, verify)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidelog", description="A Kafka-compatible streaming broker.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMANDS:
+    for module in commands():
         module.add_parser(sub)
     return parser
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.client import ClientError, KafkaClient, error_name, parse_bootstrap
+from brokers.cli.client import ClientError, KafkaClient, error_name, parse_bootstrap
 from brokers.config import ConfigError
 from brokers.group_admin import (
     DEAD,
