@@ -90,14 +90,13 @@ class _Partitions:
 
 
 async def connect_metadata(endpoints: list[str]) -> EtcdMetadataStore:
-    """The first etcd endpoint that answers (ClusterStartError naming each failure if none does)."""
-    errors = []
-    for url in endpoints:
-        try:
-            return await EtcdMetadataStore.connect(url)
-        except (MetadataError, OSError, ValueError) as e:
-            errors.append(f"{url}: {e}")
-    raise ClusterStartError("no etcd endpoint answered: " + "; ".join(errors))
+    """One client over every etcd endpoint (it fails over between members; metadata/etcd.py grpc_target);
+    ClusterStartError if none answers."""
+    url = "etcd://" + ",".join(u.partition("://")[2] for u in endpoints)
+    try:
+        return await EtcdMetadataStore.connect(url)
+    except (MetadataError, OSError, ValueError) as e:
+        raise ClusterStartError(f"no etcd endpoint of {url} answered: {e}") from e
 
 
 async def run_clustered(

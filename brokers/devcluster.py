@@ -264,7 +264,7 @@ class DevCluster:
     ) -> None:
         # brokers=0 starts etcd, the object store and the bookies only; add_broker() adds brokers one by one
         # (bench/etcd_load.py measures the bookies' own etcd load that way before any broker exists).
-        # etcd_members=3: three etcd processes in one cluster (brokers get every endpoint, bookie i the i-th);
+        # etcd_members=3: three etcd processes in one cluster (brokers and bookies get every endpoint);
         # proxied=True: each bookie advertises a brokers.verify.proxy port in front of it (the nemesis cuts it).
         if etcd_members < 1:
             raise DevClusterError("need at least one etcd member")
@@ -440,8 +440,18 @@ class DevCluster:
         self.etcd, self.etcd_port = self.etcds[0], self.etcds[0].client_port
         for m in self.etcds:
             m.start()  # all before any wait: a member of three is healthy only once a quorum runs
+        self.wait_etcd_healthy()
+
+    def start_etcd(self) -> None:
+        """Only the etcd member(s) (tests of the metadata client against a real etcd cluster)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._start_etcd()
+
+    def wait_etcd_healthy(self) -> None:
+        """Until every running etcd member says /health is true (a quorum serves)."""
         for m in self.etcds:
-            self._wait_http(m, m.client_port, "/health", lambda status, body: b'"true"' in body)
+            if m.alive():
+                self._wait_http(m, m.client_port, "/health", lambda status, body: b'"true"' in body)
 
     def _start_moto(self) -> None:
         self.moto_port = self._port()
@@ -458,8 +468,7 @@ class DevCluster:
         index = len(self.bookies) + 1
         port = self._port()
         bid = f"bookie-{index}"
-        member = self.etcds[(index - 1) % len(self.etcds)] if self.etcds else None
-        metadata = f"etcd://{HOST}:{member.client_port}" if member is not None else self.metadata_url
+        metadata = self.metadata_endpoints  # every member: the bookie's client fails over between them
         extra: list[str] = []
         if self.proxied:
             from brokers.verify.proxy import ProxyRunner

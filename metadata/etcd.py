@@ -16,6 +16,7 @@ import builtins
 import contextlib
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -67,6 +68,52 @@ def _map_error(error: BaseException) -> BaseException:
     if isinstance(error, aetcd.ClientError | rpc.AioRpcError):
         return MetadataError(f"etcd: {text}")
     return error
+
+
+def etcd_endpoints(url: str) -> builtins.list[tuple[str, int]]:
+    """``etcd://h1:p1[,h2:p2...]`` (or ``http://``) as (host, port) pairs; ValueError if it is not one."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("etcd", "http"):
+        raise ValueError(f"not an etcd url: {url!r} (expected etcd://host:port[,host:port...])")
+    endpoints = []
+    for part in rest.rstrip("/").split(","):
+        parts = urlsplit(f"//{part.strip()}")
+        try:
+            port = parts.port or 2379
+        except ValueError as e:
+            raise ValueError(f"not an etcd url: {url!r} ({part!r}: {e})") from None
+        if not parts.hostname:
+            raise ValueError(f"not an etcd url: {url!r} ({part!r} has no host)")
+        endpoints.append((parts.hostname, port))
+    return endpoints
+
+
+def grpc_target(url: str) -> tuple[str, int]:
+    """The (host, port) that aetcd joins into its gRPC channel target ``f"{host}:{port}"``.
+
+    One member: its host and port. Several: a static address list ``ipv4:a:p1,b:p2`` (or ``ipv6:``),
+    split so aetcd's join rebuilds it. gRPC's default pick_first policy then connects to the first
+    member that answers and, when that connection breaks (the member was killed, restarted, partitioned
+    away), re-connects to the next — so a broker outlives any single member, as etcd's own clients do.
+    Host names are resolved once, here (gRPC's static address lists take addresses only).
+    """
+    endpoints = etcd_endpoints(url)
+    if len(endpoints) == 1:
+        return endpoints[0]
+    addresses = []
+    for host, port in endpoints:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise ValueError(f"etcd endpoint {host}:{port}: {e}") from None
+        family, *_, sockaddr = infos[0]
+        addresses.append((family, str(sockaddr[0]), port))
+    v6 = any(f == socket.AF_INET6 for f, _, _ in addresses)
+    if v6 and not all(f == socket.AF_INET6 for f, _, _ in addresses):
+        raise ValueError(f"etcd url {url!r} mixes IPv4 and IPv6 members; give them all in one family")
+    listed = ",".join(f"[{a}]:{p}" if v6 else f"{a}:{p}" for _, a, p in addresses)
+    head, _, last_port = listed.rpartition(":")
+    return f"{'ipv6' if v6 else 'ipv4'}:{head}", int(last_port)
 
 
 def _key_range(prefix: str) -> tuple[bytes, bytes]:
@@ -231,16 +278,13 @@ class EtcdMetadataStore:
     async def connect(
         cls, url: str, *, request_timeout: float = 5.0, reconnect_timeout: float = 30.0
     ) -> EtcdMetadataStore:
-        """Connect to ``etcd://host:port`` (or ``http://``); checks etcd answers (else StoreUnavailable).
+        """Connect to ``etcd://host:port[,host:port...]`` (or ``http://``); checks etcd answers (else
+        StoreUnavailable). With several members the client fails over between them (see ``grpc_target``).
 
         ``request_timeout`` bounds each request; a watch retries for ``reconnect_timeout`` seconds.
         """
-        parts = urlsplit(url)
-        if parts.scheme not in ("etcd", "http") or not parts.hostname:
-            raise ValueError(f"not an etcd url: {url!r} (expected etcd://host:port)")
-        client = aetcd.Client(
-            host=parts.hostname, port=parts.port or 2379, timeout=request_timeout, options=_CHANNEL_OPTIONS
-        )
+        host, port = grpc_target(url)
+        client = aetcd.Client(host=host, port=port, timeout=request_timeout, options=_CHANNEL_OPTIONS)
         store = cls(client, request_timeout, reconnect_timeout)
         try:
             await store._call(client.connect)

@@ -58,7 +58,8 @@ def add_parser(sub: Any) -> None:
         "listening on all interfaces, with the bound port)",
     )
     p.add_argument(
-        "--metadata", default="none", help="etcd://HOST:PORT to register in, or 'none' (default: none)"
+        "--metadata", default="none",
+        help="etcd://HOST:PORT[,HOST:PORT...] to register in (every member: the client fails over), or 'none'",
     )
     p.add_argument("--bookie-id", default=None, help="this bookie's id (default: the one stored, else a new one)")
     p.add_argument("--cluster", default="tidelog", help="cluster name (metadata prefix)")
