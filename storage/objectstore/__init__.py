@@ -7,9 +7,12 @@ URLs understood by :func:`open_object_store`:
 * ``s3://bucket[/prefix][?param=value&...]`` with optional parameters ``endpoint``, ``region``,
   ``access_key_id``, ``secret_access_key``, ``session_token``, ``virtual_hosted_style_request``
   (true/false), ``connect_timeout``, ``request_timeout``, ``retry_timeout`` (durations: ``250ms``,
-  ``2s``, ``5m`` or plain seconds), ``max_retries`` and ``multipart_threshold`` (bytes; create-only puts
-  this large are multipart, default 128 MiB). Credentials not in the URL come from the standard AWS
-  environment variables.
+  ``2s``, ``5m`` or plain seconds), ``max_retries``, ``multipart_threshold`` (bytes; create-only puts
+  this large are multipart, default 128 MiB), ``profile`` (a named AWS profile, read with boto3) and
+  ``s3_express`` (true/false: S3 Express One Zone). Credentials not in the URL come from the standard AWS
+  chain: environment, web identity (IRSA), container, instance role (see :class:`S3ObjectStore`).
+
+:func:`with_s3_options` folds the ``--s3-region`` / ``--s3-endpoint`` command-line options into a URL.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from storage.objectstore.api import (
     ObjectExists,
@@ -50,6 +53,7 @@ __all__ = [
     "ObstoreObjectStore",
     "S3ObjectStore",
     "open_object_store",
+    "with_s3_options",
 ]
 
 _S3_PARAMS = frozenset(
@@ -65,6 +69,8 @@ _S3_PARAMS = frozenset(
         "retry_timeout",
         "max_retries",
         "multipart_threshold",
+        "profile",
+        "s3_express",
     }
 )
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
@@ -123,7 +129,33 @@ def _open_s3(url: str) -> S3ObjectStore:
         multipart_threshold=_count(
             "multipart_threshold", params.get("multipart_threshold"), default=DEFAULT_MULTIPART_THRESHOLD
         ),
+        profile=params.get("profile") or None,
+        s3_express=_boolean("s3_express", params.get("s3_express")),
     )
+
+
+def with_s3_options(url: str, *, region: str | None = None, endpoint: str | None = None) -> str:
+    """``url`` with the command line's ``--s3-region`` / ``--s3-endpoint`` added as URL parameters.
+
+    They are for ``s3://`` URLs only, and may not contradict a parameter already in the URL (ValueError),
+    so one setting never silently wins over another.
+    """
+    options = {name: value for name, value in (("region", region), ("endpoint", endpoint)) if value}
+    if not options:
+        return url
+    if urlsplit(url).scheme.lower() != "s3":
+        given = ", ".join(f"--s3-{name}" for name in options)
+        raise ValueError(f"{given} needs an s3:// object store URL, got {url or 'the default (a directory)'!r}")
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise ValueError(f"--s3-endpoint {endpoint!r} must be an http:// or https:// URL")
+    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    for name, value in options.items():
+        if name in query and query[name] != [value]:
+            raise ValueError(f"--s3-{name} {value!r} contradicts {name}={query[name][0]!r} in the URL {url!r}")
+    added = "&".join(f"{name}={quote(value, safe=':/')}" for name, value in options.items() if name not in query)
+    if not added:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{added}"
 
 
 def _duration(params: dict[str, str], name: str, default: timedelta) -> timedelta:

@@ -28,7 +28,7 @@ from storage.objectstore.api import ObjectExists, ObjectStoreError, ObjectStoreU
 from storage.objectstore.obstore_store import ObstoreObjectStore
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, RetryConfig, S3Config
+    from obstore.store import ClientConfig, RetryConfig, S3Config, S3CredentialProvider
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -51,9 +51,15 @@ DEFAULT_MULTIPART_THRESHOLD = 128 * 1024 * 1024
 class S3ObjectStore(ObstoreObjectStore):
     """Objects in ``bucket`` under ``prefix`` (keys are relative to it; list returns relative keys).
 
-    Unset credentials and region come from the standard AWS environment variables (and, failing those,
-    the usual instance or container credential sources). A plain ``http://`` endpoint is allowed, and
-    path-style addressing is the default because MinIO and moto need it.
+    Credentials not given come from the standard AWS chain, in obstore's order: the environment
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``), a web identity token
+    (EKS IRSA: ``AWS_WEB_IDENTITY_TOKEN_FILE`` + ``AWS_ROLE_ARN``), the ECS container endpoint, then the EC2
+    instance metadata service (instance role). obstore reads no ``~/.aws`` files, so a named ``profile`` (or
+    ``AWS_PROFILE`` when no keys are in the environment) goes through boto3's session, which reads them and
+    refreshes what they point at (SSO, assume-role); boto3 is then needed (``pip install 'tidelog[aws]'``).
+    A plain ``http://`` endpoint is allowed (and only then is HTTP allowed), path-style addressing is the
+    default because MinIO and moto need it, and ``s3_express`` turns on S3 Express One Zone (directory
+    buckets: session auth, virtual-hosted zonal endpoints).
     """
 
     def __init__(
@@ -72,6 +78,8 @@ class S3ObjectStore(ObstoreObjectStore):
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_timeout: timedelta = DEFAULT_RETRY_TIMEOUT,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        profile: str | None = None,
+        s3_express: bool = False,
     ) -> None:
         if not bucket:
             raise ValueError("an S3 object store needs a bucket")
@@ -94,6 +102,9 @@ class S3ObjectStore(ObstoreObjectStore):
             config["secret_access_key"] = secret_access_key
         if session_token is not None:
             config["session_token"] = session_token
+        if s3_express:
+            config["s3_express"] = True
+        provider = _profile_provider(profile, explicit_keys=access_key_id is not None)
         client: ClientConfig = {
             "allow_http": endpoint is not None and endpoint.startswith("http://"),
             "connect_timeout": connect_timeout,
@@ -106,6 +117,7 @@ class S3ObjectStore(ObstoreObjectStore):
             config=config,
             client_options=client,
             retry_config=retry,
+            credential_provider=provider,
         )
         where = f"s3://{bucket}/{self._prefix}" + (f" at {endpoint}" if endpoint else "")
         super().__init__(store, description=where)
@@ -138,3 +150,31 @@ class S3ObjectStore(ObstoreObjectStore):
         finally:
             with contextlib.suppress(ObjectStoreError):
                 await self.delete([staging])
+
+
+def _profile_provider(profile: str | None, *, explicit_keys: bool) -> S3CredentialProvider | None:
+    """A boto3-session credential provider for a named AWS profile, or None to use obstore's own chain.
+
+    Used when ``profile`` is given, or when ``AWS_PROFILE`` is set and neither the URL nor the environment
+    holds keys (the AWS CLI's precedence: explicit keys win over a profile).
+    """
+    if profile is None:
+        env_keys = bool(os.environ.get("AWS_ACCESS_KEY_ID"))
+        profile = None if explicit_keys or env_keys else os.environ.get("AWS_PROFILE") or None
+    elif explicit_keys:
+        raise ValueError("give a profile or access_key_id/secret_access_key, not both")
+    if profile is None:
+        return None
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError as exc:
+        raise ValueError(
+            f"AWS profile {profile!r} needs boto3 to read ~/.aws/config: pip install 'tidelog[aws]'"
+        ) from exc
+    try:
+        session = boto3.Session(profile_name=profile)
+    except Exception as exc:  # botocore's ProfileNotFound and config parse errors
+        raise ValueError(f"AWS profile {profile!r}: {exc}") from exc
+    provider: S3CredentialProvider = Boto3CredentialProvider(session)
+    return provider
