@@ -163,7 +163,7 @@ async def _serve(
 
     follower = Follower(
         node_id, session, PartitionOwnership(store, keys, node_id, session), owners,
-        lambda: controller.assignments.items, host, topic_name=topic_name,
+        lambda: controller.assignments.items, host, topic_name=topic_name, broker_departed=live.departed,
     )
     routing = ClusterRouting(node_id, live, owners, controller.election, follower.serving, lambda: session.alive)
     follower.set_on_change(routing.bump)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Generic, TypeVar
@@ -62,6 +63,7 @@ class PrefixCache(Generic[T]):
         self._name = name or prefix
         self._items: dict[str, T] = {}
         self._versions: dict[str, int] = {}
+        self._gone: dict[str, tuple[T, float]] = {}  # deleted key -> (its last value, time.monotonic() seen)
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self.revision = 0
@@ -79,6 +81,11 @@ class PrefixCache(Generic[T]):
     def version_of(self, suffix: str) -> int | None:
         """The store version (mod revision) of a cached key, or None."""
         return self._versions.get(suffix)
+
+    def departed(self, suffix: str) -> tuple[T, float] | None:
+        """A deleted key's last value and when (time.monotonic()) this view saw it go; None once the key
+        is back (or was never seen). Failover accounting reads it: who owned a partition, since when unowned."""
+        return self._gone.get(suffix)
 
     def add_listener(self, callback: ChangeCallback) -> None:
         self._callbacks.append(callback)
@@ -116,6 +123,12 @@ class PrefixCache(Generic[T]):
                 items[suffix] = value
             versions[suffix] = entry.version
         changed = {k for k in items.keys() | self._items.keys() if items.get(k) != self._items.get(k)}
+        now = time.monotonic()
+        for k in changed:
+            if k in items:
+                self._gone.pop(k, None)
+            else:
+                self._gone[k] = (self._items[k], now)
         self._items, self._versions = items, versions
         self.revision = max(revision, *versions.values()) if versions else revision
         self.stale = False
@@ -132,15 +145,16 @@ class PrefixCache(Generic[T]):
                     self.revision = max(self.revision, event.revision)
                     if event.kind is EventKind.DELETE or event.value is None:
                         self._versions.pop(suffix, None)
-                        existed = self._items.pop(suffix, None) is not None
+                        existed = self._forget(suffix)
                     else:
                         self._versions[suffix] = event.revision
                         value = self._decode_or_none(suffix, event.value)
                         old = self._items.get(suffix)
                         if value is None:
-                            existed = self._items.pop(suffix, None) is not None
+                            existed = self._forget(suffix)
                         else:
                             self._items[suffix] = value
+                            self._gone.pop(suffix, None)
                             existed = old != value
                     if existed:
                         await self._notify(frozenset((suffix,)))
@@ -158,6 +172,14 @@ class PrefixCache(Generic[T]):
                 except MetadataError as exc:
                     log.warning("%s: re-listing failed (%r); retrying", self._name, exc)
                     await asyncio.sleep(self._retry_delay)
+
+    def _forget(self, suffix: str) -> bool:
+        """Drop a deleted key, remembering its last value (``departed``); whether it was there."""
+        old = self._items.pop(suffix, None)
+        if old is None:
+            return False
+        self._gone[suffix] = (old, time.monotonic())
+        return True
 
     def _decode_or_none(self, suffix: str, value: bytes) -> T | None:
         try:

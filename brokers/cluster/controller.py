@@ -371,6 +371,9 @@ class Controller:
         if ops:
             self.reconciliations += 1
             log.info("controller %d: wrote %d assignments, removed %d", self.election.node_id, len(puts), len(deletes))
+            names = {t.topic_id: t.name for t in self.topics.items.values()}
+            for line in describe_changes(stored, desired, set(self._live.brokers), draining, self.pins(), names):
+                log.info("controller %d: %s", self.election.node_id, line)
         await self._clear_pins(version)
         return len(ops)
 
@@ -408,3 +411,42 @@ class Controller:
                 "controller %d: move of %s/%d to broker %d: %s",
                 self.election.node_id, pin.topic_id, pin.partition, pin.target, why,
             )  # fmt: skip
+
+
+LISTED = 20
+"""Partitions named per line of ``describe_changes`` (the rest are counted)."""
+
+
+def describe_changes(
+    stored: Mapping[str, TopicAssignment],
+    desired: Mapping[str, TopicAssignment],
+    live: set[int],
+    draining: set[int],
+    pins: Mapping[TopicPartition, int],
+    names: Mapping[str, str],
+) -> list[str]:
+    """One line per reason a partition's assigned owner changes: its broker is gone (failover), draining,
+    a requested move, or balancing; each naming the partitions (``topic/p -> node``)."""
+    groups: dict[str, list[str]] = {}
+    for tid, a in sorted(desired.items()):
+        before = stored.get(tid)
+        for p, owner in enumerate(a.owners):
+            old = before.owners[p] if before is not None and p < len(before.owners) else -1
+            if old == owner:
+                continue
+            if old < 0:
+                why = "new or unassigned partitions"
+            elif old not in live:
+                why = f"broker {old} is gone (its session ended): failover"
+            elif old in draining:
+                why = f"broker {old} is draining"
+            elif pins.get((tid, p)) == owner:
+                why = "requested moves"
+            else:
+                why = "balancing"
+            groups.setdefault(why, []).append(f"{names.get(tid, tid)}/{p} -> {owner}")
+    lines = []
+    for why, moves in groups.items():
+        more = f" and {len(moves) - LISTED} more" if len(moves) > LISTED else ""
+        lines.append(f"{why}: {', '.join(moves[:LISTED])}{more}")
+    return lines

@@ -14,7 +14,12 @@ on every change (and every ``RETRY_INTERVAL``), runs ``handover.plan`` for this 
   key is deleted, so the next owner takes it at once and has nothing to recover.
 
 At most ``concurrency`` takes and releases run at once; a failed one is retried with exponential backoff.
-Each take and release is logged once with the topic name, partition, epoch and how long it took.
+Each take and release is logged once with the topic name, partition, epoch and how long it took. A take also
+says why the partition came here (``Takeover.reason``): ``failover`` (its owner's session ended: lease
+expired or revoked without a release), ``move`` (its owner released it), ``restart`` (this broker owned it
+before and lost its lease), ``start`` (no owner seen: a new partition, or this broker just started) — and how
+long it was unowned before this broker served it. Failover time as a client sees it is the lease TTL (death
+to expiry) plus that; ``on_taken`` hands each Takeover to the metrics.
 
 Self-fencing: when the session's lease is lost (``on_lost``, synchronous), every partition leaves ``serving``
 and ``host.depose_all`` fails appends in flight with NOT_LEADER_OR_FOLLOWER - no await in between, before
@@ -29,6 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from brokers.cluster.assignment import TopicPartition
@@ -46,6 +52,23 @@ BACKOFF_MIN = 0.2
 BACKOFF_MAX = 10.0
 RENEW_RETRY = 0.5
 DEFAULT_CONCURRENCY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """One partition this broker took and now serves."""
+
+    topic: str
+    """The topic's name (its id when the name is not known yet)."""
+    partition: int
+    epoch: int
+    reason: str
+    """``failover``, ``move``, ``restart`` or ``start`` (module docstring)."""
+    previous_owner: int | None
+    unowned_s: float | None
+    """From when this broker saw the owner key go to when it served the partition (None: never saw it go)."""
+    load_s: float
+    """The take transaction plus loading the log (tail ledger recovery with fencing)."""
 
 
 class PartitionHost(Protocol):
@@ -83,6 +106,8 @@ class Follower:
         topic_name: Callable[[str], str | None] = lambda _tid: None,
         on_change: Callable[[], None] = lambda: None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        broker_departed: Callable[[int], float | None] = lambda _node: None,
+        on_taken: Callable[[Takeover], None] = lambda _t: None,
     ) -> None:
         self.node_id = node_id
         self._session = session
@@ -92,6 +117,9 @@ class Follower:
         self._host = host
         self._topic_name = topic_name
         self._on_change = on_change
+        self._broker_departed = broker_departed
+        """LiveBrokers.departed: when a broker's registration went (it tells a failover from a move)."""
+        self._on_taken = on_taken
         self._limit = asyncio.Semaphore(concurrency)
         self.serving: set[TopicPartition] = set()
         """Partitions taken and loaded here, while the session lives (ClusterRouting reads it)."""
@@ -191,6 +219,7 @@ class Follower:
     async def _take(self, tp: TopicPartition) -> bool:
         topic_id, partition = tp
         started = time.monotonic()
+        departed = self._owners.departed(topic_id, partition)
         generation = self._session.generation
         try:
             taken = await self._ownership.take(topic_id, partition)
@@ -218,11 +247,42 @@ class Follower:
         self.serving.add(tp)
         self.takes += 1
         self._on_change()
-        log.info(
-            "took %s/%d at epoch %d in %.0f ms", self._name(topic_id), partition, taken.epoch,
-            (time.monotonic() - started) * 1000,
-        )
+        self._report(self._takeover(taken, departed, started))
         return True
+
+    def _takeover(self, taken: Taken, departed: tuple[Any, float] | None, started: float) -> Takeover:
+        now = time.monotonic()
+        name = self._name(taken.topic_id)
+        if departed is None:
+            return Takeover(name, taken.partition, taken.epoch, "start", None, None, now - started)
+        previous, gone_at = departed[0].node_id, departed[1]
+        if previous == self.node_id:
+            reason = "restart"
+        elif self._broker_departed(previous) is not None:
+            reason = "failover"
+        else:
+            reason = "move"
+        return Takeover(name, taken.partition, taken.epoch, reason, previous, now - gone_at, now - started)
+
+    def _report(self, t: Takeover) -> None:
+        load_ms = t.load_s * 1000
+        if t.reason == "start":
+            log.info("took %s/%d at epoch %d in %.0f ms", t.topic, t.partition, t.epoch, load_ms)
+        elif t.reason == "failover":
+            log.warning(
+                "failover: took %s/%d at epoch %d from broker %s, whose session ended: unowned for %.2f s "
+                "(take and tail recovery %.0f ms)", t.topic, t.partition, t.epoch, t.previous_owner, t.unowned_s,
+                load_ms,
+            )  # fmt: skip
+        else:
+            log.info(
+                "took %s/%d at epoch %d (%s from broker %s): unowned for %.2f s (take and load %.0f ms)",
+                t.topic, t.partition, t.epoch, t.reason, t.previous_owner, t.unowned_s, load_ms,
+            )  # fmt: skip
+        try:
+            self._on_taken(t)
+        except Exception:  # metrics must not break ownership
+            log.exception("follower: on_taken failed")
 
     async def _release(self, tp: TopicPartition) -> bool:
         topic_id, partition = tp

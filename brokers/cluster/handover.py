@@ -90,6 +90,11 @@ class OwnersView:
         prefix = self._keys.owners_prefix()
         return self._cache.items.get(self._keys.owner(topic_id, partition)[len(prefix) :])
 
+    def departed(self, topic_id: str, partition: int) -> tuple[OwnerRecord, float] | None:
+        """While a partition is unowned: its last owner and when (time.monotonic()) the key went."""
+        prefix = self._keys.owners_prefix()
+        return self._cache.departed(self._keys.owner(topic_id, partition)[len(prefix) :])
+
     @property
     def stale(self) -> bool:
         return self._cache.stale

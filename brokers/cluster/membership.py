@@ -144,6 +144,11 @@ class LiveBrokers:
     def brokers(self) -> dict[int, BrokerRecord]:
         return {record.node_id: record for record in self._cache.items.values()}
 
+    def departed(self, node_id: int) -> float | None:
+        """When (time.monotonic()) this view saw a broker's registration go, while it stays gone."""
+        gone = self._cache.departed(str(node_id))
+        return None if gone is None else gone[1]
+
     @property
     def stale(self) -> bool:
         return self._cache.stale

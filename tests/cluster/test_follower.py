@@ -11,15 +11,16 @@ import pytest
 import pytest_asyncio
 from kio.schema.errors import ErrorCode
 
-from brokers.cluster.follower import Follower
+from brokers.cluster.follower import Follower, Takeover
 from brokers.cluster.handover import OwnersView
+from brokers.cluster.membership import LiveBrokers
 from brokers.cluster.ownership import PartitionOwnership, Taken
 from brokers.codec import batch
 from brokers.log.manager import LogManager
 from brokers.log.partition import LogConfig, LogError
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
-from metadata.models import PartitionState, TopicAssignment
+from metadata.models import BrokerRecord, PartitionState, TopicAssignment
 from metadata.session import LeasedSession
 from tests.batches import make_batch
 from tests.memory_ledgers import MemoryLedgerClient
@@ -120,14 +121,20 @@ class _Node:
         self.owners = OwnersView(store, KEYS)
         self.manager = LogManager(store, KEYS, MemoryLedgerClient(), LogConfig())
         self.host = _Host(self.manager)
+        self.live = LiveBrokers(store, KEYS)
+        self.takeovers: list[Takeover] = []
         self.follower = Follower(
             node_id, self.session, PartitionOwnership(store, KEYS, node_id, self.session), self.owners,
-            lambda: assignments, self.host,
+            lambda: assignments, self.host, broker_departed=self.live.departed, on_taken=self.takeovers.append,
         )
+
+    def reasons(self) -> list[tuple[int, str, int | None]]:
+        return [(t.partition, t.reason, t.previous_owner) for t in self.takeovers]
 
     async def start(self) -> None:
         await self.session.start()
-        await self.session.register(KEYS.broker(self.follower.node_id), b"x")
+        await self.session.register(KEYS.broker(self.follower.node_id), _broker_record(self.follower.node_id))
+        await self.live.start()
         await self.owners.start()
         await self.follower.start()
 
@@ -135,7 +142,12 @@ class _Node:
         await self.follower.stop()
         await self.host.release_all()
         await self.owners.stop()
+        await self.live.stop()
         await self.session.close()
+
+
+def _broker_record(node_id: int) -> bytes:
+    return BrokerRecord(node_id, "127.0.0.1", 9092 + node_id).encode()
 
 
 async def _until(predicate: object) -> None:
@@ -184,6 +196,19 @@ async def test_follower_takes_hands_over_and_fences_itself(store: EmbeddedMetada
         retaken = a.manager.loaded(TOPIC, 0)
         assert retaken is not None and retaken is not plog and retaken.epoch == 2
         assert a.follower.fenced == 1
+
+        # b dies without releasing (its lease expires): a takes its partitions as a failover
+        await b.follower.stop()
+        _assign(assignments, {0: 1, 1: 1, 2: 1})
+        await store.expire_lease(b.session.lease_id)
+        a.follower.kick()
+        await _until(lambda: a.follower.serving == {(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)})
+        assert sorted(a.reasons()) == [(0, "restart", 1), (0, "start", None), (1, "failover", 2), (1, "start", None),
+                                       (2, "failover", 2)]  # fmt: skip
+        assert sorted(b.reasons()) == [(1, "move", 1), (2, "start", None)]
+        failover = next(t for t in a.takeovers if t.reason == "failover")
+        assert failover.unowned_s is not None and failover.unowned_s >= failover.load_s >= 0
+        assert failover.topic == TOPIC and failover.epoch >= 2
     finally:
         await a.stop()
         await b.stop()

@@ -198,3 +198,20 @@ def test_property_loads_keep_count_balance_and_never_widen_the_gap(brokers: list
 
     assert gap(result) <= gap(by_count) + 1e-9
     assert assign(brokers, partitions, result) == result
+
+
+def test_describe_changes_names_each_reason() -> None:
+    from brokers.cluster.controller import describe_changes
+    from metadata.models import TopicAssignment
+
+    stored = {"t1": TopicAssignment("t1", (1, 2, 3, 4, -1))}
+    desired = {"t1": TopicAssignment("t1", (3, 3, 4, 1, 2)), "t2": TopicAssignment("t2", (1,))}
+    lines = describe_changes(stored, desired, live={2, 3, 4}, draining={2}, pins={("t1", 2): 4},
+                             names={"t1": "orders"})  # fmt: skip
+    assert lines == [
+        "broker 1 is gone (its session ended): failover: orders/0 -> 3",
+        "broker 2 is draining: orders/1 -> 3",
+        "requested moves: orders/2 -> 4",
+        "balancing: orders/3 -> 1",
+        "new or unassigned partitions: orders/4 -> 2, t2/0 -> 1",
+    ]
