@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from brokers.cli.run import run_async
 from brokers.config import INT32_MAX, BrokerConfig, ConfigError, parse_hostport
+from storage.objectstore.options import add_s3_arguments, object_store_url
 
 CLUSTER_ENSEMBLE = (3, 3, 2)
 """Ledger ensemble size, write quorum, ack quorum of a cluster (ledgers go on fewer bookies while fewer are
@@ -31,6 +32,7 @@ def add_parser(sub: Any) -> None:
         "--object-store", required=True, metavar="URL",
         help="shared store of sealed ledgers: s3://bucket/prefix?endpoint=...&region=..., file:///dir, a directory",
     )
+    add_s3_arguments(p)
     p.add_argument("--listen", required=True, help="HOST:PORT to accept Kafka clients on")
     p.add_argument("--advertised", required=True, help="HOST:PORT clients and other brokers are told to use")
     p.add_argument("--node-id", type=int, default=None, help="this broker's node id (default: allocated, > 1000)")
@@ -81,11 +83,15 @@ def build_config(args: argparse.Namespace) -> tuple[BrokerConfig, list[str]]:
     if args.admin:
         parse_hostport(args.admin, "--admin")
     _check_object_store(args.object_store)
+    try:
+        object_store = object_store_url(args)  # --s3-region / --s3-endpoint folded into the s3:// URL
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     e, qw, qa = CLUSTER_ENSEMBLE
     config = BrokerConfig(
         data_dir=os.path.abspath(args.cache_dir) if args.cache_dir else "", host=host, port=port,
         advertised_host=adv_host, advertised_port=adv_port, node_id=args.node_id or 0, cluster=args.cluster,
-        object_store=args.object_store, ledger_ensemble_size=e, ledger_write_quorum=qw, ledger_ack_quorum=qa,
+        object_store=object_store, ledger_ensemble_size=e, ledger_write_quorum=qw, ledger_ack_quorum=qa,
         admin_listen=args.admin.strip(),
     )
     config = config.with_overrides(args.config)

@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from brokers.config import INT32_MAX, BrokerConfig, ConfigError, parse_hostport
+from storage.objectstore.options import add_s3_arguments, object_store_url
 
 MAX_LOCAL_BOOKIES = 16
 
@@ -32,6 +33,7 @@ def add_parser(sub: Any) -> None:
         help="where sealed ledgers are offloaded: a directory, file:///dir, memory:// or "
         "s3://bucket/prefix?endpoint=...&region=... (default: DATA/objects)",
     )
+    add_s3_arguments(run)
     run.add_argument(
         "--admin", default="", metavar="HOST:PORT",
         help="serve GET /metrics (Prometheus) and /v1/offload (JSON) over HTTP here (config admin.listen; "
@@ -54,11 +56,15 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
         raise ConfigError(f"--bookies {args.bookies} must be between 0 and {MAX_LOCAL_BOOKIES}")
     if args.admin:
         parse_hostport(args.admin, "--admin")
+    try:
+        object_store = object_store_url(args)  # --s3-region / --s3-endpoint folded into the s3:// URL
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     ensemble = min(args.bookies, 3) if args.bookies else 1  # the cluster default 3/3/2, embedded 1/1/1
     config = BrokerConfig(
         data_dir=os.path.abspath(args.data_dir), host=host, port=port,
         advertised_host=adv_host, advertised_port=adv_port, node_id=args.node_id, cluster=args.cluster,
-        bookies=args.bookies, object_store=args.object_store, ledger_ensemble_size=ensemble,
+        bookies=args.bookies, object_store=object_store, ledger_ensemble_size=ensemble,
         ledger_write_quorum=ensemble, ledger_ack_quorum=min(ensemble, 2), admin_listen=args.admin.strip(),
     )
     config = config.with_overrides(args.config)

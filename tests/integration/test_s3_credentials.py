@@ -185,3 +185,25 @@ async def test_create_only_put_is_a_conditional_write(moto: MotoServer, monkeypa
         assert await store.get("segment") == b"first"  # S3 refused the second write (412), nothing overwritten
     finally:
         await store.close()
+
+
+def test_run_and_broker_take_the_s3_flags() -> None:
+    """``tidelog run`` / ``tidelog broker`` fold --s3-region / --s3-endpoint into the URL, or refuse (exit 2)."""
+    import argparse
+
+    from brokers.cli import broker, run
+    from brokers.config import ConfigError
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    run.add_parser(sub)
+    broker.add_parser(sub)
+    args = parser.parse_args(
+        ["run", "--object-store", "s3://b/p", "--s3-region", "eu-west-1", "--s3-endpoint", "http://minio:9000"]
+    )
+    assert run.build_config(args).object_store == "s3://b/p?region=eu-west-1&endpoint=http://minio:9000"
+    cluster = ["broker", "--metadata", "etcd://etcd:2379", "--listen", "0.0.0.0:9092", "--advertised", "b1:9092"]
+    args = parser.parse_args([*cluster, "--object-store", "s3://b", "--s3-region", "eu-west-1"])
+    assert broker.build_config(args)[0].object_store == "s3://b?region=eu-west-1"
+    with pytest.raises(ConfigError, match="needs an s3:// object store URL"):
+        run.build_config(parser.parse_args(["run", "--s3-endpoint", "http://minio:9000"]))
