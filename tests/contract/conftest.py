@@ -4,8 +4,10 @@
 * ``metadata_store_kind``         — the kind the current ``metadata_store`` is.
 * ``metadata_store_lease_timing`` — (ttl to request, seconds to wait) for "keepalive outlives ttl" tests.
 * ``metadata_store_etcd_server``  — one real etcd per session (started only if an etcd test runs).
+* ``metadata_store_postgres_server`` — one real PostgreSQL per session (only if a postgres test runs);
+  each test gets an empty database of its own on it.
 
-To add an implementation (e.g. Postgres): add its kind to METADATA_STORE_KINDS, open it in
+To add an implementation: add its kind to METADATA_STORE_KINDS, open it in
 ``_open_metadata_store`` and give it an entry in METADATA_STORE_LEASE_TIMING.
 """
 
@@ -22,18 +24,21 @@ import pytest_asyncio
 from metadata.api import MetadataStore, StoreUnavailable
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.etcd import EtcdMetadataStore
+from metadata.postgres import PostgresMetadataStore
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # tests/contract is not a package: make ``tests.*`` importable regardless
     sys.path.insert(0, _ROOT)
 
 from tests.etcd_server import EtcdServer, etcd_available  # noqa: E402
+from tests.postgres_server import PostgresServer, postgres_available  # noqa: E402
 
-METADATA_STORE_KINDS = ["embedded-memory", "embedded-file", "etcd"]
+METADATA_STORE_KINDS = ["embedded-memory", "embedded-file", "etcd", "postgres"]
 METADATA_STORE_LEASE_TIMING = {
     "embedded-memory": (0.2, 0.6),
     "embedded-file": (0.2, 0.6),
     "etcd": (1.0, 3.5),  # etcd leases are whole seconds; 3.5 s spans several keepalive rounds
+    "postgres": (1.0, 3.0),  # keepalive every ttl/3; 3 s spans several rounds and reaper passes
 }
 
 
@@ -42,6 +47,18 @@ def metadata_store_etcd_server() -> Iterator[EtcdServer]:
     if not etcd_available():
         pytest.skip("etcd binary not found (make system-deps installs etcd-server)")
     server = EtcdServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def metadata_store_postgres_server() -> Iterator[PostgresServer]:
+    if not postgres_available():
+        pytest.skip("PostgreSQL not found (make system-deps installs postgresql)")
+    server = PostgresServer()
     server.start()
     try:
         yield server
@@ -74,6 +91,9 @@ async def _open_metadata_store(kind: str, request: pytest.FixtureRequest, tmp_pa
         for item in stale:
             await store.delete(item.key)
         return store
+    if kind == "postgres":
+        pg: PostgresServer = request.getfixturevalue("metadata_store_postgres_server")
+        return await PostgresMetadataStore.connect(pg.fresh_database())
     raise ValueError(f"unknown metadata store kind {kind!r}")
 
 
