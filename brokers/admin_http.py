@@ -1,7 +1,11 @@
 """The admin HTTP endpoint (``admin.listen``, ``tidelog run --admin HOST:PORT``): a small HTTP/1.1 server.
 
-``GET /metrics``: the broker's figures in the Prometheus text format (brokers/metrics.py).
+``GET /metrics``: the process's Prometheus registry (brokers/observability/, storage/metrics.py) and the broker's
+snapshot series (brokers/metrics.py), in the Prometheus text format.
 ``GET /v1/offload[?topic=NAME]``: offload backlog and progress as JSON (what ``tidelog offload status`` prints).
+``GET /healthz``: 200 while the process runs (liveness). ``GET /readyz``: 200 while the broker serves (its
+Kafka listener is up, metadata is reachable and, in a cluster, its membership lease is alive), else 503 with a
+JSON reason (readiness: take it out of a load balancer, don't restart it).
 
 One request per connection (answers carry ``Connection: close``); HEAD is answered like GET without a body.
 Bad input gets a status and the connection closed, nothing else: a malformed request line 400, an
@@ -19,13 +23,15 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
+from prometheus_client import CollectorRegistry
+
 from brokers.listener import Listener
-from brokers.metrics import CONTENT_TYPE, BrokerFigures, offload_status, render_prometheus
+from brokers.metrics import CONTENT_TYPE, BrokerFigures, SnapshotCollector, exposition, offload_status
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +69,43 @@ def _error(status: HTTPStatus, reason: str, allow: str | None = None) -> Respons
     return Response(status, f"{status.value} {status.phrase}: {reason}\n".encode(), allow=allow)
 
 
-def route(method: str, target: str, figures: Callable[[], BrokerFigures]) -> Response:
-    """The answer to one parsed request (``figures`` is called only for a served path)."""
+Readiness = Callable[[], str | None]
+"""None when the broker serves, else why not (one line)."""
+PATHS = ("/metrics", "/v1/offload", "/healthz", "/readyz")
+
+
+def _always_ready() -> str | None:
+    return None
+
+
+def route(
+    method: str,
+    target: str,
+    figures: Callable[[], BrokerFigures],
+    ready: Readiness = _always_ready,
+    registry: CollectorRegistry | None = None,
+) -> Response:
+    """The answer to one parsed request (``figures`` is called only for a served path). ``registry`` holds the
+    broker's snapshot collector (a fresh one over ``figures`` when None)."""
     try:
         url = urlsplit(target)
     except ValueError:
         return _error(HTTPStatus.BAD_REQUEST, "malformed request target")
-    if url.path not in ("/metrics", "/v1/offload"):
-        return _error(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; try /metrics or /v1/offload")
+    if url.path not in PATHS:
+        return _error(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; try {', '.join(PATHS)}")
     if method not in ("GET", "HEAD"):
         return _error(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed here", allow="GET, HEAD")
+    if url.path == "/healthz":
+        return Response(HTTPStatus.OK, b"ok\n")
+    if url.path == "/readyz":
+        reason = ready()
+        status = HTTPStatus.OK if reason is None else HTTPStatus.SERVICE_UNAVAILABLE
+        answer: dict[str, object] = {"ready": True} if reason is None else {"ready": False, "reason": reason}
+        return Response(status, json.dumps(answer).encode() + b"\n", JSON_TYPE)
     if url.path == "/metrics":
-        return Response(HTTPStatus.OK, render_prometheus(figures()).encode(), CONTENT_TYPE)
+        if registry is None:
+            registry = _snapshot_registry(figures)
+        return Response(HTTPStatus.OK, exposition(registry), CONTENT_TYPE)
     query = parse_qs(url.query)
     topics = query.get("topic", [])
     if len(topics) > 1 or set(query) - {"topic"}:
@@ -136,15 +167,37 @@ def encode_response(response: Response, *, head_only: bool = False) -> bytes:
     return head if head_only else head + response.body
 
 
+def _snapshot_registry(figures: Callable[[], BrokerFigures]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(figures))
+    return registry
+
+
 class AdminServer(Listener):
-    """Serves ``/metrics`` and ``/v1/offload`` from a figures source (``metrics.collect`` of the broker)."""
+    """Serves ``/metrics``, ``/v1/offload``, ``/healthz`` and ``/readyz`` from a figures source
+    (``metrics.collect`` of the broker) and a readiness check; ``on_stop`` is awaited by ``stop``."""
 
     read_limit = MAX_LINE
 
-    def __init__(self, figures: Callable[[], BrokerFigures], *, head_timeout: float = HEAD_TIMEOUT) -> None:
+    def __init__(
+        self,
+        figures: Callable[[], BrokerFigures],
+        *,
+        head_timeout: float = HEAD_TIMEOUT,
+        ready: Readiness = _always_ready,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__()
         self._figures = figures
         self._head_timeout = head_timeout
+        self._ready = ready
+        self._on_stop = on_stop
+        self._registry = _snapshot_registry(figures)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._on_stop is not None:
+            await self._on_stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         busy = self.connections > MAX_CONNECTIONS
@@ -178,7 +231,7 @@ class AdminServer(Listener):
             return None, False
         method, target = head
         try:
-            return route(method, target, self._figures), method == "HEAD"
+            return route(method, target, self._figures, self._ready, self._registry), method == "HEAD"
         except Exception:
             log.exception("admin request %s %s failed", method, target[:200])
             return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "see the broker log"), False

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from brokers.observability.requests import RequestTiming
 from brokers.response_memory import RequestMemory, ResponseMemory
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class ConnectionLimits:
 class Request:
     """A request read from the connection, until its response is written (or the connection closes)."""
 
-    __slots__ = ("api_key", "memory", "response", "size", "started", "task")
+    __slots__ = ("api_key", "memory", "response", "size", "started", "task", "timing")
 
     def __init__(self, api_key: int, memory: RequestMemory) -> None:
         self.api_key = api_key
@@ -60,6 +61,7 @@ class Request:
         """The answer once finished, until written. Kept here, not as the task's result, so that dropping it
         frees it at once: cancelled tasks sit in reference cycles until the garbage collector runs."""
         self.size = 0  # response bytes once finished
+        self.timing = RequestTiming()  # arrival now; the latency split observed once written
 
 
 class Connection:
@@ -108,11 +110,13 @@ class Connection:
 
     def started(self, request: Request) -> None:
         request.started = True
+        request.timing.start(request.api_key)
         self.working += 1
 
     def finished(self, request: Request, response: list[bytes | bytearray | memoryview] | None, now: float) -> None:
         """The handler returned ``response`` (None: no answer), which now waits to be written."""
         self.working -= 1
+        request.timing.end()
         if self.closed:
             return
         request.response = response
@@ -130,6 +134,7 @@ class Connection:
         request.size = 0
         request.response = None
         request.memory.release()
+        request.timing.written(request.api_key)
         self.last_activity = now
         self._signal()
 

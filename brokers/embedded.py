@@ -18,12 +18,11 @@ import os
 import signal
 from pathlib import Path
 
-from brokers.admin_http import AdminServer
 from brokers.bookie_liveness import BookieLiveness
 from brokers.broker import Broker
 from brokers.config import BrokerConfig, ConfigError, parse_hostport
 from brokers.local_bookies import STATE_FILE, LocalBookies, LocalBookiesError
-from brokers.metrics import collect
+from brokers.observability.health import admin_server
 from brokers.server import KafkaServer
 from metadata.dirlock import DirectoryLocked, lock_directory
 from metadata.embedded import EmbeddedMetadataStore
@@ -140,7 +139,7 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
     bookies = _Bookies(config, data_dir, store)
     broker = Broker(config, store, bookies.ledgers, objects)
     server = KafkaServer(broker)
-    admin = AdminServer(lambda: collect(broker))
+    admin = admin_server(broker, server)
     try:
         await bookies.start()
         await broker.start()
@@ -150,7 +149,7 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
                 admin_port = await admin.start(admin_host, admin_port)
             except OSError as e:
                 raise ConfigError(f"admin.listen {config.admin_listen}: {e}") from None
-            log.info("admin HTTP (/metrics, /v1/offload) on %s:%d", admin_host, admin_port)
+            log.info("admin HTTP (/metrics, /v1/offload, /healthz, /readyz) on %s:%d", admin_host, admin_port)
         port = await server.start(config.host, config.port)
         log.info("listening on %s:%d (data in %s)", config.host, port, data_dir)
         if ready is not None:

@@ -21,6 +21,11 @@ class Listener:
         """Connections being served now (the one being accepted included)."""
         return len(self._connections)
 
+    @property
+    def listening(self) -> bool:
+        """Whether the listener accepts connections now (``/readyz``)."""
+        return self._server is not None and self._server.is_serving()
+
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
         self._server = await asyncio.start_server(self._accept, host, port, limit=self.read_limit)

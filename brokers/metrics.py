@@ -1,26 +1,33 @@
-"""The broker's figures: a snapshot of its partition logs and offloader, rendered for Prometheus and as JSON.
+"""The broker's figures: a snapshot of its partition logs, offloader and groups, for Prometheus and as JSON.
 
-``collect(broker)`` takes the snapshot (no I/O: every figure is already in memory); ``render_prometheus`` and
-``offload_status`` are pure functions of it. Metric names follow Prometheus conventions: per-partition series
-carry ``topic`` and ``partition`` labels, broker-wide totals have their own ``tidelog_broker_*`` names (so
-``sum()`` over a family never counts anything twice), counters end in ``_total``. The offload figures are
-Tidelog's counterparts of Kafka's tiered-storage metrics (KIP-963: RemoteCopyLagBytes, RemoteCopyLagSegments).
+``collect(broker)`` takes the snapshot (no I/O: every figure is already in memory); ``snapshot_families`` (the
+prometheus_client Collector ``SnapshotCollector``), ``render_prometheus`` and ``offload_status`` are pure
+functions of it. The exposition itself is prometheus_client's; the series names predate it and are kept.
+Per-partition series carry ``topic`` and ``partition`` labels, broker-wide totals have their own
+``tidelog_broker_*`` names (so ``sum()`` over a family never counts anything twice), counters end in ``_total``.
+The offload figures are Tidelog's counterparts of Kafka's tiered-storage metrics (KIP-963: RemoteCopyLagBytes,
+RemoteCopyLagSegments).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+from brokers.observability.groups import GroupLag, GroupOffsetFigures
 from metadata.disk_reserve import refusing
 from storage.offload.offloader import OffloadStats
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The Content-Type of the Prometheus text exposition format."""
 
 
@@ -64,6 +71,8 @@ class BrokerFigures:
     """Data directories of this process refusing writes for a full or failing disk (journal, metadata)."""
     tiered_read_failures: int = 0
     """Segment reads that ended in KAFKA_STORAGE_ERROR for the client (object store down or damaged data)."""
+    groups: tuple[GroupOffsetFigures, ...] = ()
+    """Committed offsets of the consumer groups this broker coordinates."""
 
     @property
     def backlog_ledgers(self) -> int:
@@ -78,8 +87,9 @@ class BrokerFigures:
         return sum(1 for p in self.partitions if p.last_error is not None)
 
 
-def collect(broker: Broker) -> BrokerFigures:
-    """The broker's figures now (owned partitions sorted by topic name and partition)."""
+def collect(broker: Broker, lag: GroupLag | None = None) -> BrokerFigures:
+    """The broker's figures now (owned partitions sorted by topic name and partition); with ``lag``, the
+    committed offsets of the groups this broker coordinates too."""
     tiering = broker.tiering
     offloading = tiering is not None and tiering.offload  # with offload off, nothing waits: no lag
     parts: list[PartitionFigures] = []
@@ -104,8 +114,9 @@ def collect(broker: Broker) -> BrokerFigures:
         )
     parts.sort(key=lambda p: (p.topic, p.partition))
     disk = tuple(sorted(refusing()))
+    groups = () if lag is None else lag.figures()
     if tiering is None:
-        return BrokerFigures(broker.config.node_id, partitions=tuple(parts), disk_refusing=disk)
+        return BrokerFigures(broker.config.node_id, partitions=tuple(parts), disk_refusing=disk, groups=groups)
     return BrokerFigures(
         broker.config.node_id,
         disk_refusing=disk,
@@ -116,47 +127,11 @@ def collect(broker: Broker) -> BrokerFigures:
         held_bytes=tiering.held.bytes,
         high_water_bytes=tiering.high_water_bytes,
         stats=tiering.offloader.stats(),
+        groups=groups,
     )
 
 
-# --- Prometheus text exposition format 0.0.4 ------------------------------------------------------
-
-
-def escape_label_value(value: str) -> str:
-    """A label value as the text format wants it: backslash, double quote and line feed escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def escape_help(text: str) -> str:
-    """HELP text: backslash and line feed escaped."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    """A sample value: integers exactly, floats round-trip, NaN and infinities as Prometheus spells them."""
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
-
-
-Sample = tuple[Sequence[tuple[str, str]], float]
-"""(labels, value) of one series."""
-
-
-def family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
-    """The lines of one metric family: HELP, TYPE, then one line per sample."""
-    lines = [f"# HELP {name} {escape_help(help_text)}", f"# TYPE {name} {kind}"]
-    for labels, value in samples:
-        if labels:
-            rendered = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{rendered}}} {format_value(value)}")
-        else:
-            lines.append(f"{name} {format_value(value)}")
-    return lines
+# --- Prometheus exposition ----------------------------------------------------------------------------
 
 
 _PARTITION_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -169,27 +144,44 @@ _PARTITION_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("tidelog_partition_segments", "segments", "Segments of the partition in the object store."),
     ("tidelog_partition_tiered_bytes", "tiered_bytes", "Bytes of the partition's segment objects."),
 )
+_PARTITION = ["topic", "partition"]
+_GROUP = ["group", "topic", "partition"]
 
 
-def _labels(p: PartitionFigures) -> tuple[tuple[str, str], ...]:
-    return (("topic", p.topic), ("partition", str(p.partition)))
+class SnapshotCollector(Collector):
+    """The snapshot series of one broker (offload, partitions, consumer-group lag) as a prometheus_client
+    Collector: each scrape takes a fresh ``figures()`` (brokers/admin_http.py registers one per broker, on a
+    registry of its own, beside the process-wide default registry)."""
+
+    def __init__(self, figures: Callable[[], BrokerFigures]) -> None:
+        self._figures = figures
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # names are not checked against other collectors: this one lives on a registry of its own
+
+    def collect(self) -> Iterable[Metric]:
+        return snapshot_families(self._figures())
 
 
-def render_prometheus(figures: BrokerFigures) -> str:
-    """The snapshot in the Prometheus text exposition format, version 0.0.4."""
+def snapshot_families(figures: BrokerFigures) -> list[Metric]:
+    """The metric families of one snapshot."""
     parts = figures.partitions
     stats = figures.stats
-    lines: list[str] = []
-    lines += family(
-        "tidelog_offload_enabled", "gauge", "1 when closed ledgers are offloaded to the object store.",
-        [((), int(figures.offload_enabled))],
-    )  # fmt: skip
+    out: list[Metric] = [
+        GaugeMetricFamily("tidelog_offload_enabled", "1 when closed ledgers are offloaded to the object store.",
+                          value=int(figures.offload_enabled)),
+    ]  # fmt: skip
     for name, attr, help_text in _PARTITION_GAUGES:
-        lines += family(name, "gauge", help_text, [(_labels(p), getattr(p, attr)) for p in parts])
-    lines += family(
-        "tidelog_offload_failing", "gauge", "1 while the partition's latest offload attempt failed.",
-        [(_labels(p), int(p.last_error is not None)) for p in parts],
-    )  # fmt: skip
+        family = GaugeMetricFamily(name, help_text, labels=_PARTITION)
+        for p in parts:
+            family.add_metric([p.topic, str(p.partition)], getattr(p, attr))
+        out.append(family)
+    failing = GaugeMetricFamily(
+        "tidelog_offload_failing", "1 while the partition's latest offload attempt failed.", labels=_PARTITION
+    )
+    for p in parts:
+        failing.add_metric([p.topic, str(p.partition)], int(p.last_error is not None))
+    out.append(failing)
     high_water = figures.high_water_bytes if figures.offload_enabled else -1
     for name, gauge, help_text in (
         ("tidelog_broker_offload_backlog_ledgers", figures.backlog_ledgers,
@@ -203,27 +195,59 @@ def render_prometheus(figures: BrokerFigures) -> str:
         ("tidelog_offload_bookie_high_water_bytes", high_water,
          "Backlog bytes above which produce is refused with NOT_ENOUGH_REPLICAS (-1: off)."),
     ):  # fmt: skip
-        lines += family(name, "gauge", help_text, [((), gauge)])
-    for name, value, help_text in (
-        ("tidelog_offload_segments_total", stats.segments, "Segments offloaded by this broker process."),
-        ("tidelog_offload_bytes_total", stats.bytes, "Bytes of segment objects offloaded by this broker process."),
-        ("tidelog_offload_retries_total", stats.retries, "Offload steps retried after a retriable failure."),
-        ("tidelog_offload_reuploads_total", stats.reuploads, "Segment objects written again (damaged or foreign)."),
-        ("tidelog_offload_orphans_deleted_total", stats.orphans_deleted, "Orphan segment objects deleted by GC."),
-    ):
-        lines += family(name, "counter", help_text, [((), value)])
-    lines += family(
-        "tidelog_storage_disk_full", "gauge",
+        out.append(GaugeMetricFamily(name, help_text, value=gauge))
+    for name, count, help_text in (
+        ("tidelog_offload_segments", stats.segments, "Segments offloaded by this broker process."),
+        ("tidelog_offload_bytes", stats.bytes, "Bytes of segment objects offloaded by this broker process."),
+        ("tidelog_offload_retries", stats.retries, "Offload steps retried after a retriable failure."),
+        ("tidelog_offload_reuploads", stats.reuploads, "Segment objects written again (damaged or foreign)."),
+        ("tidelog_offload_orphans_deleted", stats.orphans_deleted, "Orphan segment objects deleted by GC."),
+        ("tidelog_tiered_read_failures", figures.tiered_read_failures,
+         "Reads of offloaded data that failed for the client with KAFKA_STORAGE_ERROR (object store down)."),
+    ):  # fmt: skip
+        out.append(CounterMetricFamily(name, help_text, value=count))
+    out.append(GaugeMetricFamily(
+        "tidelog_storage_disk_full",
         "1 while a data directory of this process refuses writes for a full or failing disk (produce gets "
         "KAFKA_STORAGE_ERROR; deletes still work).",
-        [((), int(bool(figures.disk_refusing)))],
+        value=int(bool(figures.disk_refusing)),
+    ))  # fmt: skip
+    out += group_families(figures.groups)
+    return out
+
+
+def group_families(groups: Sequence[GroupOffsetFigures]) -> list[Metric]:
+    """Committed offsets and lag of the consumer groups this broker coordinates (what Burrow and
+    kafka-lag-exporter chart). Lag is given where the partition's high watermark is known."""
+    committed = GaugeMetricFamily(
+        "tidelog_consumer_group_committed_offset",
+        "The group's committed offset for the partition (groups coordinated by this broker).", labels=_GROUP,
     )  # fmt: skip
-    lines += family(
-        "tidelog_tiered_read_failures_total", "counter",
-        "Reads of offloaded data that failed for the client with KAFKA_STORAGE_ERROR (object store down).",
-        [((), figures.tiered_read_failures)],
+    lag = GaugeMetricFamily(
+        "tidelog_consumer_group_lag",
+        "High watermark minus committed offset (0 at least), for groups coordinated by this broker and partitions "
+        "whose high watermark it knows (owned here, or read from the owner within the last minute).",
+        labels=_GROUP,
     )  # fmt: skip
-    return "\n".join(lines) + "\n"
+    for g in groups:
+        labels = [g.group, g.topic, str(g.partition)]
+        committed.add_metric(labels, g.committed)
+        if g.high_watermark is not None:
+            lag.add_metric(labels, max(0, g.high_watermark - g.committed))
+    return [committed, lag]
+
+
+def render_prometheus(figures: BrokerFigures) -> str:
+    """The snapshot's series alone, in the Prometheus text format (0.0.4)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lambda: figures))
+    return generate_latest(registry).decode()
+
+
+def exposition(snapshot: CollectorRegistry) -> bytes:
+    """What ``/metrics`` answers: the process-wide registry (requests, traffic, storage, cluster, process) then
+    the broker's snapshot registry."""
+    return generate_latest(REGISTRY) + generate_latest(snapshot)
 
 
 # --- offload status (JSON) -------------------------------------------------------------------------

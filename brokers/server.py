@@ -33,6 +33,8 @@ from brokers.handlers.base import RequestContext
 from brokers.handlers.registry import HANDLERS
 from brokers.listener import Listener
 from brokers.memory import Trimmer
+from brokers.observability import requests as request_metrics
+from brokers.observability import traffic
 from brokers.response_memory import RequestMemory, ResponseMemory
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class KafkaServer(Listener):
         last_produce: asyncio.Future[None] | None = None  # resolves once the last produce appended
         last_other: asyncio.Task[Any] | None = None  # the last non-produce request
         flush = False  # answer what was read before closing
+        traffic.opened()
         try:
             while not out.done():
                 if not frames:
@@ -141,6 +144,7 @@ class KafkaServer(Listener):
         except asyncio.CancelledError:
             pass  # stop() closing the connection: ending normally keeps asyncio from logging a traceback
         finally:
+            traffic.closed()
             if flush and not out.done():  # the requests before a bad frame are answered, within a bound
                 answers.put_nowait(None)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -256,6 +260,7 @@ class KafkaServer(Listener):
             if conn.refused:  # the connection closes at that request: later ones take no effect
                 raise CloseConnection("an earlier request on the connection was refused")
             response_memory.current.set(request.memory)  # this task's context: what the handler reserves
+            request_metrics.current.set(request.timing)  # handlers add their remote waits to it
             conn.started(request)
             response: list[bytes | bytearray | memoryview] | None = None
             try:
@@ -319,6 +324,8 @@ class KafkaServer(Listener):
             raise CloseConnection("internal error") from None
         if response is None:
             return None
+        if not isinstance(response, bytes):
+            request_metrics.count_errors(head.api_key, response)
         flexible = _flexible_response(head.api_key, head.api_version)
         if isinstance(response, bytes):  # a cached body
             return encode_response(head.correlation_id, flexible, [response])

@@ -21,6 +21,7 @@ from brokers.codec.chain import Chunks
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.handlers.leadership import HINTED, Hints, current_leader, epoch_error
 from brokers.log.partition import LogError, PartitionLog
+from brokers.observability import traffic
 
 API_KEY = 1
 MIN_VERSION = 4
@@ -83,12 +84,24 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
             _discard(plan, waiter)
             break
         try:
-            await asyncio.wait_for(waiter, remaining)
+            with traffic.purgatory("fetch"):  # the long poll: waiting for min.bytes until max.wait.ms
+                await asyncio.wait_for(waiter, remaining)
         except TimeoutError:
             pass
         finally:
             _discard(plan, waiter)
+    _count_out(ctx, plan)
     return _response(ctx, plan)
+
+
+def _count_out(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> None:
+    """Bytes out per topic (tidelog_topic_bytes_out_total)."""
+    for _t, parts in plan:
+        for p in parts:
+            if p.records:
+                topic = ctx.broker.topics.by_id(p.topic_id)
+                if topic is not None:
+                    traffic.fetched(topic.name, sum(len(b) for b in p.records))
 
 
 def _any_error(plan: list[tuple[Any, list[_Part]]]) -> bool:

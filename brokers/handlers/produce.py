@@ -27,6 +27,7 @@ from brokers.config import BrokerConfig
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.handlers.leadership import Hints, current_leader
 from brokers.log.partition import AppendResult, LogError
+from brokers.observability import traffic
 from brokers.topics import INTERNAL_TOPICS
 
 API_KEY = 0
@@ -86,17 +87,19 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 try:
                     plog = await broker.serving_log(topic.topic_id, pdata.index)
                     out.pending = await plog.append(records, headers)
+                    traffic.produced(name, len(records), sum(h.records_count for h in headers))
                 except LogError as e:
                     out.fail(e.code, str(e))
     finally:
         ctx.appended()
-    for _name, parts in outcomes:
-        for _index, out in parts:
-            if out.pending is not None:
-                try:
-                    out.result = await out.pending
-                except LogError as e:
-                    out.fail(e.code, str(e))
+    with traffic.purgatory("produce"):  # waiting for the bookie quorum (Kafka's acks=all purgatory)
+        for _name, parts in outcomes:
+            for _index, out in parts:
+                if out.pending is not None:
+                    try:
+                        out.result = await out.pending
+                    except LogError as e:
+                        out.fail(e.code, str(e))
     if request.acks == 0:
         failed = next((out for _name, parts in outcomes for _i, out in parts if out.error != ErrorCode.none), None)
         if failed is not None:

@@ -60,6 +60,7 @@ from storage.bookie.records import (
 )
 from storage.entry import BookieUnavailable, CorruptEntry, entry_crc
 from storage.ledger.api import DiskError, NoSuchEntry
+from storage.metrics import JOURNAL_FSYNC_SECONDS
 
 __all__ = [
     "HEADER_SIZE", "MAGIC", "Apply", "BookieDiskError", "FileReclaimed", "Journal", "JournalRecord",
@@ -418,7 +419,9 @@ class Journal:
             done.append((rec, p.future))
             pos += p.size
         _pwritev_all(self._wfd, bufs, start)
+        synced = time.perf_counter()
         os.fdatasync(self._wfd)
+        JOURNAL_FSYNC_SECONDS.observe(time.perf_counter() - synced)
         self._offset = pos
         self._records += len(batch)
         self._bytes += pos - start

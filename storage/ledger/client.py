@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import replace
@@ -45,6 +46,7 @@ from storage.ledger.api import (
 from storage.ledger.info import decode_ledger_info, encode_ledger_info
 from storage.ledger.placement import DEFAULT_RACK, LeastLoadedPlacement, PlacementPolicy, check_quorums
 from storage.ledger.recovery import read_entry, read_error, recover_ledger
+from storage.metrics import LEDGER_ADD_BYTES, LEDGER_ADD_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ READ_CHUNK = 64
 class _Add:
     """One entry in flight; called back with each bookie's add future when it completes."""
 
-    __slots__ = ("acks", "entry_id", "failed", "failures", "future", "quorum", "size", "writer")
+    __slots__ = ("acks", "entry_id", "failed", "failures", "future", "quorum", "sent", "size", "writer")
 
     def __init__(self, writer: QuorumLedgerWriter, entry_id: int, size: int, future: asyncio.Future[int]) -> None:
         self.writer = writer
@@ -65,6 +67,7 @@ class _Add:
         self.failures = 0
         self.quorum = False
         self.failed = False
+        self.sent = time.perf_counter()  # for tidelog_ledger_add_seconds
 
     def __call__(self, done: asyncio.Future[Any]) -> None:
         """One bookie answered this entry's add (``done`` is its add_nowait future)."""
@@ -76,6 +79,7 @@ class _Add:
             self.acks += 1
             if self.acks == writer._qa:
                 self.quorum = True
+                LEDGER_ADD_SECONDS.observe(time.perf_counter() - self.sent)
                 writer._advance()
         elif isinstance(exc, LedgerFenced):
             writer._fail_from(self.entry_id, LedgerFenced(f"ledger {writer.ledger_id} is fenced: {exc}"))
@@ -139,6 +143,7 @@ class QuorumLedgerWriter:
         self._next += 1
         size = len(entry) if isinstance(entry, bytes) else entry.nbytes
         self._length += size
+        LEDGER_ADD_BYTES.inc(size)
         crc = entry_crc(entry)
         add = _Add(self, entry_id, size, self._loop.create_future())
         self._pending.append(add)

@@ -36,6 +36,7 @@ from obstore.exceptions import (
 )
 from obstore.store import MemoryStore
 
+from storage.metrics import object_store_request
 from storage.objectstore.api import (
     ObjectExists,
     ObjectMeta,
@@ -117,12 +118,14 @@ class ObstoreObjectStore:
 
     # -- the ObjectStore protocol -------------------------------------------------------------------
 
+    @object_store_request("put")
     async def put(self, key: str, data: bytes | memoryview, if_absent: bool = True) -> None:
         """Store ``data``; with ``if_absent`` raise ObjectExists when the key is taken (atomically)."""
         validate_key(key)
         self._check_open()
         await self._write(key, _byte_view(data), if_absent)
 
+    @object_store_request("get")
     async def get(self, key: str) -> bytes:
         """The whole object; raises ObjectNotFound."""
         validate_key(key)
@@ -134,6 +137,7 @@ class ObstoreObjectStore:
             self._raise(exc, key, "get")
         return bytes(buf)
 
+    @object_store_request("get_range")
     async def get_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start``, fewer (or none) at the end; raises ObjectNotFound."""
         validate_key(key)
@@ -158,6 +162,7 @@ class ObstoreObjectStore:
             self._raise(exc, key, "get_range")
         return bytes(buf)
 
+    @object_store_request("head")
     async def head(self, key: str) -> ObjectMeta | None:
         """Key and size of the object, or None when there is none."""
         validate_key(key)
@@ -170,6 +175,7 @@ class ObstoreObjectStore:
             self._raise(exc, key, "head")
         return ObjectMeta(key=meta["path"], size=meta["size"])
 
+    @object_store_request("list")
     async def list(self, prefix: str) -> list[ObjectMeta]:
         """Objects whose key starts with ``prefix`` (a plain string prefix), sorted by key."""
         if not isinstance(prefix, str):
@@ -194,6 +200,7 @@ class ObstoreObjectStore:
         found.sort(key=lambda meta: meta.key)
         return found
 
+    @object_store_request("delete")
     async def delete(self, keys: Sequence[str]) -> None:
         """Delete the objects; keys that do not exist are ignored."""
         if isinstance(keys, str):

@@ -40,14 +40,16 @@ SMALL = {
 RECORDS = 600
 VALUE = 700  # bytes: 600 records are ~420 KB, some seven 64 KiB ledgers
 SMALL_BATCHES = {"linger.ms": 5, "batch.size": 16384}  # entries of a few batches: ledgers roll over at 64 KiB
-SAMPLE = re.compile(r'([a-z_]+)(?:\{topic="((?:[^"\\]|\\.)*)",partition="(\d+)"\})? (\S+)')
+SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-z_]+="(?:[^"\\]|\\.)*",?)*)\})? (\S+)')
+LABEL = re.compile(r'([a-z_]+)="((?:[^"\\]|\\.)*)"')
 
 Metrics = dict[tuple[str, str, int], float]
 """(name, topic, partition) -> value; broker-wide series have topic "" and partition -1."""
 
 
 def scrape(port: int) -> Metrics:
-    """GET /metrics over a socket; checks status and content type."""
+    """GET /metrics over a socket; checks status and content type. Series with labels other than topic and
+    partition (per API, per operation...) are left out."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", "/metrics")
@@ -63,8 +65,12 @@ def scrape(port: int) -> Metrics:
             continue
         match = SAMPLE.fullmatch(line)
         assert match is not None, line
-        name, topic, partition, value = match.groups()
-        out[(name, topic or "", -1 if partition is None else int(partition))] = float(value)
+        name, labels, value = match.groups()
+        got = dict(LABEL.findall(labels or ""))
+        if set(got) - {"topic", "partition"}:
+            continue
+        partition = got.get("partition")
+        out[(name, got.get("topic", ""), -1 if partition is None else int(partition))] = float(value)
     return out
 
 

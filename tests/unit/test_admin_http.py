@@ -78,7 +78,8 @@ async def test_metrics_and_offload_json(served: tuple[int, Source]) -> None:
     port, _ = served
     status, headers, body = await exchange(port, get("/metrics"))
     assert status == 200 and headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-    assert 'tidelog_offload_backlog_ledgers{topic="orders",partition="0"} 2\n' in body.decode()
+    assert 'tidelog_offload_backlog_ledgers{partition="0",topic="orders"} 2.0\n' in body.decode()
+    assert "process_resident_memory_bytes " in body.decode()  # the process-wide registry comes first
     assert headers["connection"] == "close"
     status, headers, body = await exchange(port, get("/v1/offload"))
     assert (status, headers["content-type"]) == (200, "application/json")
@@ -217,3 +218,27 @@ async def test_cli_errors(served: tuple[int, Source], capsys: pytest.CaptureFixt
         with pytest.raises(SystemExit) as exit_info:
             await run_cli(bad)
         assert exit_info.value.code == 2
+
+
+@pytest.mark.asyncio
+async def test_healthz_and_readyz_follow_the_readiness_check() -> None:
+    reason: list[str | None] = ["the Kafka listener is not up"]
+    stopped: list[bool] = []
+
+    async def on_stop() -> None:
+        stopped.append(True)
+
+    server = AdminServer(Source(), ready=lambda: reason[0], on_stop=on_stop)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        assert (await exchange(port, get("/healthz")))[::2] == (200, b"ok\n")
+        status, headers, body = await exchange(port, get("/readyz"))
+        assert (status, headers["content-type"]) == (503, "application/json")
+        assert json.loads(body) == {"ready": False, "reason": "the Kafka listener is not up"}
+        reason[0] = None
+        status, _, body = await exchange(port, get("/readyz"))
+        assert (status, json.loads(body)) == (200, {"ready": True})
+        assert (await exchange(port, get("/readyz", "POST")))[0] == 405
+    finally:
+        await server.stop()
+    assert stopped == [True]

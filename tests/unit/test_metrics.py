@@ -1,19 +1,13 @@
-"""brokers/metrics.py: the Prometheus text format (0.0.4) and the offload status of a constructed snapshot."""
+"""brokers/metrics.py: the snapshot series (a prometheus_client Collector) in the Prometheus text format (0.0.4),
+and the offload status, of a constructed snapshot."""
 
 from __future__ import annotations
 
 import json
-import math
 import re
 
-from brokers.metrics import (
-    BrokerFigures,
-    PartitionFigures,
-    escape_label_value,
-    format_value,
-    offload_status,
-    render_prometheus,
-)
+from brokers.metrics import BrokerFigures, PartitionFigures, offload_status, render_prometheus
+from brokers.observability.groups import GroupOffsetFigures
 from storage.offload.offloader import OffloadStats
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -92,9 +86,13 @@ def test_every_line_is_in_the_text_format_and_every_family_is_typed() -> None:
         "tidelog_offload_segments_total", "tidelog_offload_bytes_total", "tidelog_offload_retries_total",
         "tidelog_offload_reuploads_total", "tidelog_offload_orphans_deleted_total",
         "tidelog_storage_disk_full", "tidelog_tiered_read_failures_total",
+        "tidelog_consumer_group_committed_offset", "tidelog_consumer_group_lag",
     }  # fmt: skip
     assert set(families) == expected
     for name, (_kind, samples) in families.items():
+        if name.startswith("tidelog_consumer_group_"):
+            assert samples == [], name  # no group in this snapshot
+            continue
         per_partition = name.startswith(("tidelog_partition_", "tidelog_offload_backlog", "tidelog_offload_lag",
                                          "tidelog_offload_failing"))  # fmt: skip
         assert len(samples) == (3 if per_partition else 1), name
@@ -119,7 +117,7 @@ def test_partition_series_carry_each_partitions_figures() -> None:
 
 def test_totals_sum_ledgers_take_the_oldest_lag_and_count_failing_partitions() -> None:
     families = parse(render_prometheus(FIGURES))
-    total = {name: samples[0][1] for name, (_k, samples) in families.items() if not samples[0][0]}
+    total = {name: samples[0][1] for name, (_k, samples) in families.items() if samples and not samples[0][0]}
     assert total["tidelog_broker_offload_backlog_ledgers"] == 3
     assert total["tidelog_broker_offload_backlog_bytes"] == 131_772  # the backpressure counter itself
     assert total["tidelog_broker_offload_lag_seconds"] == 12.5
@@ -134,17 +132,24 @@ def test_totals_sum_ledgers_take_the_oldest_lag_and_count_failing_partitions() -
 def test_label_values_are_escaped() -> None:
     text = render_prometheus(FIGURES)
     assert 'topic="we\\"ird\\\\topic\\nname"' in text
-    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
-    assert escape_label_value("plain-topic.name_1") == "plain-topic.name_1"
     assert ODD in {labels["topic"] for labels, _ in parse(text)["tidelog_partition_segments"][1]}
 
 
-def test_values_integers_floats_and_specials() -> None:
-    assert format_value(4 * 1024**3) == "4294967296"
-    assert format_value(0.25) == "0.25"
-    assert float(format_value(1e-7)) == 1e-7
-    assert format_value(math.nan) == "NaN"
-    assert (format_value(math.inf), format_value(-math.inf)) == ("+Inf", "-Inf")
+def test_consumer_group_offsets_and_lag_where_the_high_watermark_is_known() -> None:
+    figures = BrokerFigures(0, groups=(
+        GroupOffsetFigures("billing", "events", 0, committed=4000, high_watermark=5000),
+        GroupOffsetFigures("billing", "events", 1, committed=70, high_watermark=60),  # a watermark read earlier
+        GroupOffsetFigures("audit", "events", 0, committed=10),  # watermark unknown: no lag series
+    ))  # fmt: skip
+    families = parse(render_prometheus(figures))
+
+    def by_group(name: str) -> dict[tuple[str, str, str], float]:
+        return {(lb["group"], lb["topic"], lb["partition"]): v for lb, v in families[name][1]}
+
+    assert by_group("tidelog_consumer_group_committed_offset") == {
+        ("billing", "events", "0"): 4000, ("billing", "events", "1"): 70, ("audit", "events", "0"): 10,
+    }  # fmt: skip
+    assert by_group("tidelog_consumer_group_lag") == {("billing", "events", "0"): 1000, ("billing", "events", "1"): 0}
 
 
 def test_no_partitions_and_offload_off() -> None:
