@@ -7,26 +7,40 @@ the group admin import :mod:`brokers.cli.client` alone and should not pull in ev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from types import ModuleType
 
 
 def commands() -> tuple[ModuleType, ...]:
     """Subcommand modules, in help order. A module adds its parser and returns an exit code from run()."""
     from brokers import devcluster
-    from brokers.cli import broker, cluster, groups, offload, run, verify
+    from brokers.cli import broker, cluster, consume, groups, offload, produce, run, topics, verify
     from storage.bookie import cli as bookie_cli
 
-    return (run, broker, groups, offload, cluster, bookie_cli, devcluster, verify)
+    return (run, broker, topics, produce, consume, groups, offload, cluster, bookie_cli, devcluster, verify)
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml), or a note that it is not installed."""
+    try:
+        return metadata.version("tidelog")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tidelog", description="A Kafka-compatible streaming broker.")
+    from brokers.cli.common import OneLineParser
+
+    parser = OneLineParser(prog="tidelog", description="A Kafka-compatible streaming broker.")
+    parser.add_argument("--version", action="version", version=f"tidelog {version()}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in commands():
         module.add_parser(sub)
     return parser
@@ -39,7 +53,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _tune_gc()
-    code: int = args.run(args)
+    from brokers.config import ConfigError
+
+    try:
+        code: int = args.run(args)
+    except ConfigError as e:  # a subcommand that did not catch its own bad input: still one line, exit 2
+        print(f"tidelog {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `tidelog consume ... | head`: the reader left; not an error worth a traceback
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
     return code
 
 

@@ -126,11 +126,26 @@ def decode_response(frame: bytes, api_key: int, version: int) -> tuple[int, Any]
     (correlation_id,) = _SIZE.unpack_from(frame, 0)
     if api_key == API_VERSIONS and len(frame) >= _HEAD.size:
         if _HEAD.unpack_from(frame, 0)[1] == ErrorCode.unsupported_version.value:
-            version = 0
+            try:
+                return correlation_id, _decode_body(frame, API_VERSIONS, 0)
+            except Exception:  # librdkafka's mock cluster sends neither v0 nor the asked version: just retry at v0
+                return correlation_id, _VersionsRefused(ErrorCode.unsupported_version, ())
+    return correlation_id, _decode_body(frame, api_key, version)
+
+
+@dataclass(frozen=True, slots=True)
+class _VersionsRefused:
+    """An ApiVersions refusal whose body could not be read; the client falls back to ApiVersions v0."""
+
+    error_code: ErrorCode
+    api_keys: tuple[Any, ...]
+
+
+def _decode_body(frame: bytes, api_key: int, version: int) -> Any:
     cls = load_response_schema(api_key, version)
     _, used = entity_reader(cls.__header_schema__)(frame, 0)
     body, _ = entity_reader(cls)(frame, used)
-    return correlation_id, body
+    return body
 
 
 class Connection:
@@ -186,11 +201,11 @@ class Connection:
             if resp.error_code == ErrorCode.none:
                 self.versions = ranges
                 return
-            if resp.error_code != ErrorCode.unsupported_version or API_VERSIONS not in ranges:
+            if resp.error_code != ErrorCode.unsupported_version:
                 raise KafkaError(
                     resp.error_code, f"ApiVersions to {self.address} failed: {error_name(resp.error_code)}"
                 )
-            version = min(version, ranges[API_VERSIONS][1])
+            version = min(version, ranges[API_VERSIONS][1]) if API_VERSIONS in ranges else 0
         raise UnsupportedVersion(f"{self.address} accepts no ApiVersions version this client speaks")
 
     def version(self, api_key: int, lo: int, hi: int) -> int:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.cli.client import ClientError, KafkaClient, error_name, parse_bootstrap
-from brokers.config import ConfigError
+from brokers.cli.client import ClientError, KafkaClient, error_name
+from brokers.cli.common import CommandError, add_common, emit, table
 from brokers.group_admin import (
     DEAD,
     EARLIEST,
@@ -37,34 +36,11 @@ from brokers.group_admin import (
 )
 
 PROG = "tidelog groups"
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 STATES = ("Stable", "Empty", "PreparingRebalance", "CompletingRebalance", "Dead", "Assigning", "Reconciling")
 TYPES = ("classic", "consumer")
 
 
-class CommandError(Exception):
-    """The command cannot do what was asked; the message is printed as one line, exit code 1."""
-
-
 # --------------------------------------------------------------------------- arguments
-
-
-def _bootstrap(value: str) -> str:
-    try:
-        parse_bootstrap(value)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return value
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
-    return seconds
 
 
 def _states(value: str) -> list[str]:
@@ -107,38 +83,22 @@ def _datetime_ms(value: str) -> int:
     return max(0, int(aware.timestamp() * 1000))  # before 1970: from the start (negatives mean latest/earliest)
 
 
-def _common(parser: argparse.ArgumentParser, top: bool) -> None:
-    """The connection and output options, accepted both before and after the action."""
-    def default(value: object) -> object:
-        return value if top else argparse.SUPPRESS
-
-    parser.add_argument(
-        "--bootstrap", "--bootstrap-server", type=_bootstrap, default=default(DEFAULT_BOOTSTRAP), metavar="HOST:PORT",
-        help=f"a broker to start from (comma-separated list allowed; default {DEFAULT_BOOTSTRAP})",
-    )
-    parser.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of tables")
-    parser.add_argument(
-        "--timeout", type=_seconds, default=default(30.0), metavar="SECONDS",
-        help="give up on a request (and on retries while a coordinator loads) after this long (default 30)",
-    )
-
-
 def add_parser(sub: Any) -> None:
     groups = sub.add_parser("groups", help="list, describe, reset offsets of, and delete consumer groups")
-    _common(groups, top=True)
+    add_common(groups, top=True)
     actions = groups.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     ls = actions.add_parser("list", help="every group: id, state, type, protocol type")
-    _common(ls, top=False)
+    add_common(ls, top=False)
     ls.add_argument("--state", type=_states, action="extend", default=[], help="only groups in these states (S,S...)")
     ls.add_argument("--type", choices=TYPES, action="append", default=[], help="only groups of this type")
 
     describe = actions.add_parser("describe", help="state, members, and committed offset and lag per partition")
-    _common(describe, top=False)
+    add_common(describe, top=False)
     describe.add_argument("group", nargs="+", metavar="GROUP")
 
     reset = actions.add_parser("reset-offsets", help="move an inactive group's committed offsets (dry run by default)")
-    _common(reset, top=False)
+    add_common(reset, top=False)
     reset.add_argument("group", metavar="GROUP")
     which = reset.add_mutually_exclusive_group(required=True)
     which.add_argument("--topic", type=_topic_spec, action="append", metavar="TOPIC[:P,...]",
@@ -156,7 +116,7 @@ def add_parser(sub: Any) -> None:
     mode.add_argument("--dry-run", action="store_true", help="only show the new offsets (the default)")
 
     delete = actions.add_parser("delete", help="delete empty groups and their committed offsets")
-    _common(delete, top=False)
+    add_common(delete, top=False)
     delete.add_argument("group", nargs="+", metavar="GROUP")
 
     groups.set_defaults(run=run_command)
@@ -185,17 +145,6 @@ async def run_async(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- output
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """Left-aligned columns two spaces apart, like kafka-consumer-groups.sh; None prints as '-'."""
-    cells = [list(headers)] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
-
-
-def _emit(args: argparse.Namespace, data: object, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
-
-
 # --------------------------------------------------------------------------- list
 
 
@@ -205,7 +154,7 @@ async def _list(client: KafkaClient, args: argparse.Namespace) -> int:
         {"group": g.group_id, "state": g.state, "type": g.group_type, "protocol_type": g.protocol_type} for g in groups
     ]
     rows = [(g.group_id, g.state or None, g.group_type or None, g.protocol_type or None) for g in groups]
-    _emit(args, data, table(("GROUP", "STATE", "TYPE", "PROTOCOL-TYPE"), rows))
+    emit(args, data, table(("GROUP", "STATE", "TYPE", "PROTOCOL-TYPE"), rows))
     return 0
 
 
@@ -302,7 +251,7 @@ async def _describe(client: KafkaClient, args: argparse.Namespace) -> int:
         found.append((desc, await partition_lags(client, desc, committed)))
     if found or not missing:
         text = "\n\n\n".join(_describe_text(d, lags) for d, lags in found)
-        _emit(args, [_describe_json(d, lags) for d, lags in found], text)
+        emit(args, [_describe_json(d, lags) for d, lags in found], text)
     for group_id in missing:
         print(f"{PROG}: error: consumer group '{group_id}' does not exist", file=sys.stderr)
     return 1 if missing else 0
@@ -377,7 +326,7 @@ async def _reset(client: KafkaClient, args: argparse.Namespace) -> int:
         "partitions": [{"topic": r[1], "partition": r[2], "current_offset": r[3], "new_offset": r[4], "error": r[5]}
                        for r in rows],
     }
-    _emit(args, data, table(("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET", "ERROR"), rows))
+    emit(args, data, table(("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET", "ERROR"), rows))
     if not args.execute:
         print("Dry run: nothing was committed. Add --execute to commit these offsets.", file=sys.stderr)
     if errors:
@@ -393,7 +342,7 @@ async def _delete(client: KafkaClient, args: argparse.Namespace) -> int:
     results = await delete_groups(client, args.group)
     data = [{"group": g, "error": None if c == ErrorCode.none else error_name(c)} for g, c in results.items()]
     rows = [(g, "deleted" if c == ErrorCode.none else f"error: {error_name(c)}") for g, c in results.items()]
-    _emit(args, data, table(("GROUP", "RESULT"), rows))
+    emit(args, data, table(("GROUP", "RESULT"), rows))
     failed = [g for g, c in results.items() if c != ErrorCode.none]
     if failed:
         print(f"{PROG}: error: {len(failed)} of {len(results)} group(s) not deleted: {', '.join(failed)}",

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from brokers.cli.groups import table
+from brokers.cli.common import table
 from brokers.config import ConfigError, parse_hostport
 
 PROG = "tidelog offload"
