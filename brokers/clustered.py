@@ -154,7 +154,7 @@ async def _serve(
     broker.logs.take_on_first_use = False
     live = LiveBrokers(store, keys)
     owners = OwnersView(store, keys)
-    controller = Controller(store, keys, session, node_id, live)
+    controller = Controller(store, keys, session, node_id, live, rejoin_delay=config.broker_rejoin_delay_ms / 1000)
     host = _Partitions(broker)
 
     def topic_name(topic_id: str) -> str | None:

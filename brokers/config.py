@@ -251,6 +251,9 @@ class BrokerConfig:
     broker_session_timeout_ms: int = field(
         default=9000, metadata={"key": "broker.session.timeout.ms", "parse": _positive}
     )  # `tidelog broker`: the ttl of its lease (its owner keys and registration vanish this long after it dies)
+    broker_rejoin_delay_ms: int = field(
+        default=10_000, metadata={"key": "broker.rejoin.delay.ms", "parse": _non_negative}
+    )  # a broker that left (crash, restart) and came back is balanced onto only this long after it rejoined
     controlled_shutdown_timeout_ms: int = field(
         default=30_000, metadata={"key": "controlled.shutdown.timeout.ms", "parse": _positive}
     )  # `tidelog broker` on SIGTERM: how long to wait for its partitions to move away before closing anyway
@@ -279,7 +282,9 @@ class BrokerConfig:
                     check_int_range(key, value)
                 changes[f.name] = value
             except ValueError as e:
-                raise ConfigError(f"config {key}={raw!r}: {e}") from None
+                # int()'s own message ("invalid literal for int() with base 10") is Python's, not the user's
+                reason = "not an integer" if parse is int and "invalid literal" in str(e) else str(e)
+                raise ConfigError(f"config {key}={raw!r}: {reason}") from None
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def broker_configs(self) -> dict[str, str]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from brokers.cluster.assignment import PartitionSpec, TopicPartition, assign, by_topic
@@ -212,12 +213,18 @@ class Controller:
         *,
         loads: Loads | None = None,
         debounce: float = DEBOUNCE,
+        rejoin_delay: float = 0.0,
     ) -> None:
         self._store = store
         self._keys = keys
         self._live = live
         self._loads = loads
         self._debounce = debounce
+        self._rejoin_delay = rejoin_delay
+        """Seconds a broker that left and came back is not balanced onto (``broker.rejoin.delay.ms``)."""
+        self._seen_live: set[int] = set()
+        self._gone_seen: set[int] = set()  # brokers this controller saw leave (and not come back yet)
+        self._rejoined: dict[int, float] = {}  # node id -> time.monotonic() it registered again
         self.election = ControllerElection(
             store, keys, session, node_id, on_elected=self._elected, on_deposed=self._deposed
         )
@@ -248,7 +255,7 @@ class Controller:
         for view in (self.topics, self.assignments, self.draining, self.reassignments):
             view.add_listener(self._kick)
         self.owners.add_listener(self._owners_changed)
-        live.add_listener(self._kick)
+        live.add_listener(self._live_changed)
 
     async def start(self) -> None:
         """Follow topics and assignments, then campaign (``live`` must be started by the owner)."""
@@ -287,6 +294,36 @@ class Controller:
 
     def _kick(self, _keys: frozenset[str]) -> None:
         self._dirty.set()
+
+    def _live_changed(self, _keys: frozenset[str]) -> None:
+        """Note brokers that registered again after leaving (a restart after a crash, or a rolling restart):
+        partitions are not balanced onto one for ``rejoin_delay`` seconds. Clients back off reconnecting to
+        a broker that was down (librdkafka up to 10 s), so moving a partition back at once would make it
+        unreachable for them again right after its failover; Kafka likewise waits before preferred-leader
+        elections. A partition that needs an owner may still go to it, and so may a requested move."""
+        now_live = set(self._live.brokers)
+        if self._rejoin_delay > 0:
+            now = time.monotonic()
+            for node in now_live - self._seen_live:
+                if node in self._gone_seen:  # else a broker new to this controller: balanced onto at once
+                    self._rejoined[node] = now
+                    asyncio.get_running_loop().call_later(self._rejoin_delay + 0.05, self._dirty.set)
+            self._gone_seen |= self._seen_live - now_live
+            self._gone_seen -= now_live
+        self._seen_live = now_live
+        self._dirty.set()
+
+    def _held_back(self, brokers: list[int]) -> set[int]:
+        """Brokers that rejoined under ``rejoin_delay`` ago, own no partition (owner keys: the assignment may
+        still name one whose lease just expired) and are no move's target; the rest are balanced around them.
+        None while they are the only brokers."""
+        now = time.monotonic()
+        for node, at in list(self._rejoined.items()):
+            if now - at >= self._rejoin_delay:
+                del self._rejoined[node]
+        busy = {o.node_id for o in self.owners.items.values()} | set(self.pins().values())
+        held = {b for b in brokers if b in self._rejoined and b not in busy}
+        return held if len(held) < len(brokers) else set()
 
     def _owners_changed(self, keys: frozenset[str]) -> None:
         if any(k in self.reassignments.items for k in keys):  # only a pinned partition's owner matters here
@@ -335,6 +372,9 @@ class Controller:
             for p, owner in enumerate(a.owners)
             if owner >= 0
         }
+        held = self._held_back(brokers)
+        if held:
+            brokers = [b for b in brokers if b not in held]
         loads = self._loads() if self._loads is not None else {}
         specs = [PartitionSpec(tid, p, loads.get((tid, p))) for tid, n in sorted(counts.items()) for p in range(n)]
         return brokers, specs, current, counts, self.pins()

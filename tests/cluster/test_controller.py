@@ -274,3 +274,29 @@ async def test_a_pin_to_a_broker_that_is_not_live_is_dropped(cluster_env: Cluste
     finally:
         for node in nodes:
             await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_comes_back_is_balanced_onto_only_after_the_rejoin_delay(cluster_env: ClusterEnv) -> None:
+    """broker.rejoin.delay.ms: a restarted broker gets no partition moved back to it at once (clients still back
+    off reconnecting to it); a new broker is balanced onto at once."""
+    nodes = [await start_node(cluster_env, n) for n in (1, 2)]
+    for n in nodes:
+        n.controller._rejoin_delay = 3.0
+    back: Node | None = None
+    try:
+        await wait_leader(nodes)
+        await create_topic(cluster_env, EVENTS)
+        await wait_assigned(nodes[0], {1, 2}, [EVENTS])
+        leaving = nodes.pop(1)
+        await leaving.stop()
+        await wait_assigned(nodes[0], {1}, [EVENTS])
+        back = await start_node(cluster_env, 2)
+        fresh = await start_node(cluster_env, 3)  # never seen leaving: balanced onto at once
+        nodes.append(fresh)
+        # Broker 2 registered before broker 3: only if it is held back is there a spread over {1, 3} alone.
+        await wait_assigned(nodes[0], {1, 3}, [EVENTS])
+        await wait_assigned(nodes[0], {1, 2, 3}, [EVENTS])  # after the delay
+    finally:
+        for node in [*nodes, *([back] if back else [])]:
+            await node.stop()
