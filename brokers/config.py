@@ -283,7 +283,7 @@ class BrokerConfig:
                 changes[f.name] = value
             except ValueError as e:
                 # int()'s own message ("invalid literal for int() with base 10") is Python's, not the user's
-                reason = "not an integer" if parse is int and "invalid literal" in str(e) else str(e)
+                reason = "not an integer" if "invalid literal for int()" in str(e) else str(e)
                 raise ConfigError(f"config {key}={raw!r}: {reason}") from None
         return replace(self, **changes)  # type: ignore[arg-type]
 

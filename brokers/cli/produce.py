@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import random
 import sys
@@ -168,10 +169,11 @@ async def _send(
 
 
 def _generated(count: int, size: int) -> Iterator[bytes]:
-    """Values for bulk produce: random bytes, so compression on the way cannot flatter the figures."""
-    block = os.urandom(max(size, 1) * 16)
+    """Values for bulk produce: random printable text (base64 of random bytes, no newlines), so a consumer can
+    print them and compression on the way cannot flatter the figures much."""
+    block = base64.b64encode(os.urandom(max(size, 1) * 12))
     for i in range(count):
-        at = (i * 7919) % (len(block) - size + 1) if size else 0
+        at = (i * 7919) % (len(block) - size + 1)
         yield block[at : at + size]
 
 

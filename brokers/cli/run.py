@@ -110,19 +110,39 @@ def run_async(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """Exit 2 for what the user can fix (arguments, configs, an address in use, a data directory in use or of
+    the other mode), 1 for other failures; a start-up that fails leaves the data directory as it was."""
+    from brokers.cli.startup import DataDirGuard, check_listen, describe_os_error, is_usage_error
+
     try:
         config = build_config(args)
+        check_listen(config.host, config.port, "--listen")
+        if config.admin_listen:
+            check_listen(*parse_hostport(config.admin_listen, "--admin"), "--admin")
     except ConfigError as e:
         print(f"tidelog: error: {e}", file=sys.stderr)
         return 2
     from brokers.embedded import DataDirLocked, DataDirMode, run_embedded
     from brokers.local_bookies import LocalBookiesError
 
+    guard = DataDirGuard.before_start(config.data_dir)
+    ready = asyncio.Event()
     try:
-        run_async(run_embedded(config))
-    except (ConfigError, DataDirLocked, DataDirMode, LocalBookiesError, OSError) as e:
-        print(f"tidelog: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        run_async(run_embedded(config, ready))
+    except BaseException as e:
+        if not ready.is_set() and not isinstance(e, DataDirLocked):  # locked: another process's directory
+            guard.undo()
+        if isinstance(e, KeyboardInterrupt):
+            return 130
+        if isinstance(e, (ConfigError, DataDirLocked, DataDirMode)):
+            print(f"tidelog: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):
+            where = f"{config.host}:{config.port}: " if is_usage_error(e) else ""
+            print(f"tidelog: error: {where}{describe_os_error(e)}", file=sys.stderr)
+            return 2 if is_usage_error(e) else 1
+        if isinstance(e, LocalBookiesError):
+            print(f"tidelog: error: {e}", file=sys.stderr)
+            return 1
+        raise
     return 0
