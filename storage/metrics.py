@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics, start_http_server
 
+disable_created_metrics()  # no ``*_created`` twin of every counter and histogram: half the series, same charts
 P = ParamSpec("P")
 R = TypeVar("R")
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from brokers.admin_http import AdminServer
 from brokers.listener import Listener
 from brokers.metrics import collect
-from brokers.observability import process
+from brokers.observability import cluster_metrics, process
 from brokers.observability.groups import GroupLag
 
 if TYPE_CHECKING:
@@ -37,5 +37,6 @@ def readiness(kafka: Listener, lease_alive: Callable[[], bool] | None = None) ->
 def admin_server(broker: Broker, kafka: Listener, lease_alive: Callable[[], bool] | None = None) -> AdminServer:
     """The admin HTTP server of ``broker``: its figures with consumer-group lag, and its readiness."""
     process.install()
+    cluster_metrics.register()  # exported from the start (0), also before brokers/cluster/ first calls a hook
     lag = GroupLag(broker)
     return AdminServer(lambda: collect(broker, lag), ready=readiness(kafka, lease_alive), on_stop=lag.close)

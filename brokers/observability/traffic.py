@@ -41,8 +41,8 @@ PURGATORY_WAIT = Histogram(
     ["operation"], buckets=LATENCY_BUCKETS,
 )  # fmt: skip
 CONNECTIONS = Gauge("tidelog_connections", "Open Kafka client connections (Kafka's connection-count).")
-CONNECTIONS_CREATED = Counter(
-    "tidelog_connections_created", "Kafka client connections accepted (Kafka's connection-creation-total)."
+CONNECTIONS_ACCEPTED = Counter(
+    "tidelog_connections_accepted", "Kafka client connections accepted (Kafka's connection-creation-total)."
 )
 
 
@@ -75,7 +75,7 @@ def purgatory(operation: str) -> Iterator[None]:
 
 def opened() -> None:
     """A Kafka connection was accepted."""
-    CONNECTIONS_CREATED.inc()
+    CONNECTIONS_ACCEPTED.inc()
     CONNECTIONS.inc()
 
 
