@@ -26,7 +26,6 @@ import signal
 import time
 from dataclasses import replace
 
-from brokers.admin_http import AdminServer
 from brokers.broker import Broker
 from brokers.cluster.controller import Controller
 from brokers.cluster.follower import Follower
@@ -41,7 +40,7 @@ from brokers.cluster.membership import (
 from brokers.cluster.ownership import PartitionOwnership, Taken
 from brokers.cluster.routing import ClusterRouting
 from brokers.config import BrokerConfig, ConfigError, parse_hostport
-from brokers.metrics import collect
+from brokers.observability.health import admin_server
 from brokers.server import KafkaServer
 from metadata.api import MetadataError
 from metadata.etcd import EtcdMetadataStore
@@ -171,7 +170,7 @@ async def _serve(
     broker.routing = routing
     broker.groups.routing = routing
     server = KafkaServer(broker)
-    admin = AdminServer(lambda: collect(broker))
+    admin = admin_server(broker, server, lambda: session.alive)
     membership = BrokerMembership(store, keys, session, host=config.advertised[0], port=config.advertised[1],
                                   node_id=node_id)
     started: list[object] = []

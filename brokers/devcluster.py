@@ -243,6 +243,8 @@ class BookieProc(Proc):
 
     bookie_id: str = ""
     port: int = 0
+    admin_port: int = 0
+    """Where the bookie serves Prometheus /metrics (``tidelog bookie --admin``)."""
 
 
 class DevCluster:
@@ -466,7 +468,7 @@ class DevCluster:
 
     def _start_bookie(self) -> BookieProc:
         index = len(self.bookies) + 1
-        port = self._port()
+        port, admin = self._port(), self._port()
         bid = f"bookie-{index}"
         metadata = self.metadata_endpoints  # every member: the bookie's client fails over between them
         extra: list[str] = []
@@ -481,8 +483,9 @@ class DevCluster:
         b = BookieProc(
             bid,
             [*tidelog_command(), "bookie", "--metadata", metadata, "--data-dir", str(self.dir / bid),
-             "--listen", f"{HOST}:{port}", "--bookie-id", bid, "--cluster", self.cluster, *extra],
-            self.dir / f"{bid}.log", bookie_id=bid, port=port,
+             "--listen", f"{HOST}:{port}", "--bookie-id", bid, "--cluster", self.cluster,
+             "--admin", f"{HOST}:{admin}", *extra],
+            self.dir / f"{bid}.log", bookie_id=bid, port=port, admin_port=admin,
         )  # fmt: skip
         self.bookies.append(b)
         b.start()
@@ -537,8 +540,8 @@ class DevCluster:
             "bootstrap": self.bootstrap, "metadata": self.metadata_url, "object_store": self.object_store_url,
             "brokers": [{"node_id": b.node_id, "address": b.address, "admin": b.admin, "pid": b.pid,
                          "log": str(b.log_path)} for b in self.brokers],
-            "bookies": [{"id": b.bookie_id, "address": f"{HOST}:{b.port}", "pid": b.pid, "log": str(b.log_path)}
-                        for b in self.bookies],
+            "bookies": [{"id": b.bookie_id, "address": f"{HOST}:{b.port}", "admin": f"{HOST}:{b.admin_port}",
+                         "pid": b.pid, "log": str(b.log_path)} for b in self.bookies],
         }  # fmt: skip
 
 

@@ -1,12 +1,13 @@
 """``tidelog bookie``: a bookie server process (journal on local disk, served over TCP).
 
     tidelog bookie --data-dir D --listen HOST:PORT [--advertised HOST:PORT] [--metadata etcd://H:P | none]
-                   [--bookie-id ID] [--cluster NAME] [--rack RACK]
+                   [--bookie-id ID] [--cluster NAME] [--rack RACK] [--admin HOST:PORT]
 
 Prints ``bookie ID listening on HOST:PORT`` once it serves (PORT is the bound one, so ``:0`` works). With
 ``--metadata etcd://...`` it registers under a lease at ``keys.bookie(ID)`` with its advertised address;
 ``none`` skips registration (brokers are then given bookie addresses directly). SIGTERM or SIGINT: stop
-listening, deregister, finish queued journal writes, write the index checkpoint, exit 0.
+listening, deregister, finish queued journal writes, write the index checkpoint, exit 0. ``--admin``
+serves Prometheus ``/metrics`` (storage/metrics.py: journal fsync latency, process CPU/RSS) for scraping.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--rack", default="", help="rack or zone, for placement (default: none)")
     p.add_argument("--lease-ttl", type=float, default=10.0, help="registration lease ttl in seconds")
     p.add_argument("--journal-roll-bytes", type=int, default=None, help="journal file size before rolling")
+    p.add_argument(
+        "--admin", default=None, metavar="HOST:PORT",
+        help="serve Prometheus /metrics (journal fsync latency, process figures) on HOST:PORT (default: off)",
+    )
     p.set_defaults(run=run)
 
 
@@ -74,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_hostport(args.listen, "--listen")
         advertised = parse_hostport(args.advertised, "--advertised") if args.advertised else None
+        if args.admin:
+            parse_hostport(args.admin, "--admin")
         if args.metadata != "none" and not args.metadata.startswith(("etcd://", "http://")):
             raise UsageError(f"--metadata {args.metadata!r}: expected etcd://HOST:PORT or none")
         if args.lease_ttl <= 0:
@@ -131,6 +138,12 @@ async def serve(args: argparse.Namespace, host: str, port: int, advertised: tupl
     registration: BookieRegistration | None = None
     try:
         bound_host, bound_port = await server.start(host, port)
+        if args.admin:
+            from storage.metrics import serve_metrics
+
+            admin_host, admin_port = parse_hostport(args.admin, "--admin")
+            admin_port = serve_metrics(admin_host, admin_port)
+            log.info("bookie %s: /metrics on %s:%d", bookie.bookie_id, admin_host, admin_port)
         if advertised is None:
             adv_host = socket.gethostname() if host in _WILDCARDS else host
             advertised = (adv_host, bound_port)
