@@ -267,7 +267,8 @@ class DevCluster:
         # brokers=0 starts etcd, the object store and the bookies only; add_broker() adds brokers one by one
         # (bench/etcd_load.py measures the bookies' own etcd load that way before any broker exists).
         # etcd_members=3: three etcd processes in one cluster (brokers and bookies get every endpoint);
-        # proxied=True: each bookie advertises a brokers.verify.proxy port in front of it (the nemesis cuts it).
+        # proxied=True: each bookie advertises a brokers.verify.proxy port in front of it, and the brokers reach the
+        # S3 server through one too (the nemesis cuts them).
         if etcd_members < 1:
             raise DevClusterError("need at least one etcd member")
         if brokers < 0 or bookies < 1:
@@ -287,7 +288,12 @@ class DevCluster:
         self.etcds: list[EtcdProc] = []
         self.proxied = proxied
         self.proxies: Any = None
-        """A brokers.verify.proxy.ProxyRunner when proxied (proxies[i-1] fronts bookie i)."""
+        """A brokers.verify.proxy.ProxyRunner when proxied (every proxy below runs on it)."""
+        self.bookie_proxies: list[Any] = []
+        """When proxied: bookie_proxies[i-1] fronts bookie i (the nemesis cuts or delays it)."""
+        self.store_proxy: Any = None
+        """When proxied: the TcpProxy in front of the S3 server, which the brokers are given (object store loss)."""
+        self.store_port = 0
         self.moto: Proc | None = None
         self.bookies: list[BookieProc] = []
         self.brokers: list[BrokerProc] = []
@@ -316,7 +322,8 @@ class DevCluster:
     @property
     def object_store_url(self) -> str:
         query = {
-            "endpoint": f"http://{HOST}:{self.moto_port}", "region": REGION, "access_key_id": ACCESS_KEY,
+            "endpoint": f"http://{HOST}:{self.store_port or self.moto_port}", "region": REGION,
+            "access_key_id": ACCESS_KEY,
             "secret_access_key": SECRET_KEY,
         }  # fmt: skip
         return f"s3://{BUCKET}/{self.cluster}?" + "&".join(f"{k}={quote(v, safe=':/')}" for k, v in query.items())
@@ -375,6 +382,7 @@ class DevCluster:
         if self.proxies is not None:
             self.proxies.close()
             self.proxies = None
+            self.bookie_proxies, self.store_proxy, self.store_port = [], None, 0
 
     def __enter__(self) -> DevCluster:
         self.start()
@@ -465,6 +473,16 @@ class DevCluster:
         status, body = _http(self.moto_port, "PUT", f"/{BUCKET}")
         if status != 200:
             raise DevClusterError(f"create bucket {BUCKET}: HTTP {status}: {body[:300]!r}")
+        if self.proxied:
+            self.store_port = self._port()
+            self.store_proxy = self._proxy_runner().add(self.store_port, self.moto_port)
+
+    def _proxy_runner(self) -> Any:
+        if self.proxies is None:
+            from brokers.verify.proxy import ProxyRunner
+
+            self.proxies = ProxyRunner()
+        return self.proxies
 
     def _start_bookie(self) -> BookieProc:
         index = len(self.bookies) + 1
@@ -473,12 +491,8 @@ class DevCluster:
         metadata = self.metadata_endpoints  # every member: the bookie's client fails over between them
         extra: list[str] = []
         if self.proxied:
-            from brokers.verify.proxy import ProxyRunner
-
-            if self.proxies is None:
-                self.proxies = ProxyRunner()
             proxy_port = self._port()
-            self.proxies.add(proxy_port, port)
+            self.bookie_proxies.append(self._proxy_runner().add(proxy_port, port))
             extra = ["--advertised", f"{HOST}:{proxy_port}"]
         b = BookieProc(
             bid,

@@ -9,7 +9,11 @@ so each one's effect on availability can be read off the history:
 * ``partition``: the TCP proxy in front of a bookie (``DevCluster(proxied=True)``) stalls every connection
   (half of the time closing them too), or delays every chunk by 0.1-0.5 s;
 * ``etcd``: kill -9 of an etcd member (the leader, in a 3-member cluster, half of the time), restarted after;
-* ``bookie``: kill -9 of a bookie, restarted after the hold.
+* ``bookie``: kill -9 of a bookie, restarted after the hold;
+* ``store``: the object store is unreachable (the proxy in front of the S3 server stalls or resets every
+  connection) for the hold: offloads wait and retry, reads of offloaded data fail retriably;
+* ``disk``: a bookie's disk fills (a file takes all that is free of the small file system its data directory is
+  on, ``NemesisRun.small_disks``) for the hold, then the file is deleted.
 
 Each fault is recorded in the history as process ``nemesis-N``, f ``nemesis``: an invoke event when it begins
 (``fault`` names it, ``node`` the broker, ``partitions`` the partitions it affects — none: all) and an ok event
@@ -23,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import statistics
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from brokers.cli.client import ClientError, KafkaClient
@@ -36,7 +42,7 @@ from brokers.devcluster import DevCluster, DevClusterError
 from brokers.verify.history import INVOKE, NEMESIS, OK, SEND, Event, HistoryWriter
 
 log = logging.getLogger("tidelog.verify.nemesis")
-FAULT_TYPES = ("kill", "pause", "move", "partition", "etcd", "bookie")
+FAULT_TYPES = ("kill", "pause", "move", "partition", "etcd", "bookie", "store", "disk")
 HEAL = "heal"
 SCHEDULE_ONLY = ("etcd-leader",)
 """Kinds a schedule may name besides FAULT_TYPES: ``etcd-leader`` always kills the etcd leader."""
@@ -57,6 +63,8 @@ class NemesisConfig:
     ready_timeout: float = 60.0
     schedule: tuple[str, ...] = ()
     """Faults in this order, then stop; empty: seeded shuffles of ``faults``, one of each before any repeats."""
+    disks: tuple[str, ...] = ()
+    """Bookie i's data directory is ``disks[i-1]``, a small file system of its own that the disk fault fills."""
 
 
 class Nemesis:
@@ -66,8 +74,11 @@ class Nemesis:
         unknown = (set(config.faults) | set(config.schedule)) - set(FAULT_TYPES) - set(SCHEDULE_ONLY)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)} (known: {', '.join(FAULT_TYPES)})")
-        if "partition" in (config.schedule or config.faults) and cluster.proxies is None:
-            raise ValueError("the partition fault needs DevCluster(proxied=True)")
+        wanted = set(config.schedule or config.faults)
+        if wanted & {"partition", "store"} and cluster.proxies is None:
+            raise ValueError("the partition and store faults need DevCluster(proxied=True)")
+        if "disk" in wanted and not config.disks:
+            raise ValueError("the disk fault needs the bookies' data directories on small file systems (disks)")
         self.cluster = cluster
         self.config = config
         self.writer = writer
@@ -189,8 +200,8 @@ class Nemesis:
         proxies = self.cluster.proxies
         if proxies is None:  # checked in __init__
             return
-        i = self.random.randrange(len(proxies.proxies))
-        proxy = proxies.proxies[i]
+        i = self.random.randrange(len(self.cluster.bookie_proxies))
+        proxy = self.cluster.bookie_proxies[i]
         mode = self.random.choice(("stall", "reset", "delay"))
         if mode == "delay":
             seconds = round(self.random.uniform(0.1, 0.5), 2)
@@ -230,12 +241,38 @@ class Nemesis:
         bookie.start()
         self._end(process, fault)
 
+    def _store(self) -> None:
+        proxies, proxy = self.cluster.proxies, self.cluster.store_proxy
+        if proxies is None or proxy is None:  # checked in __init__
+            return
+        reset = self.random.random() < 0.5
+        fault = f"store {'reset' if reset else 'stall'}"
+        process = self._begin(fault)
+        proxies.cut(proxy, reset=reset)
+        self._hold()
+        proxies.heal(proxy)
+        self._end(process, fault)
+
+    def _disk(self) -> None:
+        i = self.random.randrange(len(self.config.disks))
+        fault = f"disk full bookie-{i + 1}"
+        filler = Path(self.config.disks[i]) / "nemesis-filler"
+        process = self._begin(fault)
+        try:
+            fill(filler)
+            self._hold()
+        finally:
+            filler.unlink(missing_ok=True)
+        self._end(process, fault)
+
     # --- healing --------------------------------------------------------------------------------
     def heal(self) -> None:
         """Everything back: proxies healed, paused brokers resumed, dead members, bookies and brokers started."""
         c = self.cluster
         if c.proxies is not None:
             c.proxies.heal_all()
+        for disk in self.config.disks:
+            (Path(disk) / "nemesis-filler").unlink(missing_ok=True)
         for m in c.etcds:
             if not m.alive():
                 m.start()
@@ -247,6 +284,26 @@ class Nemesis:
             if not b.alive():
                 b.start()
         c.wait_ready(self.config.ready_timeout)
+
+
+LEFT_FREE = 0
+"""What the disk fault leaves of a file system: nothing, as on a disk that has filled up."""
+
+
+def fill(path: Path) -> None:
+    """Make ``path`` a file taking all but LEFT_FREE bytes of its file system (allocated, not sparse)."""
+    st = os.statvfs(path.parent)
+    size = max(st.f_bavail * st.f_frsize - LEFT_FREE, 0)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:  # a file system without fallocate: write it out
+        chunk = b"\0" * (1 << 20)
+        with contextlib.suppress(OSError):
+            while size > 0:
+                size -= os.write(fd, chunk[: min(size, len(chunk))])
+    finally:
+        os.close(fd)
 
 
 # --- the summary ------------------------------------------------------------------------------------
@@ -354,21 +411,33 @@ def run_nemesis(spec: NemesisRun) -> dict[str, Any]:
     from brokers.verify.checker import check
     from brokers.verify.workload import Workload, WorkloadConfig
 
-    args = ["--config", f"broker.session.timeout.ms={spec.session_timeout_ms}"]
-    proxied = "partition" in (spec.schedule or spec.faults)
+    # Ledgers roll every 10 s, so sealed ones are offloaded during the run and the store fault bites.
+    args = ["--config", f"broker.session.timeout.ms={spec.session_timeout_ms}", "--config", "ledger.rollover.ms=10000"]
+    wanted = set(spec.schedule or spec.faults)
+    proxied = bool(wanted & {"partition", "store"})
     cluster = DevCluster(spec.directory, brokers=spec.brokers, bookies=spec.bookies, broker_args=args,
                          etcd_members=spec.etcd_members, proxied=proxied)  # fmt: skip
     Path(spec.directory).mkdir(parents=True, exist_ok=True)
     out = open(spec.history or Path(spec.directory) / "history.jsonl", "w", encoding="utf-8")
+    disks: list[Path] = []
+    faults_wanted = spec.faults
     try:
+        if "disk" in wanted:
+            try:
+                disks = mount_small_disks([Path(spec.directory) / f"bookie-{i + 1}" for i in range(spec.bookies)])
+            except OSError as e:
+                if "disk" in spec.schedule:
+                    raise
+                log.warning("no disk fault in this run: %s", e)
+                faults_wanted = tuple(f for f in spec.faults if f != "disk")
         cluster.start()
         writer = HistoryWriter(out)
         topic = f"nemesis-{uuid.uuid4().hex[:8]}"
         workload = Workload(WorkloadConfig(bootstrap=cluster.bootstrap, topic=topic, partitions=spec.partitions,
                                            duration=spec.duration, producers=spec.producers, rate=spec.rate,
                                            drain_timeout=60.0, final_read_timeout=90.0), writer)  # fmt: skip
-        nemesis = Nemesis(cluster, NemesisConfig(faults=spec.faults, seed=spec.seed, schedule=spec.schedule,
-                                                 gap=spec.gap, hold=spec.hold,
+        nemesis = Nemesis(cluster, NemesisConfig(faults=faults_wanted, seed=spec.seed, schedule=spec.schedule,
+                                                 gap=spec.gap, hold=spec.hold, disks=tuple(map(str, disks)),
                                                  session_timeout_s=spec.session_timeout_ms / 1000), writer, topic)
         load_done = threading.Event()
         original_final_read = workload.final_read
@@ -410,6 +479,38 @@ def run_nemesis(spec: NemesisRun) -> dict[str, Any]:
     finally:
         cluster.stop()
         out.close()
+        unmount(disks)
+
+
+SMALL_DISK = "256m"
+"""The size of each bookie's file system in a run with the disk fault (tmpfs: memory, and quick to fill)."""
+
+
+def mount_small_disks(paths: Sequence[Path]) -> list[Path]:
+    """A tmpfs of SMALL_DISK at each path (made if missing); OSError saying why if mounting is not permitted
+    (it needs root, or CAP_SYS_ADMIN in a namespace of your own). The disk fault fills one of them."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None:
+        raise OSError("no mount command: cannot make a small file system for the disk fault")
+    mounted: list[Path] = []
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(path)],  # noqa: S603,S607 - fixed argv
+                              capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        if done.returncode != 0:
+            unmount(mounted)
+            raise OSError(f"mounting a tmpfs at {path} failed (the disk fault needs root): {done.stderr.strip()}")
+        mounted.append(path)
+    return mounted
+
+
+def unmount(paths: Sequence[Path]) -> None:
+    import subprocess
+
+    for path in paths:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)  # noqa: S603,S607 - fixed argv
 
 
 def _stop_after(nemesis: Nemesis, duration: float) -> None:
