@@ -321,7 +321,13 @@ class Controller:
         for node, at in list(self._rejoined.items()):
             if now - at >= self._rejoin_delay:
                 del self._rejoined[node]
-        busy = {o.node_id for o in self.owners.items.values()} | set(self.pins().values())
+        busy = set(self.pins().values())
+        for suffix, owner in self.owners.items.items():
+            # Only owner keys of its current session: those of the one that ended may still be in the view
+            # (the owners and brokers watches are separate streams) and will vanish.
+            registered, taken = self._live.registered_at(owner.node_id), self.owners.version_of(suffix)
+            if registered is not None and taken is not None and taken > registered:
+                busy.add(owner.node_id)
         held = {b for b in brokers if b in self._rejoined and b not in busy}
         return held if len(held) < len(brokers) else set()
 

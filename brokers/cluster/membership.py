@@ -144,6 +144,10 @@ class LiveBrokers:
     def brokers(self) -> dict[int, BrokerRecord]:
         return {record.node_id: record for record in self._cache.items.values()}
 
+    def registered_at(self, node_id: int) -> int | None:
+        """The store revision of a live broker's registration (a key written after it is of this session)."""
+        return self._cache.version_of(str(node_id))
+
     def departed(self, node_id: int) -> float | None:
         """When (time.monotonic()) this view saw a broker's registration go, while it stays gone."""
         gone = self._cache.departed(str(node_id))
