@@ -28,6 +28,7 @@ from brokers.groups import records as rec
 from brokers.groups.base import Group, GroupConfig, GroupError
 from brokers.groups.classic import ClassicGroup
 from brokers.log.partition import AppendResult, LogError, PartitionLog
+from metadata.api import MetadataError
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1024 * 1024
@@ -335,8 +336,8 @@ class GroupShard:
             if pending:
                 start = (await asyncio.gather(*pending))[0]
             dropped = await self.plog.advance_start(start)
-        except (GroupError, LogError) as e:
-            log.warning("offsets partition %d: snapshot failed: %s", self.partition, e)
+        except (GroupError, LogError, MetadataError) as e:  # e.g. etcd unreachable: the next snapshot retries
+            log.warning("offsets partition %d: snapshot failed: %r", self.partition, e)
             return
         self.snapshots += 1
         log.info(
@@ -368,8 +369,12 @@ class GroupShard:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("offsets partition %d: background task failed", self.partition, exc_info=task.exception())
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if isinstance(error, MetadataError | LogError | GroupError):  # expected outages: one line, no traceback
+            log.warning("offsets partition %d: background task failed: %r", self.partition, error)
+        else:
+            log.error("offsets partition %d: background task failed", self.partition, exc_info=error)
 
     def expired_offsets(self, now: int, retention_ms: int) -> Records:
         """Tombstones for offsets past retention, and for groups left with neither members nor offsets."""
