@@ -2,7 +2,7 @@
 
 Beside brokers/embedded.py (one process holding everything), a cluster broker holds nothing of its own:
 
-* metadata on etcd (the first endpoint of ``--metadata`` that answers);
+* metadata on etcd (every endpoint of ``--metadata``; the client fails over) or PostgreSQL (metadata/open.py);
 * ledgers on the bookies registered in etcd (BookieWatcher feeds a QuorumLedgerClient; 3/3/2 by default,
   fewer while fewer bookies are live: brokers/log/ensemble.py);
 * sealed ledgers in the shared object store;
@@ -42,9 +42,9 @@ from brokers.cluster.routing import ClusterRouting
 from brokers.config import BrokerConfig, ConfigError, parse_hostport
 from brokers.observability.health import admin_server
 from brokers.server import KafkaServer
-from metadata.api import MetadataError
-from metadata.etcd import EtcdMetadataStore
+from metadata.api import MetadataError, MetadataStore
 from metadata.keys import Keys
+from metadata.open import open_store
 from metadata.session import LeasedSession
 from storage.bookie.registry import BookieWatcher
 from storage.ledger.client import QuorumLedgerClient
@@ -88,14 +88,26 @@ class _Partitions:
                 log.exception("closing %s/%d failed", plog.topic_id, plog.partition)
 
 
-async def connect_metadata(endpoints: list[str]) -> EtcdMetadataStore:
-    """One client over every etcd endpoint (it fails over between members; metadata/etcd.py grpc_target);
-    ClusterStartError if none answers."""
-    url = "etcd://" + ",".join(u.partition("://")[2] for u in endpoints)
+async def connect_metadata(endpoints: list[str]) -> MetadataStore:
+    """One client over every etcd endpoint (it fails over between members; metadata/etcd.py grpc_target), or
+    the PostgreSQL store of a single postgresql:// URL (metadata/open.py); ClusterStartError if none answers."""
+    if len(endpoints) == 1 and endpoints[0].startswith(("postgresql://", "postgres://")):
+        url = endpoints[0]
+    else:
+        url = "etcd://" + ",".join(u.partition("://")[2] for u in endpoints)
     try:
-        return await EtcdMetadataStore.connect(url)
+        return await open_store(url)
     except (MetadataError, OSError, ValueError) as e:
-        raise ClusterStartError(f"no etcd endpoint of {url} answered: {e}") from e
+        raise ClusterStartError(f"the metadata store {_redacted(url)} did not answer: {e}") from e
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password (postgresql://user:secret@host/db -> postgresql://user:***@host/db)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
 
 
 async def run_clustered(
@@ -140,7 +152,7 @@ async def run_clustered(
 
 async def _serve(
     config: BrokerConfig,
-    store: EtcdMetadataStore,
+    store: MetadataStore,
     keys: Keys,
     session: LeasedSession,
     ledgers: QuorumLedgerClient,

@@ -263,14 +263,21 @@ class DevCluster:
         start_timeout: float = START_TIMEOUT,
         etcd_members: int = 1,
         proxied: bool = False,
+        metadata: str = "etcd",
     ) -> None:
         # brokers=0 starts etcd, the object store and the bookies only; add_broker() adds brokers one by one
         # (bench/etcd_load.py measures the bookies' own etcd load that way before any broker exists).
         # etcd_members=3: three etcd processes in one cluster (brokers and bookies get every endpoint);
         # proxied=True: each bookie advertises a brokers.verify.proxy port in front of it, and the brokers reach the
         # S3 server through one too (the nemesis cuts them).
+        # metadata="postgres": a local PostgreSQL (brokers/local_postgres.py) holds the metadata instead of etcd.
         if etcd_members < 1:
             raise DevClusterError("need at least one etcd member")
+        if metadata not in ("etcd", "postgres"):
+            raise DevClusterError(f"metadata store {metadata!r}: expected etcd or postgres")
+        self.metadata_kind = metadata
+        self.postgres: Any = None
+        """A brokers.local_postgres.LocalPostgres when metadata="postgres"."""
         if brokers < 0 or bookies < 1:
             raise DevClusterError("need at least one bookie (and no negative number of brokers)")
         self.dir = Path(directory)
@@ -301,6 +308,8 @@ class DevCluster:
     # --- addresses ------------------------------------------------------------------------------
     @property
     def metadata_url(self) -> str:
+        if self.postgres is not None:
+            return str(self.postgres.url)
         return f"etcd://{HOST}:{self.etcd_port}"
 
     @property
@@ -348,7 +357,10 @@ class DevCluster:
         """Start everything; return the bootstrap string once all brokers serve and see each other."""
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._start_etcd()
+            if self.metadata_kind == "postgres":
+                self._start_postgres()
+            else:
+                self._start_etcd()
             self._start_moto()
             for _ in range(self.n_bookies):
                 self._start_bookie()
@@ -379,6 +391,8 @@ class DevCluster:
                     p.send_signal(signal.SIGTERM)
             for p in group:
                 p.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
         if self.proxies is not None:
             self.proxies.close()
             self.proxies = None
@@ -451,6 +465,15 @@ class DevCluster:
         for m in self.etcds:
             m.start()  # all before any wait: a member of three is healthy only once a quorum runs
         self.wait_etcd_healthy()
+
+    def _start_postgres(self) -> None:
+        from brokers.local_postgres import LocalPostgres, PostgresNotFound
+
+        try:
+            self.postgres = LocalPostgres(self.dir / "postgres", port=self._port(), start_timeout=self.start_timeout)
+            self.postgres.start()
+        except (PostgresNotFound, RuntimeError, OSError) as e:
+            raise DevClusterError(f"postgres: {e}") from e
 
     def start_etcd(self) -> None:
         """Only the etcd member(s) (tests of the metadata client against a real etcd cluster)."""
@@ -615,6 +638,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--bookies", type=int, default=3, help="number of bookies (default 3)")
     p.add_argument("--dir", default="./dev-cluster", help="directory for data and logs (default ./dev-cluster)")
     p.add_argument("--base-port", type=int, default=None, help="first port to use (default: any free ports)")
+    p.add_argument(
+        "--metadata", choices=("etcd", "postgres"), default="etcd",
+        help="metadata store to start: etcd (default) or a local PostgreSQL",
+    )
     p.set_defaults(run=run)
 
 
@@ -622,7 +649,10 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``tidelog dev-cluster``: start, print the bootstrap, stop on SIGINT/SIGTERM."""
     import json
 
-    cluster = DevCluster(args.dir, brokers=args.brokers, bookies=args.bookies, base_port=args.base_port)
+    cluster = DevCluster(
+        args.dir, brokers=args.brokers, bookies=args.bookies, base_port=args.base_port,
+        metadata=getattr(args, "metadata", "etcd"),
+    )  # fmt: skip
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -640,7 +670,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"broker {b.node_id}: {b.address} (admin http://{b.admin}, log {b.log_path})")
         for k in cluster.bookies:
             print(f"bookie {k.bookie_id}: {HOST}:{k.port} (log {k.log_path})")
-        print(f"etcd: {cluster.metadata_url}  object store: {cluster.object_store_url}")
+        print(f"{cluster.metadata_kind}: {cluster.metadata_url}  object store: {cluster.object_store_url}")
         print(f"bootstrap: {bootstrap}", flush=True)
         while True:
             time.sleep(1)

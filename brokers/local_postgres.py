@@ -13,6 +13,8 @@ development and test server, not a production one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import glob
 import os
 import pwd
@@ -57,6 +59,12 @@ def postgres_available() -> bool:
     return True
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """PR_SET_PDEATHSIG: the server shuts down at once (SIGQUIT) when the process that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl(1, signal.SIGQUIT)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -66,8 +74,16 @@ def _free_port() -> int:
 class LocalPostgres:
     """One PostgreSQL server process; ``restart`` keeps its port and data."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, port: int = 0, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        port: int = 0,
+        start_timeout: float = 30.0,
+        die_with_parent: bool = True,
+    ) -> None:
         self.dir = Path(directory)
+        self.die_with_parent = die_with_parent
         self.port = port
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -90,6 +106,7 @@ class LocalPostgres:
             raise RuntimeError("postgres is already running")
         self.dir.mkdir(parents=True, exist_ok=True)
         self._hand_over(self.dir)
+        self._check_reachable()
         if not (self.dir / "data" / "PG_VERSION").exists():
             self._initdb()
         fixed = self.port != 0
@@ -142,6 +159,21 @@ class LocalPostgres:
         account = pwd.getpwnam(SERVER_USER)
         return account.pw_uid, account.pw_gid, []
 
+    def _check_reachable(self) -> None:
+        """As root the server runs as SERVER_USER: every parent of the directory must let it through."""
+        user, group, extra_groups = self._run_as()
+        if user is None:
+            return
+        probe = subprocess.run(  # noqa: S603
+            ["/usr/bin/test", "-w", str(self.dir)], stdin=subprocess.DEVNULL, check=False,
+            user=user, group=group, extra_groups=extra_groups,
+        )  # fmt: skip
+        if probe.returncode != 0:
+            raise RuntimeError(
+                f"the {SERVER_USER} account cannot reach {self.dir} (a parent directory is not searchable by "
+                "others): use a directory under one that is"
+            )
+
     def _initdb(self) -> None:
         data = self.dir / "data"
         user, group, extra_groups = self._run_as()
@@ -168,6 +200,7 @@ class LocalPostgres:
             self.process = subprocess.Popen(  # noqa: S603
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
                 start_new_session=True, user=user, group=group, extra_groups=extra_groups,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )  # fmt: skip
         finally:
             log.close()
@@ -178,7 +211,7 @@ class LocalPostgres:
             if self.process is None or self.process.poll() is not None:
                 return False  # exited: most likely the port was taken meanwhile
             ready = subprocess.run(  # noqa: S603
-                [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", self._user()],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
             )  # fmt: skip
             if ready.returncode == 0:

@@ -148,7 +148,8 @@ class PostgresLease:
         while True:
             await asyncio.sleep(interval)
             try:
-                found = await asyncio.wait_for(self._store._refresh(self._id), timeout=max(interval, 1.0))
+                async with asyncio.timeout(max(interval, 1.0)):
+                    found = await self._store._refresh(self._id)
             except Exception as e:  # keep trying until a whole ttl passed without success
                 if time.monotonic() - last_ok >= self.ttl:
                     log.warning("postgres lease %x lost: no keepalive for %ss (%s)", self._id, self.ttl, e)
@@ -207,8 +208,11 @@ class PostgresWatch:
                 raise
             failing_since, delay = None, 0.05
             if not self._pending:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as
+                # the wake-up does, and the consumer's task would then never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), POLL_S)
+                    async with asyncio.timeout(POLL_S):
+                        await wake.wait()
 
     async def aclose(self) -> None:
         """Stop watching; the iterator ends."""
@@ -442,7 +446,8 @@ class PostgresMetadataStore:
         self._wake.set()
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), self._request_timeout)
+                async with asyncio.timeout(self._request_timeout):
+                    await self._pool.close()
             except _UNAVAILABLE:  # TimeoutError included: connections still busy after request_timeout
                 self._pool.terminate()
 
@@ -605,7 +610,8 @@ class PostgresMetadataStore:
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await conn.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

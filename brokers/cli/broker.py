@@ -3,6 +3,7 @@ ledgers in a shared object store). It keeps no data of its own: partitions are t
 controller assigns them (brokers/clustered.py).
 
     tidelog broker --metadata etcd://H:P[,H:P...] --object-store URL --listen HOST:PORT --advertised HOST:PORT
+    tidelog broker --metadata postgresql://USER@HOST:PORT/DB ...   (PostgreSQL instead of etcd)
                    [--node-id N] [--cluster NAME] [--admin HOST:PORT] [--config K=V ...] [--cache-dir D]
 
 Bad arguments exit 2 with one line on stderr, as ``tidelog run``.
@@ -27,7 +28,10 @@ live: brokers/log/ensemble.py)."""
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("broker", help="run one broker of a cluster (metadata on etcd, ledgers on bookies)")
-    p.add_argument("--metadata", required=True, metavar="etcd://H:P[,H:P...]", help="the etcd endpoints")
+    p.add_argument(
+        "--metadata", required=True, metavar="etcd://H:P[,H:P...]|postgresql://U@H:P/DB",
+        help="the etcd endpoints, or a PostgreSQL database (metadata/postgres.py)",
+    )
     p.add_argument(
         "--object-store", required=True, metavar="URL",
         help="shared store of sealed ledgers: s3://bucket/prefix?endpoint=...&region=..., file:///dir, a directory",
@@ -47,10 +51,16 @@ def add_parser(sub: Any) -> None:
 
 
 def metadata_endpoints(value: str) -> list[str]:
-    """``etcd://H:P[,H:P...]`` as one ``etcd://H:P`` URL per endpoint."""
+    """``etcd://H:P[,H:P...]`` as one ``etcd://H:P`` URL per endpoint; a ``postgresql://`` URL as itself."""
     scheme, sep, rest = value.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        if not urlsplit(value).hostname:
+            raise ConfigError(f"--metadata {value!r}: expected postgresql://USER@HOST:PORT/DATABASE")
+        return [value]
     if not sep or scheme not in ("etcd", "http"):
-        raise ConfigError(f"--metadata {value!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
+        raise ConfigError(
+            f"--metadata {value!r}: expected etcd://HOST:PORT[,HOST:PORT...] or postgresql://USER@HOST:PORT/DATABASE"
+        )
     urls = []
     for part in rest.split(","):
         host, port = parse_hostport(part.strip().rstrip("/"), "--metadata")

@@ -99,7 +99,9 @@ def add_parser(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="the cluster's brokers, controller and bookies")
     cluster_actions = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
     status = cluster_actions.add_parser("status", help="brokers, controller, partitions per broker, bookies")
-    status.add_argument("--metadata", default=None, metavar="etcd://HOST:PORT", help="to list registered bookies")
+    status.add_argument(
+        "--metadata", default=None, metavar="etcd://HOST:PORT|postgresql://...", help="to list registered bookies"
+    )
     status.add_argument("--cluster", default="tidelog", help="cluster name (metadata prefix; with --metadata)")
     _common(status)
     cluster.set_defaults(run=run_command)
@@ -251,11 +253,11 @@ async def _moves(client: KafkaClient) -> dict[tuple[str, int], int]:
 
 
 async def _bookies(url: str, cluster: str) -> list[dict[str, Any]]:
-    from metadata.etcd import EtcdMetadataStore
     from metadata.keys import Keys
+    from metadata.open import open_store
     from storage.bookie.registry import BookieAddress
 
-    store = await EtcdMetadataStore.connect(url)
+    store = await open_store(url)
     try:
         found = await store.list(Keys(cluster).bookies_prefix())
     finally:

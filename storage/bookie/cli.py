@@ -60,7 +60,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--metadata", default="none",
-        help="etcd://HOST:PORT[,HOST:PORT...] to register in (every member: the client fails over), or 'none'",
+        help="etcd://HOST:PORT[,HOST:PORT...] to register in (every member: the client fails over), "
+        "postgresql://USER@HOST:PORT/DB, or 'none'",
     )
     p.add_argument("--bookie-id", default=None, help="this bookie's id (default: the one stored, else a new one)")
     p.add_argument("--cluster", default="tidelog", help="cluster name (metadata prefix)")
@@ -81,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
         advertised = parse_hostport(args.advertised, "--advertised") if args.advertised else None
         if args.admin:
             parse_hostport(args.admin, "--admin")
-        if args.metadata != "none" and not args.metadata.startswith(("etcd://", "http://")):
-            raise UsageError(f"--metadata {args.metadata!r}: expected etcd://HOST:PORT or none")
+        if args.metadata != "none" and not args.metadata.startswith(
+            ("etcd://", "http://", "postgresql://", "postgres://")
+        ):
+            raise UsageError(f"--metadata {args.metadata!r}: expected etcd://HOST:PORT or none (or postgresql://...)")
         if args.lease_ttl <= 0:
             raise UsageError("--lease-ttl must be positive")
     except UsageError as exc:
@@ -113,9 +116,9 @@ def _run_async(coro: Coroutine[Any, Any, None]) -> None:
 async def _open_store(url: str) -> MetadataStore | None:
     if url == "none":
         return None
-    from metadata.etcd import EtcdMetadataStore
+    from metadata.open import open_store
 
-    return await EtcdMetadataStore.connect(url)
+    return await open_store(url)
 
 
 async def serve(args: argparse.Namespace, host: str, port: int, advertised: tuple[str, int] | None) -> None:
