@@ -78,7 +78,7 @@ class RequestTiming:
     def start(self, api_key: int) -> None:
         """Handling starts (the handler is about to be called)."""
         self.began = time.perf_counter()
-        REQUESTS.labels(api_name(api_key)).inc()
+        _series(api_key)[0].inc()
 
     def end(self) -> None:
         self.ended = time.perf_counter()
@@ -89,11 +89,19 @@ class RequestTiming:
         if not self.began or not self.ended:
             return
         now = time.perf_counter()
-        name = api_name(api_key)
-        TOTAL_TIME.labels(name).observe(now - self.arrived)
-        QUEUE_TIME.labels(name).observe(self.began - self.arrived)
-        REMOTE_TIME.labels(name).observe(self.remote)
-        LOCAL_TIME.labels(name).observe(max(0.0, self.ended - self.began - self.remote))
+        _count, total, queue, local, remote = _series(api_key)
+        total.observe(now - self.arrived)
+        queue.observe(self.began - self.arrived)
+        remote.observe(self.remote)
+        local.observe(max(0.0, self.ended - self.began - self.remote))
+
+
+@cache
+def _series(api_key: int) -> tuple[Any, Any, Any, Any, Any]:
+    """The children of one API (labels() costs a lock and a dict lookup per call; a request takes five)."""
+    name = api_name(api_key)
+    return (REQUESTS.labels(name), TOTAL_TIME.labels(name), QUEUE_TIME.labels(name), LOCAL_TIME.labels(name),
+            REMOTE_TIME.labels(name))  # fmt: skip
 
 
 current: contextvars.ContextVar[RequestTiming | None] = contextvars.ContextVar("request_timing", default=None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,22 +47,36 @@ CONNECTIONS_ACCEPTED = Counter(
 )
 
 
+_TopicSeries = tuple[Any, Any, Any]
+_by_topic: dict[str, _TopicSeries] = {}
+"""The children of each topic (labels() costs a lock and a dict lookup per call); as many as there are topics
+with traffic, like prometheus_client's own children."""
+
+
+def _topic(topic: str) -> _TopicSeries:
+    series = _by_topic.get(topic)
+    if series is None:
+        series = _by_topic[topic] = (BYTES_IN.labels(topic), MESSAGES_IN.labels(topic), BYTES_OUT.labels(topic))
+    return series
+
+
 def produced(topic: str, size: int, records: int) -> None:
     """``records`` records in ``size`` bytes of batches were appended to a partition of ``topic``."""
-    BYTES_IN.labels(topic).inc(size)
-    MESSAGES_IN.labels(topic).inc(records)
+    bytes_in, messages_in, _out = _topic(topic)
+    bytes_in.inc(size)
+    messages_in.inc(records)
 
 
 def fetched(topic: str, size: int) -> None:
     """``size`` bytes of batches of ``topic`` go back in a fetch response."""
-    BYTES_OUT.labels(topic).inc(size)
+    _topic(topic)[2].inc(size)
 
 
 @contextlib.contextmanager
 def purgatory(operation: str) -> Iterator[None]:
     """The running request waits on others ("produce" or "fetch"): counted in purgatory while inside, then
     observed as a purgatory wait and as the request's remote time."""
-    size = PURGATORY_SIZE.labels(operation)
+    size, wait = _PURGATORY[operation]
     size.inc()
     started = time.perf_counter()
     try:
@@ -69,8 +84,11 @@ def purgatory(operation: str) -> Iterator[None]:
     finally:
         seconds = time.perf_counter() - started
         size.dec()
-        PURGATORY_WAIT.labels(operation).observe(seconds)
+        wait.observe(seconds)
         requests.waited(seconds)
+
+
+_PURGATORY = {op: (PURGATORY_SIZE.labels(op), PURGATORY_WAIT.labels(op)) for op in ("produce", "fetch")}
 
 
 def opened() -> None:
