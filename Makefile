@@ -22,17 +22,17 @@ $(VENV)/.base: pyproject.toml
 	@echo "==> [install 2/3] upgrading pip"
 	@$(PIP) install -q --disable-pip-version-check --upgrade pip
 	@echo "==> [install 3/3] Tidelog and its runtime dependencies (pip install -e .)"
-	@$(PIP) install -q --disable-pip-version-check -e .
+	@PYTHONWARNINGS=ignore $(PIP) install -q --disable-pip-version-check -e .
 	@touch $@
 
 $(VENV)/.dev: $(VENV)/.base
 	@echo "==> [install] the local S3 server for dev clusters (pip install -e '.[dev]')"
-	@$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	@PYTHONWARNINGS=ignore $(PIP) install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.dev
 	@echo "==> [install] the test and lint toolchain (pip install -e '.[test]')"
-	@$(PIP) install -q --disable-pip-version-check -e '.[test]'
+	@PYTHONWARNINGS=ignore $(PIP) install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
 venv: $(VENV)/.installed  ## create the virtualenv and install Tidelog with its test tools
