@@ -1,0 +1,87 @@
+"""Issue 12, must-show 4: the cluster issue's must-shows 1 and 2 with the metadata on PostgreSQL.
+
+One DevCluster started with ``metadata="postgres"`` (``tidelog dev-cluster --metadata postgres``: a local
+PostgreSQL instead of etcd; brokers and bookies get ``--metadata postgresql://...``), shared by the module.
+The checks are the etcd tests' own functions (tests/cluster/test_clients_cluster.py and
+test_move_under_load.py), called on this cluster:
+
+* must-show 1: a 12-partition topic and ``__consumer_offsets`` spread over the three brokers (max - min <= 1),
+  and confluent-kafka, kafka-python, aiokafka, kafkajs and kcat each produce and read back byte-exact, each
+  bootstrapping through one broker (the brokers in turn) and reading back through the next one too;
+* must-show 2: a partition moves back and forth under a steady idempotent acks=all producer: nothing lost,
+  nothing twice, offsets contiguous, pauses printed (10 moves here, 100 in the slow suite).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from brokers.devcluster import DevCluster
+from tests.cluster import test_clients_cluster as clients
+from tests.cluster.harness import assert_no_tracebacks, print_logs
+from tests.cluster.test_clients_cluster import node_bin  # noqa: F401  (fixture)
+from tests.cluster.test_move_under_load import move_back_and_forth
+from tests.postgres_server import postgres_available
+
+pytestmark = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed (make system-deps)")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[DevCluster]:
+    # Not tmp_path: pytest's temp directories are private to root, and PostgreSQL runs as its own account.
+    base = Path(tempfile.mkdtemp(prefix="tidelog-pg-cluster-"))
+    base.chmod(0o755)
+    dev = DevCluster(base / "cluster", brokers=3, bookies=3, metadata="postgres")
+    try:
+        dev.start()
+        assert dev.metadata_url.startswith("postgresql://")
+        try:
+            yield dev
+        except BaseException:
+            print_logs(dev)
+            raise
+        dev.stop()
+        assert_no_tracebacks(dev)
+    finally:
+        dev.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_partitions_spread_over_the_three_brokers(cluster: DevCluster) -> None:
+    clients.test_partitions_spread_over_the_three_brokers(cluster)
+
+
+def test_confluent_kafka(cluster: DevCluster) -> None:
+    clients.test_confluent_kafka(cluster, 1)
+
+
+def test_kafka_python(cluster: DevCluster) -> None:
+    clients.test_kafka_python(cluster, 2)
+
+
+@pytest.mark.asyncio
+async def test_aiokafka(cluster: DevCluster) -> None:
+    await clients.test_aiokafka(cluster, 3)
+
+
+def test_kafkajs(cluster: DevCluster, node_bin: str, tmp_path: Path) -> None:  # noqa: F811
+    clients.test_kafkajs(cluster, 1, node_bin, tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat not installed")
+def test_kcat(cluster: DevCluster, tmp_path: Path) -> None:
+    clients.test_kcat(cluster, 2, tmp_path)
+
+
+def test_ten_moves_under_a_steady_idempotent_producer(cluster: DevCluster) -> None:
+    move_back_and_forth(cluster, "pg-moving-10", 10)
+
+
+@pytest.mark.slow
+def test_hundred_moves_under_a_steady_idempotent_producer(cluster: DevCluster) -> None:
+    move_back_and_forth(cluster, "pg-moving-100", 100)
