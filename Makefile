@@ -56,7 +56,7 @@ BOOKIES ?= 3
 cluster: system-deps $(VENV)/.dev  ## start etcd, an S3 server, 3 bookies and 3 brokers locally (Ctrl-C stops)
 	$(VENV)/bin/tidelog dev-cluster --dir $(CLUSTER_DIR) --brokers $(BROKERS) --bookies $(BOOKIES)
 
-system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd, kcat, node, npm, docker-compose) if missing
+system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd, kcat, node, npm, docker-compose, postgresql) if missing
 	@missing=""; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
@@ -65,6 +65,7 @@ system-deps:  ## apt-get the servers and CLI tools the tests drive (etcd, kcat, 
 	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing:$$missing"; \
