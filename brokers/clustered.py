@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from brokers.broker import Broker
 from brokers.cluster.controller import Controller
-from brokers.cluster.follower import Follower
+from brokers.cluster.follower import Follower, Takeover
 from brokers.cluster.handover import OwnersView
 from brokers.cluster.membership import (
     BrokerMembership,
@@ -40,6 +40,7 @@ from brokers.cluster.membership import (
 from brokers.cluster.ownership import PartitionOwnership, Taken
 from brokers.cluster.routing import ClusterRouting
 from brokers.config import BrokerConfig, ConfigError, parse_hostport
+from brokers.observability import cluster_metrics
 from brokers.observability.health import admin_server
 from brokers.server import KafkaServer
 from metadata.api import MetadataError, MetadataStore
@@ -110,6 +111,13 @@ def _redacted(url: str) -> str:
     return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
 
 
+def _count_takeover(t: Takeover) -> None:
+    """The takeover in the ownership metrics: for a failover or move, the time the partition was unowned until
+    served here; for a start, the take and load."""
+    seconds = t.unowned_s if t.unowned_s is not None else t.load_s
+    cluster_metrics.partition_taken(t.topic, t.partition, t.reason, seconds)
+
+
 async def run_clustered(
     config: BrokerConfig, endpoints: list[str], *, node_id: int | None = None, ready: asyncio.Event | None = None
 ) -> None:
@@ -175,6 +183,7 @@ async def _serve(
     follower = Follower(
         node_id, session, PartitionOwnership(store, keys, node_id, session), owners,
         lambda: controller.assignments.items, host, topic_name=topic_name, broker_departed=live.departed,
+        on_taken=_count_takeover, on_released=cluster_metrics.partition_released,
     )
     routing = ClusterRouting(node_id, live, owners, controller.election, follower.serving, lambda: session.alive)
     follower.set_on_change(routing.bump)

@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from brokers.cluster.assignment import TopicPartition
 from brokers.cluster.handover import OwnersView, plan
@@ -62,8 +62,8 @@ class Takeover:
     """The topic's name (its id when the name is not known yet)."""
     partition: int
     epoch: int
-    reason: str
-    """``failover``, ``move``, ``restart`` or ``start`` (module docstring)."""
+    reason: Literal["failover", "move", "restart", "start"]
+    """Module docstring."""
     previous_owner: int | None
     unowned_s: float | None
     """From when this broker saw the owner key go to when it served the partition (None: never saw it go)."""
@@ -108,6 +108,7 @@ class Follower:
         concurrency: int = DEFAULT_CONCURRENCY,
         broker_departed: Callable[[int], float | None] = lambda _node: None,
         on_taken: Callable[[Takeover], None] = lambda _t: None,
+        on_released: Callable[[str, int], None] = lambda _topic, _p: None,
     ) -> None:
         self.node_id = node_id
         self._session = session
@@ -120,6 +121,8 @@ class Follower:
         self._broker_departed = broker_departed
         """LiveBrokers.departed: when a broker's registration went (it tells a failover from a move)."""
         self._on_taken = on_taken
+        self._on_released = on_released
+        """Told (topic name, partition) when a partition stops being served here (metrics)."""
         self._limit = asyncio.Semaphore(concurrency)
         self.serving: set[TopicPartition] = set()
         """Partitions taken and loaded here, while the session lives (ClusterRouting reads it)."""
@@ -256,6 +259,7 @@ class Follower:
         if departed is None:
             return Takeover(name, taken.partition, taken.epoch, "start", None, None, now - started)
         previous, gone_at = departed[0].node_id, departed[1]
+        reason: Literal["failover", "move", "restart"]
         if previous == self.node_id:
             reason = "restart"
         elif self._broker_departed(previous) is not None:
@@ -263,6 +267,12 @@ class Follower:
         else:
             reason = "move"
         return Takeover(name, taken.partition, taken.epoch, reason, previous, now - gone_at, now - started)
+
+    def _released(self, tp: TopicPartition) -> None:
+        try:
+            self._on_released(self._name(tp[0]), tp[1])
+        except Exception:  # metrics must not break ownership
+            log.exception("follower: on_released failed")
 
     def _report(self, t: Takeover) -> None:
         load_ms = t.load_s * 1000
@@ -288,7 +298,9 @@ class Follower:
         topic_id, partition = tp
         started = time.monotonic()
         owner = self._owners.owner_of(topic_id, partition)
-        self.serving.discard(tp)
+        if tp in self.serving:
+            self.serving.discard(tp)
+            self._released(tp)
         self._on_change()
         await self._host.release(topic_id, partition)
         try:
@@ -310,6 +322,8 @@ class Follower:
     def _lost(self, reason: str) -> None:
         """The lease is gone: stop serving everything now (synchronous, from the session's callback)."""
         count = len(self.serving)
+        for tp in self.serving:
+            self._released(tp)
         self.serving.clear()
         self._host.depose_all(f"session lost: {reason}")
         self.fenced += 1

@@ -36,6 +36,9 @@ def _kills(tmp_path: Path, n: int) -> None:
           f"{kill['p50']}/{kill['p99']}/{kill['max']} s (target {TTL_MS / 1000 + 2} s)")
     assert summary["nemesis"]["faults"] == {"kill": n}
     assert summary["nemesis"]["no-ack-after"] == {}
+    # Failover is visible: the new owner logs it with the topic's name, the old owner and the time it took.
+    logs = "".join(p.read_text(errors="replace") for p in sorted((tmp_path / "c").glob("broker-*.log")))
+    assert f"failover: took {summary['topic']}/" in logs and "whose session ended: unowned for" in logs
 
 
 def test_kill_owner_fast(tmp_path: Path) -> None:
