@@ -3,7 +3,8 @@
 * brokers / endpoints: the live registrations (``LiveBrokers``);
 * controller: the elected controller as last seen (``ControllerElection.leader_id``);
 * leader: the owner key of the partition and the epoch its take wrote (``OwnersView``) - clients are sent to
-  the owner, and the leader epoch they see is the partition epoch every takeover bumps;
+  the owner, and the leader epoch they see is the partition epoch every takeover bumps; an owner that is not a
+  live broker in this view is no leader (LEADER_NOT_AVAILABLE), so a leader is always in the broker list;
 * serving: only partitions this broker has taken *and* finished loading (the follower's set), and only while
   its session is alive: from the moment the lease is lost every partition answers NOT_LEADER_OR_FOLLOWER
   (self-fencing), before the store has told anyone else.
@@ -42,11 +43,12 @@ class ClusterRouting:
         self._alive = alive
         self._generation = 0
         self._endpoints: tuple[Endpoint, ...] | None = None
+        self._ids: frozenset[int] | None = None
         live.add_listener(self._brokers_changed)
         owners.add_listener(self._changed)
 
     def _brokers_changed(self, _keys: frozenset[str]) -> None:
-        self._endpoints = None
+        self._endpoints = self._ids = None
         self._generation += 1
 
     def _changed(self, _keys: frozenset[str] = frozenset()) -> None:
@@ -76,6 +78,12 @@ class ClusterRouting:
             self._endpoints = endpoints
         return endpoints
 
+    def _live_ids(self) -> frozenset[int]:
+        ids = self._ids
+        if ids is None:
+            ids = self._ids = frozenset(e.node_id for e in self.brokers())
+        return ids
+
     def endpoint(self, node_id: int) -> Endpoint | None:
         for endpoint in self.brokers():
             if endpoint.node_id == node_id:
@@ -88,7 +96,12 @@ class ClusterRouting:
 
     def leader(self, topic_id: str, partition: int) -> Leader | None:
         owner = self._owners.owner_of(topic_id, partition)
-        return None if owner is None else Leader(owner.node_id, owner.epoch)
+        if owner is None or owner.node_id not in self._live_ids():
+            # An owner not (or no longer) among the live brokers: its registration and owner keys go with the
+            # same lease but arrive by separate watches. Naming a leader missing from the broker list is what
+            # Kafka never does (librdkafka: "new leader not found in cache"); no leader, retriable, until both agree.
+            return None
+        return Leader(owner.node_id, owner.epoch)
 
     def serving(self, topic_id: str, partition: int) -> bool:
         return (topic_id, partition) in self._serving and self._alive()
