@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from brokers.verify.history import INVOKE, LEADER, NEMESIS, OK, Event
 from brokers.verify.nemesis import NemesisRun, run_nemesis
 from tests.etcd_server import etcd_available
 
@@ -30,3 +31,18 @@ def run_and_check(spec: NemesisRun) -> dict[str, Any]:
     assert summary["valid?"], summary["anomaly-counts"]
     assert summary["stats"]["acknowledged"] > 0
     return summary
+
+
+def pauses_not_redirected(events: list[Event]) -> list[str]:
+    """Pauses during which no broker named another leader for a partition the paused broker led."""
+    problems = []
+    pauses = [e for e in events if e.f == NEMESIS and e.type == INVOKE and (e.fault or "").startswith("pause")]
+    for p in pauses:
+        if not p.partitions:
+            continue
+        end = next(e.time for e in events if e.f == NEMESIS and e.type == OK and e.process == p.process)
+        moved = {e.partition for e in events if e.f == LEADER and e.type == OK and p.time <= e.time <= end + 2
+                 and e.partition in p.partitions and e.node != p.node}  # fmt: skip
+        if moved != set(p.partitions):
+            problems.append(f"{p.fault} at {p.time:.1f}s: partitions {sorted(set(p.partitions) - moved)} not moved")
+    return problems

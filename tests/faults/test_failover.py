@@ -15,13 +15,12 @@ consumers, final read) on a 3-broker, 3-bookie dev cluster with a 3 s lease (bro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from brokers.verify.history import INVOKE, LEADER, NEMESIS, OK, read_history
+from brokers.verify.history import read_history
 from brokers.verify.nemesis import NemesisRun
-from tests.faults.harness import needs_etcd, run_and_check
+from tests.faults.harness import needs_etcd, pauses_not_redirected, run_and_check
 
 pytestmark = [pytest.mark.faults, needs_etcd]
 TTL_MS = 3000
@@ -41,6 +40,7 @@ def _kills(tmp_path: Path, n: int) -> None:
     assert f"failover: took {summary['topic']}/" in logs and "whose session ended: unowned for" in logs
 
 
+@pytest.mark.slow  # the fast nemesis run (test_nemesis_fast.py) kills and pauses owners in make test
 def test_kill_owner_fast(tmp_path: Path) -> None:
     _kills(tmp_path, 3)
 
@@ -51,30 +51,16 @@ def test_kill_owner_twenty(tmp_path: Path) -> None:
     _kills(tmp_path, 20)
 
 
-def _redirected(events: list[Any]) -> list[str]:
-    """Pauses during which no broker named another leader for a partition the paused broker led."""
-    problems = []
-    pauses = [e for e in events if e.f == NEMESIS and e.type == INVOKE and (e.fault or "").startswith("pause")]
-    for p in pauses:
-        if not p.partitions:
-            continue
-        end = next(e.time for e in events if e.f == NEMESIS and e.type == OK and e.process == p.process)
-        moved = {e.partition for e in events if e.f == LEADER and e.type == OK and p.time <= e.time <= end + 2
-                 and e.partition in p.partitions and e.node != p.node}  # fmt: skip
-        if moved != set(p.partitions):
-            problems.append(f"{p.fault} at {p.time:.1f}s: partitions {sorted(set(p.partitions) - moved)} not moved")
-    return problems
-
-
 def _pauses(tmp_path: Path, n: int) -> None:
     spec = NemesisRun(directory=str(tmp_path / "c"), duration=40.0 + 15.0 * n, seed=100 + n,
                       schedule=("pause",) * n, session_timeout_ms=TTL_MS, gap=(2.0, 3.0))  # fmt: skip
     summary = run_and_check(spec)
     print(f"SIGSTOP {2 * TTL_MS} ms x {n}: first ack after {summary['nemesis']['first-ack-s'].get('pause')}")
     assert summary["nemesis"]["faults"] == {"pause": n}
-    assert _redirected(read_history(tmp_path / "c" / "history.jsonl")) == []
+    assert pauses_not_redirected(read_history(tmp_path / "c" / "history.jsonl")) == []
 
 
+@pytest.mark.slow  # the fast nemesis run (test_nemesis_fast.py) kills and pauses owners in make test
 def test_pause_owner_fast(tmp_path: Path) -> None:
     _pauses(tmp_path, 2)
 
@@ -85,11 +71,9 @@ def test_pause_owner_twenty(tmp_path: Path) -> None:
     _pauses(tmp_path, 20)
 
 
-# The 3-member leader kill is slow-only: the fast nemesis run already kills etcd members over three members.
-@pytest.mark.parametrize(
-    ("members", "schedule"),
-    [(1, ("etcd",)), pytest.param(3, ("etcd-leader", "etcd-leader"), marks=pytest.mark.slow)],
-)
+# Slow only: the fast nemesis run (make test) already kills etcd members, the leader among them, over three members.
+@pytest.mark.slow
+@pytest.mark.parametrize(("members", "schedule"), [(1, ("etcd",)), (3, ("etcd-leader", "etcd-leader"))])
 def test_etcd_loss(tmp_path: Path, members: int, schedule: tuple[str, ...]) -> None:
     spec = NemesisRun(directory=str(tmp_path / "c"), duration=60.0, seed=members, schedule=schedule,
                       etcd_members=members, session_timeout_ms=TTL_MS, gap=(3.0, 4.0), hold=(3.0, 4.0))  # fmt: skip

@@ -21,7 +21,7 @@ import pytest
 from brokers.verify.nemesis import NemesisRun, mount_small_disks, unmount
 from tests.faults.harness import needs_etcd, run_and_check
 
-pytestmark = [pytest.mark.faults, needs_etcd]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, needs_etcd]  # make test: the fast nemesis run has these faults
 TTL_MS = 3000
 
 
