@@ -3,9 +3,11 @@
 Why: lag is what Burrow and kafka-lag-exporter are installed for; the coordinator already holds every committed
 offset of its groups in memory (the shards of ``__consumer_offsets``), so it can export them without a
 separate exporter. Lag needs the partition's high watermark: taken from the log when the partition is loaded
-here; otherwise read from its owner with ListOffsets (brokers/group_admin.py over the broker's own advertised
-address), in the background, at most every ``REFRESH_S`` and only while something scrapes, so a scrape never
-waits on the network. A watermark older than ``MAX_AGE_S`` is not used.
+here; otherwise, in a cluster, read from its owner with ListOffsets (brokers/group_admin.py over the broker's own
+advertised address), in the background, at most every ``REFRESH_S`` and only while something scrapes, so a
+scrape never waits on the network. A watermark older than ``MAX_AGE_S`` is not used. An embedded broker owns
+every partition but loads one only when a client uses it: asking itself would load idle partitions for the
+sake of a metric, so there a partition not loaded has no lag series (it has had no traffic since the start).
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ class GroupLag:
         return tuple(out)
 
     def _maybe_refresh(self, missing: set[TP], now: float) -> None:
-        if not missing or now - self._last_refresh < REFRESH_S:
-            return
+        if not missing or now - self._last_refresh < REFRESH_S or self._broker.logs.take_on_first_use:
+            return  # (take_on_first_use: an embedded broker, see the module docstring)
         if self._task is not None and not self._task.done():
             return
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from types import SimpleNamespace
 
 import pytest
 from kio.schema.errors import ErrorCode
@@ -15,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from brokers.handlers.base import NO_THROTTLE, make, response_module
 from brokers.observability import cluster_metrics, process, requests, traffic
+from brokers.observability.groups import GroupLag, GroupOffsetFigures
 from storage.metrics import object_store_request
 from storage.objectstore.api import ObjectStoreUnavailable
 
@@ -144,3 +146,44 @@ def test_gc_pauses_are_timed_per_generation() -> None:
     gc.collect()
     time.sleep(0)
     assert sample("tidelog_gc_pause_seconds_count", generation="2") == before + 1
+
+
+class _Log:
+    def __init__(self, topic_id: str, partition: int, high_watermark: int) -> None:
+        self.topic_id, self.partition, self.high_watermark = topic_id, partition, high_watermark
+
+
+class _Topic:
+    def __init__(self, name: str, topic_id: str, partitions: int) -> None:
+        self.name, self.topic_id, self.partitions = name, topic_id, partitions
+
+
+class _Broker:
+    """What GroupLag reads of a broker: loaded logs, topics, the coordinator's shards."""
+
+    def __init__(self, *, embedded: bool) -> None:
+        from brokers.groups.shard import CommittedOffset
+
+        topic = _Topic("orders", "id-1", 2)
+        self.topics = SimpleNamespace(by_id={"id-1": topic}.get, get={"orders": topic}.get)
+        self.logs = SimpleNamespace(all=lambda: [_Log("id-1", 0, 500)], take_on_first_use=embedded)
+        offsets = {"billing": {("orders", 0): CommittedOffset(420, -1, "", 0),
+                               ("orders", 1): CommittedOffset(7, -1, "", 0)}}  # fmt: skip
+        shard = SimpleNamespace(active=True, offsets=offsets)
+        self.groups = SimpleNamespace(shards={0: shard})
+        self.config = SimpleNamespace(advertised=("127.0.0.1", 1))  # nothing listens: a refresh would fail
+
+
+@pytest.mark.asyncio
+async def test_group_lag_uses_local_watermarks_and_never_asks_an_embedded_broker() -> None:
+    lag = GroupLag(_Broker(embedded=True))  # type: ignore[arg-type]
+    got = lag.figures()
+    assert got == (
+        GroupOffsetFigures("billing", "orders", 0, committed=420, high_watermark=500),
+        GroupOffsetFigures("billing", "orders", 1, committed=7, high_watermark=None),  # not loaded: no lag
+    )
+    assert lag._task is None  # embedded: no self-query that would load the idle partition
+    cluster = GroupLag(_Broker(embedded=False))  # type: ignore[arg-type]
+    cluster.figures()
+    assert cluster._task is not None  # a cluster broker reads orders/1's watermark from its owner
+    await cluster.close()  # the refresh (to a closed port) stops without raising
