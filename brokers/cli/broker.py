@@ -118,8 +118,13 @@ def build_config(args: argparse.Namespace) -> tuple[BrokerConfig, list[str]]:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from brokers.cli.startup import check_listen
+
     try:
         config, endpoints = build_config(args)
+        check_listen(config.host, config.port, "--listen")  # in use: one line, exit 2, before anything starts
+        if config.admin_listen:
+            check_listen(*parse_hostport(config.admin_listen, "--admin"), "--admin")
     except ConfigError as e:
         print(f"tidelog broker: error: {e}", file=sys.stderr)
         return 2

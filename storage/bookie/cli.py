@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--metadata {args.metadata!r}: expected etcd://HOST:PORT or none (or postgresql://...)")
         if args.lease_ttl <= 0:
             raise UsageError("--lease-ttl must be positive")
+        _check_free(host, port, "--listen")  # an address in use: one line, exit 2, before the data dir is opened
+        if args.admin:
+            _check_free(*parse_hostport(args.admin, "--admin"), "--admin")
     except UsageError as exc:
         print(f"tidelog bookie: error: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +104,20 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _check_free(host: str, port: int, what: str) -> None:
+    """Raise UsageError if ``host:port`` cannot be listened on now (a trial bind, as the server will do)."""
+    if port == 0:
+        return
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UsageError(f"{what} {host}:{port}: {(e.strerror or str(e)).lower()}") from None
 
 
 def _run_async(coro: Coroutine[Any, Any, None]) -> None:
