@@ -16,7 +16,7 @@ from metadata.prefix_cache import PrefixCache
 
 INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
 """Topics the broker writes itself: clients may read them, never produce, delete or grow them."""
-_LEGAL = re.compile(r"^[a-zA-Z0-9._-]+$")
+_LEGAL = re.compile(r"[a-zA-Z0-9._-]+")  # fullmatch: "$" would also let a trailing newline through
 MAX_NAME = 249
 
 
@@ -28,13 +28,31 @@ class TopicError(Exception):
         self.code = code
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` can never be a topic (Kafka's ``Topic.validate`` rules and messages), or None if it can."""
+    if not name:
+        return "Topic name is illegal, it can't be empty"
+    if name in (".", ".."):
+        return 'Topic name cannot be "." or ".."'
+    if len(name) > MAX_NAME:
+        return f"Topic name is illegal, it can't be longer than {MAX_NAME} characters, topic name: {name}"
+    if not _LEGAL.fullmatch(name):
+        return f"Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', " \
+            "'_' and '-'"
+    return None
+
+
 def check_name(name: str) -> None:
     """Kafka's topic name rules; raises TopicError(INVALID_TOPIC_EXCEPTION)."""
-    if not name or name in (".", "..") or len(name) > MAX_NAME or not _LEGAL.match(name):
-        raise TopicError(
-            ErrorCode.invalid_topic_exception,
-            f"topic name {name!r} is illegal: 1-{MAX_NAME} of [a-zA-Z0-9._-], not '.' or '..'",
-        )
+    problem = name_problem(name)
+    if problem is not None:
+        raise TopicError(ErrorCode.invalid_topic_exception, problem)
+
+
+def collision_key(name: str) -> str:
+    """Names that differ only in '.' versus '_' collide (Kafka's ``Topic.unifyCollisionChars``): metric names
+    replace '.' by '_', so two such topics would report into one series."""
+    return name.replace(".", "_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +100,7 @@ class TopicRegistry:
         self._by_name: dict[str, TopicRecord] = {}
         self._by_id: dict[str, TopicRecord] = {}
         self._versions: dict[str, int] = {}
+        self._collisions: dict[str, set[str]] = {}  # collision_key -> names with it ('.' and '_' unified)
         self._partitions = 0
         self._changing = asyncio.Lock()  # limit checks and the store write they guard happen together
         self.generation = 0
@@ -99,6 +118,7 @@ class TopicRegistry:
         self._by_name.clear()
         self._by_id.clear()
         self._versions.clear()
+        self._collisions.clear()
         self._partitions = 0
         for item in await self._store.list(self._keys.topics_prefix()):
             self._remember(TopicRecord.decode(item.value), item.version)
@@ -131,6 +151,7 @@ class TopicRegistry:
         self._by_name[topic.name] = topic
         self._by_id[topic.topic_id] = topic
         self._versions[topic.name] = version
+        self._collisions.setdefault(collision_key(topic.name), set()).add(topic.name)
         self.generation += 1
 
     def _forget(self, topic: TopicRecord) -> None:
@@ -138,6 +159,12 @@ class TopicRegistry:
         self._partitions -= old.partitions if old is not None else 0
         self._by_id.pop(topic.topic_id, None)
         self._versions.pop(topic.name, None)
+        key = collision_key(topic.name)
+        same = self._collisions.get(key)
+        if same is not None:
+            same.discard(topic.name)
+            if not same:
+                del self._collisions[key]
         self.generation += 1
 
     def get(self, name: str) -> TopicRecord | None:
@@ -148,6 +175,14 @@ class TopicRegistry:
 
     def all(self) -> list[TopicRecord]:
         return sorted(self._by_name.values(), key=lambda t: t.name)
+
+    def colliding(self, name: str) -> str | None:
+        """An existing topic whose name differs from ``name`` only in '.' versus '_' (the least such name, so
+        the message is stable), or None. Kafka refuses to create such a topic with INVALID_TOPIC_EXCEPTION."""
+        if "." not in name and "_" not in name:
+            return None
+        others = self._collisions.get(collision_key(name), set()) - {name}
+        return min(others) if others else None
 
     async def create(
         self, name: str, partitions: int, replication_factor: int, configs: dict[str, str],
@@ -164,6 +199,11 @@ class TopicRegistry:
         async with self._changing:
             if name in self._by_name:
                 raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+            other = self.colliding(name)
+            if other is not None:
+                raise TopicError(
+                    ErrorCode.invalid_topic_exception, f"Topic '{name}' collides with existing topic: {other}"
+                )
             self.limits.check(self, name, partitions, partitions, new_topic=True)
             topic = TopicRecord(name, str(uuid.uuid4()), partitions, replication_factor, configs)
             if validate_only:
@@ -192,6 +232,26 @@ class TopicRegistry:
             await self._store.delete(item.key)
         self._forget(topic)
         return topic, ledger_ids
+
+    async def set_configs(self, name: str, configs: dict[str, str], validate_only: bool = False) -> TopicRecord:
+        """Replace a topic's configs (the ones set on it; the rest take defaults) - IncrementalAlterConfigs.
+        Every broker follows the topic record, and readers take configs from it at use, so no restart."""
+        async with self._changing:
+            topic = self._by_name.get(name)
+            if topic is None:
+                raise TopicError(ErrorCode.unknown_topic_or_partition, f"topic {name!r} does not exist")
+            changed = replace(topic, configs=dict(configs))
+            if validate_only:
+                return changed
+            try:
+                version = await self._store.put(
+                    self._keys.topic(name), changed.encode(), expected_version=self._versions[name]
+                )
+            except VersionConflict:
+                await self.load()
+                raise TopicError(ErrorCode.invalid_update_version, f"topic {name!r} changed meanwhile; retry") from None
+            self._remember(changed, version)
+            return changed
 
     async def add_partitions(self, name: str, count: int, validate_only: bool = False) -> TopicRecord:
         """Grow a topic to ``count`` partitions; raises TopicError(INVALID_PARTITIONS) to shrink or beyond a

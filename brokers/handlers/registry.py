@@ -26,7 +26,9 @@ class HandlerSpec:
 
 # One module per API, named after it; adding an API is adding its name here.
 API_MODULES = (
+    "alter_configs",
     "alter_partition_reassignments",
+    "alter_replica_log_dirs",
     "api_versions",
     "consumer_group_describe",
     "consumer_group_heartbeat",
@@ -38,9 +40,14 @@ API_MODULES = (
     "describe_cluster",
     "describe_configs",
     "describe_groups",
+    "describe_log_dirs",
+    "describe_producers",
+    "describe_topic_partitions",
+    "elect_leaders",
     "fetch",
     "find_coordinator",
     "heartbeat",
+    "incremental_alter_configs",
     "init_producer_id",
     "join_group",
     "leave_group",
