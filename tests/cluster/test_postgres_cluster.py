@@ -15,13 +15,16 @@ test_move_under_load.py), called on this cluster:
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from brokers.devcluster import DevCluster
+from brokers.devcluster import DevCluster, tidelog_command
 from tests.cluster import test_clients_cluster as clients
 from tests.cluster.harness import assert_no_tracebacks, print_logs
 from tests.cluster.test_clients_cluster import node_bin  # noqa: F401  (fixture)
@@ -73,7 +76,10 @@ def test_kafkajs(cluster: DevCluster, node_bin: str, tmp_path: Path) -> None:  #
     clients.test_kafkajs(cluster, 1, node_bin, tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat not installed")
+needs_kcat = pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat not installed")
+
+
+@needs_kcat
 def test_kcat(cluster: DevCluster, tmp_path: Path) -> None:
     clients.test_kcat(cluster, 2, tmp_path)
 
@@ -85,3 +91,50 @@ def test_ten_moves_under_a_steady_idempotent_producer(cluster: DevCluster) -> No
 @pytest.mark.slow
 def test_hundred_moves_under_a_steady_idempotent_producer(cluster: DevCluster) -> None:
     move_back_and_forth(cluster, "pg-moving-100", 100)
+
+
+@needs_kcat
+def test_dev_cluster_command_on_postgres_serves_and_stops_on_ctrl_c() -> None:
+    """``tidelog dev-cluster --metadata postgres`` (one broker, three bookies): prints the PostgreSQL URL and the
+    bootstrap, serves kcat, and Ctrl-C stops everything it started, PostgreSQL included."""
+    base = Path(tempfile.mkdtemp(prefix="tidelog-pg-devcli-"))
+    base.chmod(0o755)
+    out_path, cluster_dir = base / "out", base / "dc"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            [*tidelog_command(), "dev-cluster", "--metadata", "postgres", "--brokers", "1", "--bookies", "3",
+             "--dir", str(cluster_dir)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        text = ""
+        while "bootstrap: " not in text and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            text = out_path.read_text(errors="replace")
+        assert "bootstrap: " in text, f"exit {proc.poll()}:\n{text[-3000:]}"
+        assert "postgres: postgresql://" in text, text
+        bootstrap = text.split("bootstrap: ", 1)[1].split()[0]
+        postmaster = int((cluster_dir / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+        done = subprocess.run(
+            ["kcat", "-b", bootstrap, "-P", "-t", "pgcli", "-p", "0", "-m", "30"], input="a\nb\n", text=True,
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        done = subprocess.run(
+            ["kcat", "-b", bootstrap, "-C", "-t", "pgcli", "-p", "0", "-o", "beginning", "-e", "-q", "-m", "30"],
+            text=True, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.stdout.splitlines() == ["a", "b"], done.stderr
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        for _ in range(100):  # the server was stopped before the command returned; allow the reaping
+            if not Path(f"/proc/{postmaster}").exists():
+                break
+            time.sleep(0.1)
+        assert not Path(f"/proc/{postmaster}").exists(), "PostgreSQL outlived tidelog dev-cluster"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
