@@ -11,7 +11,8 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.config import TOPIC_CONFIG_DEFAULTS, BrokerConfig
+from brokers.config import BrokerConfig
+from brokers.dynamic_config import DynamicConfigs
 from brokers.groups.consumer_shard import consumer_extension
 from brokers.groups.coordinator import GroupCoordinator
 from brokers.log.manager import LogManager
@@ -47,6 +48,8 @@ class Broker:
         self.config = config
         self.store = store
         self.keys = Keys(config.cluster)
+        self.dynamic = DynamicConfigs(store, self.keys, config, self._config_changed)
+        """Dynamic broker configs (AlterConfigs); ``config`` is replaced by the effective one on every change."""
         self.ledgers = ledgers
         self.tiering: Tiering | None = None
         """Offloader, object store and block cache (None without an object store: ledgers only)."""
@@ -95,6 +98,7 @@ class Broker:
         start-up time does not grow with idle partitions. Partitions whose stored state shows work to do
         are loaded in the background afterwards (``load_pending``)."""
         self.cluster_id = await self._cluster_id()
+        await self.dynamic.start()
         await self.topics.load()
         await self.groups.start()
         self._spawn(self.logs.run_age_rollover())
@@ -111,6 +115,10 @@ class Broker:
             BrokerRecord(self.config.node_id, host, port).encode(),
             lease=self._lease.id,
         )
+
+    def _config_changed(self, config: BrokerConfig) -> None:
+        """A dynamic broker config changed: readers of ``config`` see the new values from now on."""
+        self.config = config
 
     async def _cluster_id(self) -> str:
         key = self.keys.cluster_id()
@@ -132,6 +140,7 @@ class Broker:
         for task in list(self._background):
             task.cancel()
         await self.groups.stop()
+        await self.dynamic.stop()
         await self.logs.close()
         if self.tiering is not None:
             await self.tiering.offloader.close()
@@ -315,7 +324,7 @@ class Broker:
             topic = self.topics.by_id(plog.topic_id)
             if topic is None:
                 continue
-            configs = {**TOPIC_CONFIG_DEFAULTS, **topic.configs}
+            configs = self.dynamic.topic_configs(topic.configs)  # the topic's, else the broker's (live)
             delete = "delete" in configs["cleanup.policy"]
             try:
                 result = await plog.enforce_retention(

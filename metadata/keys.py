@@ -14,7 +14,8 @@ Layout (one prefix per cluster)::
     /tidelog/{cluster}/controller                           controller election (leased)
     /tidelog/{cluster}/assignments/{topic_id}               desired owner of each partition (written by the controller)
     /tidelog/{cluster}/reassignments/{topic_id}/{partition} a requested move (pin: target node id)
-    /tidelog/{cluster}/config/broker                        cluster-wide broker config overrides
+    /tidelog/{cluster}/config/broker                        cluster-wide dynamic broker configs (resource "")
+    /tidelog/{cluster}/config/broker/{broker_id}            one broker's dynamic broker configs
     /tidelog/{cluster}/cluster_id                           the cluster id reported to clients
 """
 
@@ -134,5 +135,21 @@ class Keys:
     def cluster_id(self) -> str:
         return f"{self.root}cluster_id"
 
-    def broker_config(self) -> str:
-        return f"{self.root}config/broker"
+    def configs_prefix(self) -> str:
+        """Dynamic broker configs (AlterConfigs on a broker resource); every broker watches this prefix."""
+        return f"{self.root}config/"
+
+    def broker_config(self, broker_id: int | None = None) -> str:
+        """One broker's dynamic configs, or (None) the cluster-wide defaults every broker takes."""
+        base = f"{self.configs_prefix()}broker"
+        return base if broker_id is None else f"{base}/{broker_id}"
+
+    def broker_config_id(self, key: str) -> int | None:
+        """The broker id of a ``broker_config`` key (None: the cluster-wide defaults); ValueError otherwise."""
+        rest = key[len(self.configs_prefix()) :] if key.startswith(self.configs_prefix()) else key
+        if rest == "broker":
+            return None
+        head, _, node = rest.partition("/")
+        if head != "broker" or not node.isdigit():
+            raise ValueError(f"not a broker config key: {key!r}")
+        return int(node)

@@ -240,6 +240,22 @@ class OffloadIntent:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerConfigRecord:
+    """Dynamic broker configs of one broker, or of every broker (the cluster-wide defaults): Kafka names and
+    string values, as AlterConfigs set them. Kept in one key so a change is seen whole."""
+
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return _pack({"configs": self.configs})
+
+    @classmethod
+    def decode(cls, data: bytes) -> BrokerConfigRecord:
+        d = _unpack(data)
+        return cls({str(k): str(v) for k, v in dict(d.get("configs", {})).items()})
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerRecord:
     """A live broker's registration (bound to its lease)."""
 

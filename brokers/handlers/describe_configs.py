@@ -1,10 +1,14 @@
-"""DescribeConfigs (API 32): a topic's effective configs, or this broker's static configs.
+"""DescribeConfigs (API 32): a topic's or a broker's effective configs, with sources and synonyms as Kafka
+reports them (brokers/dynamic_config.py has the precedence chain).
 
-Also home of ``topic_config_entries``, the effective topic config list CreateTopics v5+ returns too.
+A broker resource "N" is answered by broker N only (the Admin clients send it there, as Kafka requires: the
+static configs are that process's); the cluster-wide default resource "" lists only the dynamic defaults set,
+as Kafka does. Also home of ``topic_config_entries``, the effective topic config list CreateTopics v5+ returns.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -12,6 +16,15 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.config import INT32_CONFIGS, TOPIC_CONFIG_DEFAULTS, TOPIC_CONFIG_TYPES
+from brokers.dynamic_config import (
+    BROKER_SYNONYMS,
+    DYNAMIC_BROKER_CONFIGS,
+    ConfigSource,
+    DynamicConfigs,
+    Layer,
+    ResourceError,
+    broker_resource_id,
+)
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.topics import TopicError, check_name
 
@@ -21,14 +34,6 @@ MAX_VERSION = 4
 
 RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
-
-
-class ConfigSource(IntEnum):
-    """Kafka's DescribeConfigsResponse config sources (the ones we report)."""
-
-    DYNAMIC_TOPIC_CONFIG = 1
-    STATIC_BROKER_CONFIG = 4
-    DEFAULT_CONFIG = 5
 
 
 class ConfigType(IntEnum):
@@ -43,34 +48,6 @@ class ConfigType(IntEnum):
     LIST = 7
 
 
-# The broker config each topic config takes its default from in Kafka (LogConfig's synonyms).
-BROKER_SYNONYMS: dict[str, str] = {
-    "cleanup.policy": "log.cleanup.policy",
-    "compression.type": "compression.type",
-    "delete.retention.ms": "log.cleaner.delete.retention.ms",
-    "file.delete.delay.ms": "log.segment.delete.delay.ms",
-    "flush.messages": "log.flush.interval.messages",
-    "flush.ms": "log.flush.interval.ms",
-    "index.interval.bytes": "log.index.interval.bytes",
-    "local.retention.bytes": "log.local.retention.bytes",
-    "local.retention.ms": "log.local.retention.ms",
-    "max.compaction.lag.ms": "log.cleaner.max.compaction.lag.ms",
-    "max.message.bytes": "message.max.bytes",
-    "message.timestamp.after.max.ms": "log.message.timestamp.after.max.ms",
-    "message.timestamp.before.max.ms": "log.message.timestamp.before.max.ms",
-    "message.timestamp.type": "log.message.timestamp.type",
-    "min.cleanable.dirty.ratio": "log.cleaner.min.cleanable.ratio",
-    "min.compaction.lag.ms": "log.cleaner.min.compaction.lag.ms",
-    "min.insync.replicas": "min.insync.replicas",
-    "preallocate": "log.preallocate",
-    "retention.bytes": "log.retention.bytes",
-    "retention.ms": "log.retention.ms",
-    "segment.bytes": "log.segment.bytes",
-    "segment.index.bytes": "log.index.size.max.bytes",
-    "segment.jitter.ms": "log.roll.jitter.ms",
-    "segment.ms": "log.roll.ms",
-    "unclean.leader.election.enable": "unclean.leader.election.enable",
-}
 _TOPIC_TYPE_CODES = {
     "int": ConfigType.INT, "long": ConfigType.LONG, "double": ConfigType.DOUBLE, "boolean": ConfigType.BOOLEAN,
     "enum": ConfigType.STRING, "list": ConfigType.LIST,
@@ -94,21 +71,27 @@ def _topic_config_type(key: str) -> ConfigType:
     return ConfigType.STRING if kind is None else _TOPIC_TYPE_CODES[kind.kind]
 
 
-def _broker_config_type(key: str, value: str) -> ConfigType:
+def _broker_config_type(key: str, value: str | None) -> ConfigType:
+    kind = DYNAMIC_BROKER_CONFIGS.get(key)
+    if kind is not None:
+        return _TOPIC_TYPE_CODES[kind.kind]
     if value in ("true", "false"):
         return ConfigType.BOOLEAN
     try:
-        int(value)
+        int(value or "")
     except ValueError:
         return ConfigType.STRING
     return ConfigType.INT if key in INT32_CONFIGS or key in ("broker.id", "node.id") else ConfigType.LONG
 
 
-def topic_config_entries(overrides: dict[str, str], broker_configs: dict[str, str]) -> list[ConfigEntry]:
-    """Every topic config: the topic's override, else the broker's setting of its synonym, else the default.
+def topic_config_entries(
+    overrides: dict[str, str], broker_configs: dict[str, str], layers: Sequence[Layer] = ()
+) -> list[ConfigEntry]:
+    """Every topic config: the topic's override, else the broker's dynamic value of its synonym (``layers``,
+    highest first), else the broker's static setting, else the default.
 
-    A broker setting counts (as STATIC_BROKER_CONFIG) only where it differs from the topic default, since
-    the broker's settings always carry a value and we cannot tell a set one from a defaulted one.
+    A static broker setting counts (as STATIC_BROKER_CONFIG) only where it differs from the topic default,
+    since the broker's settings always carry a value and we cannot tell a set one from a defaulted one.
     """
     entries: list[ConfigEntry] = []
     for key, default in sorted(TOPIC_CONFIG_DEFAULTS.items()):
@@ -116,49 +99,59 @@ def topic_config_entries(overrides: dict[str, str], broker_configs: dict[str, st
         if key in overrides:
             chain.append((key, overrides[key], ConfigSource.DYNAMIC_TOPIC_CONFIG))
         broker_key = BROKER_SYNONYMS.get(key)
-        if broker_key is not None and broker_configs.get(broker_key, default) != default:
-            chain.append((broker_key, broker_configs[broker_key], ConfigSource.STATIC_BROKER_CONFIG))
+        if broker_key is not None:
+            chain.extend((broker_key, layer.configs[broker_key], layer.source)
+                         for layer in layers if broker_key in layer.configs)
+            if broker_configs.get(broker_key, default) != default:
+                chain.append((broker_key, broker_configs[broker_key], ConfigSource.STATIC_BROKER_CONFIG))
         chain.append((broker_key or key, default, ConfigSource.DEFAULT_CONFIG))
         _, value, source = chain[0]
         entries.append(ConfigEntry(key, value, source, False, _topic_config_type(key), tuple(chain)))
     return entries
 
 
-def broker_config_entries(broker_configs: dict[str, str]) -> list[ConfigEntry]:
-    """This broker's configs: all static (set at start), so all read-only."""
-    return [
-        ConfigEntry(
-            key, value, ConfigSource.STATIC_BROKER_CONFIG, True, _broker_config_type(key, value),
-            ((key, value, ConfigSource.STATIC_BROKER_CONFIG),),
+def broker_config_entries(dynamic: DynamicConfigs) -> list[ConfigEntry]:
+    """Every config of this broker: the dynamic ones with their chain, the others fixed at start (read-only)."""
+    entries = []
+    for key in sorted(set(dynamic.static.broker_configs()) | set(DYNAMIC_BROKER_CONFIGS)):
+        chain = tuple(dynamic.broker_chain(key))
+        _, value, source = chain[0]
+        entries.append(
+            ConfigEntry(key, value, source, key not in DYNAMIC_BROKER_CONFIGS, _broker_config_type(key, value), chain)
         )
-        for key, value in sorted(broker_configs.items())
+    return entries
+
+
+def default_broker_entries(dynamic: DynamicConfigs) -> list[ConfigEntry]:
+    """The cluster-wide default resource: only the dynamic defaults set (Kafka lists nothing else there)."""
+    source = ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG
+    return [
+        ConfigEntry(key, value, source, False, _broker_config_type(key, value), ((key, value, source),))
+        for key, value in sorted(dynamic.overrides(None).items())
     ]
 
 
 def _resource_entries(ctx: RequestContext, resource_type: int, name: str) -> list[ConfigEntry]:
-    """The config entries of one resource; raises TopicError with the Kafka error to report."""
-    config = ctx.broker.config
+    """The config entries of one resource; raises TopicError/ResourceError with the Kafka error to report."""
+    dynamic = ctx.broker.dynamic
     if resource_type == RESOURCE_TOPIC:
         check_name(name)
         topic = ctx.broker.topics.get(name)
         if topic is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"Topic '{name}' does not exist.")
-        return topic_config_entries(topic.configs, config.broker_configs())
+        return topic_config_entries(topic.configs, dynamic.static.broker_configs(), dynamic.layers())
     if resource_type == RESOURCE_BROKER:
-        if name == "":
-            return []  # cluster-wide dynamic defaults: Tidelog has none
-        try:
-            node_id = int(name)
-        except ValueError:
-            raise TopicError(ErrorCode.invalid_request, f"Broker id must be an integer, but it is: {name}") from None
+        node_id = broker_resource_id(name)
+        if node_id is None:
+            return default_broker_entries(dynamic)
         if node_id != ctx.broker.routing.node_id:
-            # Kafka's ConfigHelper: a broker describes only its own static configs; clients (the Admin client)
-            # send a broker resource to that broker, which every live broker of the Metadata answer is.
+            # Kafka's ConfigHelper: a broker describes only its own configs; clients (the Admin client) send a
+            # broker resource to that broker, which every live broker of the Metadata answer is.
             raise TopicError(
                 ErrorCode.invalid_request,
-                f"Unexpected broker id, expected {config.node_id} or empty string, but received {name}",
+                f"Unexpected broker id, expected {ctx.broker.routing.node_id} or empty string, but received {name}",
             )
-        return broker_config_entries(config.broker_configs())
+        return broker_config_entries(dynamic)
     raise TopicError(ErrorCode.invalid_request, f"Unsupported resource type: {resource_type}")
 
 
@@ -189,7 +182,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         entries: list[ConfigEntry] = []
         try:
             entries = _resource_entries(ctx, resource.resource_type, resource.resource_name)
-        except TopicError as e:
+        except (TopicError, ResourceError) as e:
             code, message = e.code, str(e)
         if resource.configuration_keys:  # None or empty: all of them
             wanted = set(resource.configuration_keys)

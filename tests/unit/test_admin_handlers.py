@@ -20,6 +20,7 @@ from kio.static.constants import EntityType
 
 from brokers.broker import Broker
 from brokers.config import TOPIC_CONFIG_DEFAULTS, BrokerConfig
+from brokers.dynamic_config import DYNAMIC_BROKER_CONFIGS
 from brokers.handlers import create_partitions, create_topics, delete_topics, describe_cluster, describe_configs
 from brokers.handlers.base import RequestContext
 from brokers.routing import Endpoint
@@ -264,9 +265,12 @@ async def test_describe_configs_broker(broker: Broker, version: int) -> None:
         (8, str(NODE), None), synonyms=True))
     mine, default, other, junk, one, logger = resp.results
     configs = {c.name: c for c in mine.configs}
-    assert configs == {c.name: c for c in mine.configs if c.read_only and c.config_source == 4}
-    assert set(configs) == set(broker.config.broker_configs())
-    assert [(s.name, s.value, s.source) for s in configs["num.partitions"].synonyms] == [("num.partitions", "2", 4)]
+    assert set(configs) == set(broker.config.broker_configs()) | set(DYNAMIC_BROKER_CONFIGS)
+    assert {name for name, c in configs.items() if not c.read_only} == set(DYNAMIC_BROKER_CONFIGS)
+    assert [(s.name, s.value, s.source) for s in configs["num.partitions"].synonyms] == [
+        ("num.partitions", "2", 4), ("num.partitions", "1", 5)]  # set at start, then Kafka's default
+    assert [(configs[k].value, configs[k].config_source) for k in ("broker.id", "fetch.max.bytes", "log.retention.ms")
+            ] == [(str(NODE), 4), (str(55 * 1024 * 1024), 5), ("604800000", 5)]
     assert (mine.error_code, default.error_code, default.configs) == (ErrorCode.none, ErrorCode.none, ())
     assert [r.error_code for r in (other, junk, logger)] == [ErrorCode.invalid_request] * 3
     assert [c.name for c in one.configs] == ["num.partitions"]
