@@ -1,5 +1,9 @@
 """Fetch (1): batches from the tail cache or ledgers; long-poll woken by high-watermark events.
 
+Size limits as Kafka keeps them (KIP-74): whole batches, each partition within its ``partition_max_bytes``
+and the response within ``max_bytes`` (and the broker's ``fetch.max.bytes``), except that the first batch of
+the first partition returning data is sent whole, so a batch larger than the limits never stalls a consumer.
+
 The bytes read come out of the broker-wide fetch response budget (brokers/response_memory.py): a fetch reads
 no more than it was granted (its first batch when the budget is spent) and holds what it read until the
 server has written the response.
@@ -116,19 +120,24 @@ def _discard(plan: list[tuple[Any, list[_Part]]], waiter: asyncio.Future[None]) 
 
 
 async def _read_all(plan: list[tuple[Any, list[_Part]]], max_total: int, waiter: asyncio.Future[None]) -> int:
+    """Read every partition in request order within the limits (Kafka's ReplicaManager.readFromLog): each
+    partition at most ``partition_max_bytes`` and all together at most ``max_total``, in whole batches,
+    except that the first partition returning anything gets its first batch whole whatever its size; a
+    later partition whose next batch does not fit what is left returns nothing this time."""
     total = 0
+    first = True  # no partition has returned data yet (Kafka's minOneMessage)
     for _t, parts in plan:
         for part in parts:
             plog = part.log
             if plog is None:
                 continue
-            budget = min(part.max_bytes, max_total - total)
-            if budget <= 0 and total > 0:
+            budget = max(0, min(part.max_bytes, max_total - total))
+            if budget <= 0 and not first:
                 part.records = []
                 part.hw, part.start = plog.high_watermark, plog.log_start_offset
                 continue
             try:
-                result = await plog.read(part.offset, max(budget, 1))
+                result = await plog.read(part.offset, budget, min_one=first)
             except LogError as e:
                 part.error = e.code
                 part.hw, part.start = plog.high_watermark, plog.log_start_offset
@@ -137,7 +146,9 @@ async def _read_all(plan: list[tuple[Any, list[_Part]]], max_total: int, waiter:
             part.hw, part.start = result.high_watermark, result.log_start_offset
             size = sum(len(b) for b in result.batches)
             total += size
-            if not size:
+            if size:
+                first = False
+            else:
                 plog.add_waiter(waiter)
     return total
 

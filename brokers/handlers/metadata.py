@@ -28,7 +28,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import RequestContext
 from brokers.routing import NO_LEADER
-from brokers.topics import INTERNAL_TOPICS, TopicError
+from brokers.topics import INTERNAL_TOPICS, TopicError, check_name
 from metadata.models import TopicRecord
 
 API_KEY = 3
@@ -61,13 +61,15 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
         ids = [getattr(t, "topic_id", None) for t in requested if t.name is None]
     refused: dict[str, TopicError] = {}
     auto = broker.config.auto_create_topics and getattr(request, "allow_auto_topic_creation", True)
-    if names and auto:
-        for name in names:
-            if broker.topics.get(name) is None:
-                try:
+    for name in names or ():
+        if broker.topics.get(name) is None:
+            try:
+                if auto:
                     await broker.auto_create_topic(name)
-                except TopicError as e:  # a limit or an illegal name: the client sees the refusal's code
-                    refused[name] = e
+                else:
+                    check_name(name)  # Kafka: INVALID_TOPIC_EXCEPTION for a name that can never exist
+            except TopicError as e:  # a limit, an illegal or colliding name: the client sees the refusal's code
+                refused[name] = e
     routing = broker.routing
     key = (version, None if names is None else tuple(names), tuple(ids), broker.topics.generation,
            broker.logs.generation, routing.node_id, routing.generation, id(routing), broker.logs.instance)

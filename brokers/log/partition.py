@@ -19,6 +19,7 @@ from dataclasses import replace
 from kio.schema.errors import ErrorCode
 
 from brokers.codec.batch import BatchHeader, assign_offsets, iter_headers
+from brokers.codec.batch_limits import take_batches
 from brokers.log.cache import TailCache
 from brokers.log.index import LedgerIndex
 from brokers.log.inflight import InflightEntries, PendingEntry
@@ -323,17 +324,19 @@ class PartitionLog(LedgerWriting, TieredLog):
     def discard_waiter(self, fut: asyncio.Future[None]) -> None:
         self._waiters.discard(fut)
 
-    async def read(self, offset: int, max_bytes: int) -> ReadResult:
-        """Batches from the one holding ``offset`` on, up to ``max_bytes`` (at least one batch)."""
+    async def read(self, offset: int, max_bytes: int, min_one: bool = True) -> ReadResult:
+        """Whole batches from the one holding ``offset`` on, at most ``max_bytes`` of them; with ``min_one``
+        the first batch even if it alone is larger (Kafka's rule for the first partition a fetch returns)."""
         hw, start = self._hw, self._state.log_start_offset
         if offset < start or offset > hw:
             raise LogError(ErrorCode.offset_out_of_range, f"offset {offset} outside {start}..{hw}")
         if offset == hw:
             return ReadResult([], hw, start)
-        cached = self._cache.read(offset, max_bytes, hw)
-        if cached is not None:
-            return ReadResult(cached, hw, start)
-        return ReadResult(await self._read_tiers(offset, max_bytes, hw), hw, start)
+        want = max(max_bytes, 1)  # the stores return at least one entry; take_batches trims to the limit
+        chunks = self._cache.read(offset, want, hw)
+        if chunks is None:
+            chunks = await self._read_tiers(offset, want, hw)
+        return ReadResult(take_batches(chunks, offset, max_bytes, min_one), hw, start)
 
     async def entries_from(self, offset: int) -> tuple[int, list[bytes]] | None:
         """The entry holding ``offset`` and the rest of its ledger's entries (for timestamp scans)."""
