@@ -163,7 +163,11 @@ CHECKS: list[tuple[str, Callable[[float], bool]]] = [
     (f'sum(tidelog_consumer_group_lag{{group="{GROUP}"}}) + sum(tidelog_consumer_group_committed_offset'
      f'{{group="{GROUP}"}})', lambda v: v == RECORDS),
     ("count(tidelog_partitions_owned)", lambda v: v == 3),
+    (f"sum(tidelog_partitions_owned) >= {PARTITIONS}", lambda v: v >= PARTITIONS),
+    ("sum(tidelog_partitions_owned) - count(tidelog_partition_high_watermark)", lambda v: v == 0),  # loaded = owned
+    (f"sum(tidelog_partition_takeover_seconds_count) >= {PARTITIONS}", lambda v: v >= PARTITIONS),
     ("count(tidelog_partition_moves_total)", lambda v: v == 3),
+    ("count(tidelog_partition_failovers_total)", lambda v: v == 3),
     ('min(process_resident_memory_bytes{job=~"tidelog-.*"})', lambda v: v > 10 << 20),
     ('count(process_cpu_seconds_total{job=~"tidelog-.*"} > 0)', lambda v: v == 6),
     ('sum(tidelog_gc_pause_seconds_count{job="tidelog-broker"})', lambda v: v >= 0),
