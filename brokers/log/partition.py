@@ -24,7 +24,7 @@ from brokers.log.cache import TailCache
 from brokers.log.index import LedgerIndex
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup, scan_ledger
-from brokers.log.producers import ProducerStateError, ProducerTable
+from brokers.log.producers import ActiveProducer, ProducerStateError, ProducerTable
 from brokers.log.tiered import TieredLog, Tiering
 from brokers.log.types import AppendResult, LogConfig, LogError, NotLeader, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
@@ -118,6 +118,12 @@ class PartitionLog(LedgerWriting, TieredLog):
     def inflight(self) -> int:
         """Entries given offsets but not yet confirmed."""
         return len(self._inflight)
+
+    def active_producers(self) -> tuple[ActiveProducer, ...]:
+        """DescribeProducers: the idempotent producers this log remembers, as Kafka's leader reports them
+        (its producer state includes appended batches not yet acknowledged, so this reads the append-side
+        table, not the durable one snapshots come from)."""
+        return self._producers.active()
 
     async def load(self, taken: tuple[int, int] | None = None) -> None:
         """Take the partition over: bump the epoch, recover any open tail ledger, rebuild state; then list

@@ -27,6 +27,19 @@ class ProducerStateError(Exception):
 class _Producer:
     epoch: int
     batches: deque[tuple[int, int, int, int]]  # first_seq, last_seq, first_offset, last_offset
+    last_timestamp: int = -1  # the last batch's max timestamp (-1: not seen since the snapshot was restored)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveProducer:
+    """One idempotent producer as DescribeProducers reports it (Kafka's ProducerStateEntry)."""
+
+    producer_id: int
+    epoch: int
+    last_sequence: int
+    """-1 when no batch of this epoch carried a sequence."""
+    last_timestamp: int
+    """The last batch's max timestamp; -1 when only a snapshot (taken at a ledger rollover) told us of it."""
 
 
 class ProducerTable:
@@ -85,6 +98,14 @@ class ProducerTable:
             self._producers[head.producer_id] = state
         if head.base_sequence >= 0:
             state.batches.append((head.base_sequence, head.last_sequence, first_offset, last_offset))
+        state.last_timestamp = head.max_timestamp
+
+    def active(self) -> tuple[ActiveProducer, ...]:
+        """Every producer the table remembers, by producer id (DescribeProducers)."""
+        return tuple(
+            ActiveProducer(pid, p.epoch, p.batches[-1][1] if p.batches else -1, p.last_timestamp)
+            for pid, p in sorted(self._producers.items())
+        )
 
     def snapshot(self) -> tuple[ProducerSnapshotEntry, ...]:
         return tuple(
