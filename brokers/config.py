@@ -56,6 +56,13 @@ def _timestamp_type(v: str) -> str:
     return name
 
 
+def _migration_policy(v: str) -> str:
+    name = v.strip().lower()
+    if name not in ("bidirectional", "upgrade", "downgrade", "disabled"):  # Kafka's, case-insensitive
+        raise ValueError(f"{v!r} is not bidirectional, upgrade, downgrade or disabled")
+    return name
+
+
 MAX_LEDGER_BYTES = 4 * 1024**3
 """A ledger becomes one segment object, built in memory by the offloader and created on S3 by one
 conditional PUT (at most 5 GiB) or, from 128 MiB, a multipart upload and one conditional server-side copy."""
@@ -257,6 +264,9 @@ class BrokerConfig:
     controlled_shutdown_timeout_ms: int = field(
         default=30_000, metadata={"key": "controlled.shutdown.timeout.ms", "parse": _positive}
     )  # `tidelog broker` on SIGTERM: how long to wait for its partitions to move away before closing anyway
+    consumer_migration_policy: str = field(
+        default="bidirectional", metadata={"key": "group.consumer.migration.policy", "parse": _migration_policy}
+    )  # KIP-848 online conversion of non-empty groups between the classic and the consumer protocol
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
 
     @property

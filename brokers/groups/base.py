@@ -7,13 +7,21 @@ through this protocol only, so a new group type plugs in by implementing it.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kio.schema.errors import ErrorCode
 
 CLASSIC = "classic"
 CONSUMER = "consumer"
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds (commit timestamps, group state timestamps)."""
+    return int(time.time() * 1000)
 
 
 class GroupError(Exception):
@@ -117,3 +125,22 @@ class GroupConfig:
     snapshot_records: int = 10_000
     """A shard writes a snapshot of its live state once this many records were appended since the last."""
     snapshot_batch_bytes: int = 1024 * 1024
+
+
+class GroupStore(Protocol):
+    """What a group needs of the shard that holds it: settings, durable writes, background tasks.
+
+    Groups depend on this, not on ``shard.GroupShard``, so the shard can import the group types without
+    an import circle (shard -> classic -> classic_base -> shard).
+    """
+
+    @property
+    def config(self) -> GroupConfig: ...
+
+    async def write(self, records: list[tuple[bytes, bytes | None]]) -> int:
+        """Append records and apply them once durable; raises GroupError."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background for as long as the shard lives."""
+        ...

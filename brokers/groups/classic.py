@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import Self
 
 from kio.schema.errors import ErrorCode
 
-from brokers.groups.base import GroupError
+from brokers.groups.base import GroupError, GroupStore
 from brokers.groups.classic_base import ClassicGroupBase, GroupState, subscribed_topics
 from brokers.groups.member import ClassicMember, JoinRequest, JoinResult, SyncResult
 
@@ -302,6 +303,9 @@ class ClassicGroup(ClassicGroupBase):
 
     async def _store_assignment(self, generation: int, assignments: dict[str, bytes]) -> None:
         error = ErrorCode.none
+        await self.wait_converted()
+        if self.state is GroupState.DEAD:
+            return  # converted into a consumer group meanwhile: its members were told to rejoin
         try:
             await self._shard.write([self._metadata_record(assignments)])
         except GroupError as e:
@@ -321,6 +325,9 @@ class ClassicGroup(ClassicGroupBase):
         log.info("group %s: stable at generation %d", self.group_id, self.generation)
 
     async def _store_quietly(self) -> None:
+        await self.wait_converted()
+        if self.state is GroupState.DEAD:
+            return
         try:
             await self._shard.write([self._metadata_record()])
         except GroupError as e:
@@ -381,3 +388,61 @@ class ClassicGroup(ClassicGroupBase):
             self._prepare_rebalance(reason)
         elif self.state is GroupState.PREPARING_REBALANCE:
             self._check_join_complete()
+
+    # --- KIP-848 online migration -----------------------------------------------------------------------
+    def metadata_record(self) -> tuple[bytes, bytes | None]:
+        """The group's metadata record as it stands (members with their current assignments)."""
+        return self._metadata_record()
+
+    def begin_conversion(self) -> None:
+        """An upgrade to a consumer group is being written: hold requests (and this group's own writes,
+        which must not land after the conversion records) until ``converted`` or ``conversion_failed``."""
+        if self.converting is None:
+            self.converting = asyncio.get_running_loop().create_future()
+
+    def conversion_failed(self) -> None:
+        """The upgrade was not written: the group carries on as it was."""
+        fut, self.converting = self.converting, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def converted(self) -> None:
+        """The group is now a consumer group: members waiting on a join or sync are told to rejoin (they
+        are then served as classic members of the consumer group), timers stop, this object is retired."""
+        for member in self.members.values():
+            member.answer_join(JoinResult(ErrorCode.rebalance_in_progress, member.member_id))
+            member.answer_sync(SyncResult(ErrorCode.rebalance_in_progress))
+        self.shutdown()
+        self._set_state(GroupState.DEAD)
+        log.info("group %s: converted to a consumer group at generation %d", self.group_id, self.generation)
+        self.conversion_failed()  # releases the waiters; the group id now leads to the consumer group
+
+    async def wait_converted(self) -> None:
+        """Until a conversion in progress is over (either way)."""
+        if self.converting is not None:
+            await asyncio.shield(self.converting)
+
+    @classmethod
+    def downgraded(cls, group_id: str, shard: GroupStore, generation: int, members: list[ClassicMember]) -> Self:
+        """The classic group a consumer group becomes when its last consumer-protocol member leaves (Kafka's
+        ``ClassicGroup.fromConsumerGroup``): Stable at the consumer group's epoch, its members with every
+        protocol they offered, the first one leader, the protocol chosen as a rebalance would. The caller sets
+        each member's assignment, then ``start_after_downgrade`` once the records are durable."""
+        group = cls(group_id, shard)
+        group.generation = generation
+        group._protocol_type = "consumer"
+        group.state = GroupState.STABLE
+        for member in members:
+            group.members[member.member_id] = member
+            if member.group_instance_id is not None:
+                group.static_members[member.group_instance_id] = member.member_id
+        group.leader_id = members[0].member_id if members else None
+        group.protocol_name = group._select_protocol()
+        return group
+
+    def start_after_downgrade(self) -> None:
+        """Installed in place of the consumer group: sessions start now and a rebalance begins, so every
+        member rejoins and the leader assigns client-side again."""
+        for member in self.members.values():
+            self._schedule_expiry(member)
+        self._prepare_rebalance("converted from a consumer group")

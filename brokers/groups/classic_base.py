@@ -13,16 +13,13 @@ import logging
 import struct
 from collections import Counter
 from enum import Enum
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from kio.schema.errors import ErrorCode
 
 from brokers.groups import records as rec
-from brokers.groups.base import CLASSIC, DescribedMember, GroupDescription, GroupError
+from brokers.groups.base import CLASSIC, DescribedMember, GroupDescription, GroupError, GroupStore, now_ms
 from brokers.groups.member import ClassicMember, JoinResult, SyncResult
-
-if TYPE_CHECKING:
-    from brokers.groups.shard import GroupShard
 
 log = logging.getLogger(__name__)
 CONSUMER_PROTOCOL_TYPE = "consumer"
@@ -34,12 +31,6 @@ class GroupState(Enum):
     COMPLETING_REBALANCE = "CompletingRebalance"
     STABLE = "Stable"
     DEAD = "Dead"
-
-
-def _now_ms() -> int:
-    from brokers.groups.shard import now_ms
-
-    return now_ms()
 
 
 def subscribed_topics(metadata: bytes) -> set[str] | None:
@@ -64,12 +55,12 @@ def subscribed_topics(metadata: bytes) -> set[str] | None:
 class ClassicGroupBase:
     """A classic group's state and its ``Group`` view; see ``classic.ClassicGroup`` for the protocol."""
 
-    def __init__(self, group_id: str, shard: GroupShard) -> None:
+    def __init__(self, group_id: str, shard: GroupStore) -> None:
         self.group_id = group_id
         self._shard = shard
         self._config = shard.config
         self.state = GroupState.EMPTY
-        self.state_timestamp_ms = _now_ms()
+        self.state_timestamp_ms = now_ms()
         self.generation = 0
         self._protocol_type: str | None = None
         self.protocol_name: str | None = None
@@ -84,9 +75,11 @@ class ClassicGroupBase:
         self._new_member_added = False
         self._sync_timer: asyncio.TimerHandle | None = None
         self._storing: int | None = None
+        self.converting: asyncio.Future[None] | None = None
+        """Set while the group is being converted into a consumer group (KIP-848 upgrade): requests wait."""
 
     @classmethod
-    def restore(cls, group_id: str, shard: GroupShard, value: rec.GroupValue) -> Self:
+    def restore(cls, group_id: str, shard: GroupStore, value: rec.GroupValue) -> Self:
         """The group as persisted: Stable with its members (their sessions start now), or Empty."""
         group = cls(group_id, shard)
         group.generation = value.generation
@@ -320,7 +313,7 @@ class ClassicGroupBase:
 
     def _set_state(self, state: GroupState) -> None:
         self.state = state
-        self.state_timestamp_ms = _now_ms()
+        self.state_timestamp_ms = now_ms()
 
     # --- what the rebalance logic provides -----------------------------------------------------
     def _members_changed(self, reason: str) -> None:

@@ -74,6 +74,18 @@ class ConsumerGroupConfig:
     heartbeat_interval_ms: int = 5000
     session_timeout_ms: int = 45000
     max_size: int = 2**31 - 1
+    migration_policy: str = "bidirectional"
+    """group.consumer.migration.policy: which online conversions of non-empty groups are allowed."""
+    classic_max_size: int = 2**31 - 1
+    """group.max.size: a downgrade must leave a classic group no larger than this."""
+
+    @property
+    def upgrade_enabled(self) -> bool:
+        return self.migration_policy in ("bidirectional", "upgrade")
+
+    @property
+    def downgrade_enabled(self) -> bool:
+        return self.migration_policy in ("bidirectional", "downgrade")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +103,11 @@ class ConsumerMember:
     @property
     def state(self) -> MemberState:
         return member_state(self.cur.state)
+
+    @property
+    def uses_classic(self) -> bool:
+        """A classic-protocol member (JoinGroup/SyncGroup/Heartbeat) of this consumer group."""
+        return self.sub.classic is not None
 
 
 def member_state(value: int) -> MemberState:
@@ -226,6 +243,31 @@ class ConsumerGroup:
             if m.cur.member_epoch != self.assignment_epoch or m.cur.state != MemberState.STABLE:
                 return "Reconciling"
         return "Stable"
+
+    def all_classic_except(self, member_id: str) -> bool:
+        """Every member but ``member_id`` uses the classic protocol, and ``member_id`` does not."""
+        member = self.members.get(member_id)
+        return member is not None and not member.uses_classic and all(
+            m.uses_classic for mid, m in self.members.items() if mid != member_id
+        )
+
+    def supports_classic_protocols(self, protocol_type: str, names: Iterable[str]) -> bool:
+        """Whether a classic member offering ``names`` can join: the type is "consumer" and one of the names
+        is offered by every classic member (any name while there are none)."""
+        wanted = set(names)
+        if protocol_type != CONSUMER or not wanted:
+            return False
+        for m in self.members.values():
+            if m.sub.classic is not None:
+                wanted &= {name for name, _ in m.sub.classic.protocols}
+        return bool(wanted)
+
+    def waiting_on_unreleased(self, member: ConsumerMember) -> bool:
+        """The member is owed a partition of its target that another member still holds."""
+        if member.state != MemberState.UNRELEASED_PARTITIONS:
+            return False
+        target = self.target.get(member.member_id, EMPTY)
+        return any(self.owner_epoch(tp) != -1 for tp in target - member.cur.assigned)
 
     def owner_epoch(self, tp: tuple[str, int]) -> int:
         """The epoch of the member holding ``tp``, or -1 if no member does."""
@@ -408,15 +450,11 @@ class ConsumerGroup:
         member = self.members.get(member_id)
         if member is None:
             raise GroupError(ErrorCode.unknown_member_id, f"member {member_id!r} is not in group {self.group_id!r}")
-        if api_version < 9:
+        if api_version < 9 and not member.uses_classic:
             raise GroupError(
                 ErrorCode.unsupported_version, "members of a consumer-protocol group must use OffsetCommit v9+"
             )
-        if member_epoch != member.epoch:
-            raise GroupError(
-                ErrorCode.stale_member_epoch,
-                f"member epoch {member_epoch} of {member_id!r} is not its current epoch {member.epoch}",
-            )
+        _check_member_epoch(member, member_epoch)
 
     def validate_offset_fetch(self, member_id: str | None, member_epoch: int) -> None:
         """OffsetFetch v9+ naming a member: it must exist and carry its current epoch (else GroupError)."""
@@ -425,11 +463,22 @@ class ConsumerGroup:
         member = self.members.get(member_id or "")
         if member is None:
             raise GroupError(ErrorCode.unknown_member_id, f"member {member_id!r} is not in group {self.group_id!r}")
-        if member_epoch != member.epoch:
-            raise GroupError(
-                ErrorCode.stale_member_epoch,
-                f"member epoch {member_epoch} of {member_id!r} is not its current epoch {member.epoch}",
-            )
+        _check_member_epoch(member, member_epoch)
+
+
+def _check_member_epoch(member: ConsumerMember, epoch: int) -> None:
+    """A classic member's generation is its member epoch (ILLEGAL_GENERATION), else STALE_MEMBER_EPOCH."""
+    if epoch == member.epoch:
+        return
+    if member.uses_classic:
+        raise GroupError(
+            ErrorCode.illegal_generation,
+            f"generation {epoch} of {member.member_id!r} is not its member epoch {member.epoch}",
+        )
+    raise GroupError(
+        ErrorCode.stale_member_epoch,
+        f"member epoch {epoch} of {member.member_id!r} is not its current epoch {member.epoch}",
+    )
 
 
 def consumer_protocol_subscription(topics: Iterable[str]) -> bytes:

@@ -33,6 +33,7 @@ from brokers.groups.consumer import (
 )
 from brokers.groups.consumer_records import (
     ConsumerRecord,
+    CurrentAssignment,
     CurrentAssignmentRecord,
     GroupEpochRecord,
     MemberSubscription,
@@ -61,12 +62,40 @@ def heartbeat(
             ErrorCode.group_max_size_reached,
             f"group {group.group_id!r} has reached its maximum size of {config.max_size} members",
         )
-    g = group.group_id
     member_id = hb.member_id or new_member_id
     records: list[ConsumerRecord] = []
     member, replaced = _member_for(group, hb, member_id, records)
     is_new = member_id not in group.members
     sub = _updated(member.sub, hb)
+    cur = advance(group, member, member_id, replaced, sub, hb.owned, topics, records)
+    named = hb.subscribed_topic_names is not None or hb.subscribed_topic_regex is not None
+    full = hb.member_epoch == 0 or (hb.rebalance_timeout_ms != -1 and named and hb.owned is not None)
+    before = EMPTY if is_new and replaced is None else member.cur.assigned
+    return Outcome(
+        records=tuple(records),
+        member_id=member_id,
+        member_epoch=cur.member_epoch,
+        assignment=cur.assigned if full or cur.assigned != before else None,
+        revoking=cur.state == MemberState.UNREVOKED_PARTITIONS,
+        rebalance_timeout_ms=sub.rebalance_timeout_ms,
+    )
+
+
+def advance(
+    group: ConsumerGroup,
+    member: ConsumerMember,
+    member_id: str,
+    replaced: str | None,
+    sub: MemberSubscription,
+    owned: Assignment | None,
+    topics: TopicView,
+    records: list[ConsumerRecord],
+) -> CurrentAssignment:
+    """The member's changed subscription, a group epoch bump and new target assignment if due, and one
+    reconciliation step, as records appended to ``records``; returns the member's new state. Shared by
+    ConsumerGroupHeartbeat and by classic members' JoinGroup (KIP-848 online migration)."""
+    g = group.group_id
+    is_new = member_id not in group.members
     bump = group.group_epoch == 0
     if sub != member.sub or is_new:
         records.append(MemberSubscriptionRecord(g, member_id, sub))
@@ -96,20 +125,10 @@ def heartbeat(
         target_epoch, target = group.assignment_epoch, previous_target
         if replaced is not None:
             records.append(TargetMemberRecord(g, member_id, target))
-    cur = reconcile(member.cur, target_epoch, target, group.owner_epoch, hb.owned)
+    cur = reconcile(member.cur, target_epoch, target, group.owner_epoch, owned)
     if cur != member.cur or is_new:
         records.append(CurrentAssignmentRecord(g, member_id, cur))
-    named = hb.subscribed_topic_names is not None or hb.subscribed_topic_regex is not None
-    full = hb.member_epoch == 0 or (hb.rebalance_timeout_ms != -1 and named and hb.owned is not None)
-    before = EMPTY if is_new and replaced is None else member.cur.assigned
-    return Outcome(
-        records=tuple(records),
-        member_id=member_id,
-        member_epoch=cur.member_epoch,
-        assignment=cur.assigned if full or cur.assigned != before else None,
-        revoking=cur.state == MemberState.UNREVOKED_PARTITIONS,
-        rebalance_timeout_ms=sub.rebalance_timeout_ms,
-    )
+    return cur
 
 
 def leave(group: ConsumerGroup, hb: Heartbeat, topics: TopicView) -> Outcome:
@@ -167,7 +186,7 @@ def _member_for(
         return group.members.get(member_id) or ConsumerMember(member_id), None
     if existing.member_id == member_id:
         return existing, None
-    if existing.epoch != LEAVE_STATIC_EPOCH:
+    if existing.epoch != LEAVE_STATIC_EPOCH and not existing.uses_classic:  # a classic one is replaced at once
         raise GroupError(
             ErrorCode.unreleased_instance_id,
             f"instance id {hb.instance_id!r} is still held by member {existing.member_id!r}",
@@ -227,6 +246,7 @@ def _updated(sub: MemberSubscription, hb: Heartbeat) -> MemberSubscription:
         ),
         rebalance_timeout_ms=hb.rebalance_timeout_ms if hb.rebalance_timeout_ms != -1 else sub.rebalance_timeout_ms,
         server_assignor=hb.server_assignor if hb.server_assignor is not None else sub.server_assignor,
+        classic=None,  # a ConsumerGroupHeartbeat means the member now speaks the consumer protocol
     )
 
 

@@ -35,6 +35,19 @@ class RecordFormatError(ValueError):
 
 # --- values ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
+class ClassicMemberMetadata:
+    """A member that speaks the classic protocol inside a consumer group (KIP-848 online migration).
+
+    Kafka's tagged field 0 of ConsumerGroupMemberMetadataValue: the JoinGroup session timeout and every
+    (protocol name, metadata) the member offered, so the group can answer its JoinGroup/SyncGroup/Heartbeat
+    and be converted back into a classic group.
+    """
+
+    session_timeout_ms: int
+    protocols: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MemberSubscription:
     """What a member declared in its heartbeats (ConsumerGroupMemberMetadataValue)."""
 
@@ -46,6 +59,8 @@ class MemberSubscription:
     subscribed_topic_regex: str | None = None
     rebalance_timeout_ms: int = -1
     server_assignor: str | None = None
+    classic: ClassicMemberMetadata | None = None
+    """Set while the member uses the classic protocol (JoinGroup/SyncGroup/Heartbeat); None: consumer protocol."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +157,10 @@ class _Writer:
         out.append(v)
         self.parts.append(bytes(out))
 
+    def cbytes(self, b: bytes) -> None:  # compact, not nullable
+        self.uvarint(len(b) + 1)
+        self.parts.append(b)
+
     def string(self, s: str) -> None:  # non-flexible (keys)
         b = s.encode()
         self.int16(len(b))
@@ -187,6 +206,25 @@ def _key(version: int, group_id: str, member_id: str | None = None) -> bytes:
     return w.done()
 
 
+def _classic_tag(classic: ClassicMemberMetadata) -> bytes:
+    """The tagged-field section holding ClassicMemberMetadata as tag 0."""
+    body = _Writer()
+    body.int32(classic.session_timeout_ms)
+    body.uvarint(len(classic.protocols) + 1)
+    for name, metadata in classic.protocols:
+        body.cstring(name)
+        body.cbytes(metadata)
+        body.no_tags()
+    body.no_tags()
+    data = body.done()
+    w = _Writer()
+    w.uvarint(1)  # one tagged field
+    w.uvarint(0)  # tag 0: ClassicMemberMetadata
+    w.uvarint(len(data))
+    w.parts.append(data)
+    return w.done()
+
+
 def encode(record: ConsumerRecord) -> tuple[bytes, bytes | None]:
     """The record's key and value bytes (value None for a tombstone)."""
     w = _Writer()
@@ -222,6 +260,8 @@ def encode(record: ConsumerRecord) -> tuple[bytes, bytes | None]:
             w.cstring(sub.subscribed_topic_regex)
             w.int32(sub.rebalance_timeout_ms)
             w.cstring(sub.server_assignor)
+            if sub.classic is not None:
+                return key, w.done() + _classic_tag(sub.classic)
         case TargetEpochRecord(group_id, epoch):
             key = _key(TARGET_EPOCH, group_id)
             if epoch is None:
@@ -360,9 +400,10 @@ def decode(key: bytes, value: bytes | None) -> ConsumerRecord:
         instance_id, rack_id, client_id, client_host = r.cstring(), r.cstring(), r.cstring_required(), r.cstring()
         names = tuple(r.cstring_required() for _ in range(r.array_len()))
         sub = MemberSubscription(
-            instance_id, rack_id, client_id, client_host or "", names, r.cstring(), r.int32(), r.cstring()
+            instance_id, rack_id, client_id, client_host or "", names, r.cstring(), r.int32(), r.cstring(),
+            _read_classic_tag(r),
         )
-        record = MemberSubscriptionRecord(group_id, member_id, sub)
+        return MemberSubscriptionRecord(group_id, member_id, sub)
     elif version == TARGET_EPOCH:
         record = TargetEpochRecord(group_id, r.int32())
     elif version == TARGET_MEMBER:
@@ -373,6 +414,26 @@ def decode(key: bytes, value: bytes | None) -> ConsumerRecord:
         record = CurrentAssignmentRecord(group_id, member_id, cur)
     r.skip_tags()
     return record
+
+
+def _read_classic_tag(r: _Reader) -> ClassicMemberMetadata | None:
+    """The value's tagged fields: ClassicMemberMetadata if tag 0 is there, other tags skipped."""
+    classic = None
+    for _ in range(r.uvarint()):
+        tag, size = r.uvarint(), r.uvarint()
+        data = bytes(r.take(size))
+        if tag != 0:
+            continue
+        t = _Reader(data)
+        session_timeout_ms = t.int32()
+        protocols = []
+        for _ in range(t.array_len()):
+            name = t.cstring_required()
+            protocols.append((name, bytes(t.take(t.array_len()))))
+            t.skip_tags()
+        t.skip_tags()
+        classic = ClassicMemberMetadata(session_timeout_ms, tuple(protocols))
+    return classic
 
 
 def _tombstone(version: int, group_id: str, member_id: str) -> ConsumerRecord:

@@ -9,13 +9,21 @@ records through the shard (applied once durable), then arm the member's timers:
 * rebalance timeout (the member's own): a member asked to revoke partitions that has not done so in time
   is removed, so its partitions can move on.
 
-A classic group and a consumer group cannot share an id: a heartbeat for the id of a classic group with
-members gets GROUP_ID_NOT_FOUND (Kafka's answer); an empty classic group (e.g. offsets only) is converted.
+KIP-848 online migration (consumer_classic.py has the rules): a consumer-protocol heartbeat joining a
+non-empty classic group converts it when ``group.consumer.migration.policy`` allows (else
+GROUP_ID_NOT_FOUND, Kafka's answer); an empty classic group (e.g. offsets only) is always converted.
+Classic members of a consumer group are served here too (``classic_join``/``classic_sync``/
+``classic_heartbeat``/``classic_leave``), with Kafka's timers for them: their own session timeout, a join
+timer (rebalance timeout) once told to rejoin, a sync timer after their JoinGroup. When the last
+consumer-protocol member leaves or is fenced and the rest are classic, the group becomes a classic group
+again: its records are tombstoned, the classic group's metadata written, and the ``ClassicGroup`` installed
+in the same synchronous replay step that removes the consumer group, so no request sees neither.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -25,10 +33,31 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups import records as rec
 from brokers.groups.assignors import TopicInfo
-from brokers.groups.base import GroupError
-from brokers.groups.consumer import LEAVE_EPOCH, ConsumerGroup, ConsumerGroupConfig, Heartbeat, MemberState, Outcome
+from brokers.groups.base import CONSUMER, GroupError
+from brokers.groups.classic import ClassicGroup
+from brokers.groups.consumer import (
+    LEAVE_EPOCH,
+    ConsumerGroup,
+    ConsumerGroupConfig,
+    ConsumerMember,
+    Heartbeat,
+    MemberState,
+    Outcome,
+)
+from brokers.groups.consumer_classic import (
+    can_downgrade,
+    can_upgrade,
+    check_join,
+    classic_join,
+    classic_protocol_name,
+    downgrade,
+    must_rejoin,
+    sync_assignment,
+    upgrade_records,
+)
 from brokers.groups.consumer_heartbeat import heartbeat, remove_members
 from brokers.groups.consumer_records import KEY_VERSIONS, ConsumerRecord, GroupEpochRecord, decode, encode, is_tombstone
+from brokers.groups.member import JoinRequest, JoinResult, SyncResult
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
@@ -36,7 +65,8 @@ if TYPE_CHECKING:
     from brokers.topics import TopicRegistry
 
 log = logging.getLogger(__name__)
-SESSION, REBALANCE = "session", "rebalance"
+SESSION, REBALANCE, JOIN, SYNC = "session", "rebalance", "join", "sync"
+_tokens = itertools.count()
 
 
 class RegistryTopics:
@@ -60,7 +90,10 @@ class RegistryTopics:
 def consumer_extension(broker: Broker) -> Callable[[GroupShard], ConsumerGroups]:
     """The factory the group coordinator calls for each shard it loads."""
     c = broker.config
-    config = ConsumerGroupConfig(c.consumer_heartbeat_interval_ms, c.consumer_session_timeout_ms, c.consumer_max_size)
+    config = ConsumerGroupConfig(
+        c.consumer_heartbeat_interval_ms, c.consumer_session_timeout_ms, c.consumer_max_size,
+        c.consumer_migration_policy, c.group_max_size,
+    )
     topics = RegistryTopics(broker.topics)
     return lambda shard: ConsumerGroups(shard, config, topics)
 
@@ -84,6 +117,10 @@ class ConsumerGroups:
         self.groups: dict[str, ConsumerGroup] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._loaded = False
+        self._pending_classic: dict[str, ClassicGroup] = {}
+        """Downgrades being written: the classic group installed when the consumer group's tombstone applies."""
+        self._timer_tokens: dict[tuple[str, str, str], int] = {}
+        """(group, member, kind) -> token of the armed timer; a timer that fires checks it is still the one."""
 
     # --- ShardExtension ----------------------------------------------------------------------------
     def handles(self, key_version: int) -> bool:
@@ -106,6 +143,10 @@ class ConsumerGroups:
                 del self.groups[group_id]
                 if self.shard.groups.get(group_id) is group:
                     del self.shard.groups[group_id]
+            classic = self._pending_classic.pop(group_id, None)
+            if classic is not None and self._loaded:  # a downgrade: the classic group takes its place now
+                self.shard.groups[group_id] = classic
+                classic.start_after_downgrade()
             return
         if group is None:
             if is_tombstone(record):
@@ -114,7 +155,9 @@ class ConsumerGroups:
         group.replay(record)
         if self._loaded and self.shard.groups.get(group_id) is not group:
             previous = self.shard.groups.get(group_id)
-            if previous is not None:  # an empty classic group converted into this one
+            if isinstance(previous, ClassicGroup):  # a classic group converted into this one (upgrade)
+                previous.converted()
+            elif previous is not None:
                 previous.shutdown()
             self.shard.groups[group_id] = group
 
@@ -126,8 +169,8 @@ class ConsumerGroups:
         for group_id, group in self.groups.items():
             self.shard.groups[group_id] = group
             for member_id, member in group.members.items():  # every timer starts again on takeover, as in Kafka
-                self._arm(group, member_id, SESSION, self.config.session_timeout_ms)
-                if member.state == MemberState.UNREVOKED_PARTITIONS:
+                self._arm(group, member_id, SESSION, self._session_ms(member))
+                if member.state == MemberState.UNREVOKED_PARTITIONS and not member.uses_classic:
                     timeout = max(member.sub.rebalance_timeout_ms, 0)
                     self._arm(group, member_id, REBALANCE, timeout, member.epoch)
 
@@ -142,6 +185,7 @@ class ConsumerGroups:
         """Run one ConsumerGroupHeartbeat; raises GroupError."""
         async with self.lock(group_id):
             pre: Records = []
+            upgrading: ClassicGroup | None = None
             group = self.groups.get(group_id)
             if group is not None and group.dead:
                 if self.shard.groups.get(group_id) is group:
@@ -150,20 +194,201 @@ class ConsumerGroups:
                 pre, group = group.delete_records(), None
             other = self.shard.groups.get(group_id)
             if group is None and other is not None:
-                if not other.is_empty() or hb.member_epoch != 0:
+                if other.is_empty() and hb.member_epoch == 0:
+                    pre += other.delete_records()  # an empty classic group becomes a consumer group (as Kafka does)
+                elif hb.member_epoch == 0 and isinstance(other, ClassicGroup) and can_upgrade(other, self.config):
+                    conversion = upgrade_records(other, self.topics)  # KIP-848 online upgrade
+                    pre += other.delete_records()
+                    group = ConsumerGroup(group_id)
+                    for record in conversion:
+                        group.replay(record)
+                    pre += [encode(r) for r in conversion]
+                    upgrading = other
+                else:
                     raise GroupError(ErrorCode.group_id_not_found, f"group {group_id!r} is not a consumer group")
-                pre += other.delete_records()  # an empty classic group becomes a consumer group (as Kafka does)
             if group is None:
                 if hb.member_epoch != 0:
                     raise GroupError(ErrorCode.group_id_not_found, f"consumer group {group_id!r} does not exist")
                 group = ConsumerGroup(group_id)
             outcome = heartbeat(group, hb, self.topics, self.config, new_member_id=str(uuid.uuid4()))
-            if outcome.records or pre:
-                await self.shard.write(pre + [encode(r) for r in outcome.records])
+            records = pre + [encode(r) for r in outcome.records]
+            downgrading = (
+                outcome.member_epoch == LEAVE_EPOCH and self.groups.get(group_id) is group
+                and can_downgrade(group, outcome.member_id, self.config)
+            )
+            if downgrading:
+                records = self._downgrade_records(group, outcome.member_id)
+            if upgrading is not None:
+                upgrading.begin_conversion()
+            try:
+                if records:
+                    await self.shard.write(records)
+            except GroupError:
+                if upgrading is not None:
+                    upgrading.conversion_failed()
+                self._pending_classic.pop(group_id, None)
+                raise
             live = self.groups.get(group_id)
+            if upgrading is not None and live is not None:
+                log.info("group %s: classic group of %d members upgraded to a consumer group at epoch %d",
+                         group_id, len(upgrading.members), upgrading.generation)
+                for member_id, member in live.members.items():
+                    if member.uses_classic:
+                        self._arm(live, member_id, SESSION, self._session_ms(member))
             if live is not None:
                 self._after(live, outcome)
             return outcome
+
+    def _downgrade_records(self, group: ConsumerGroup, leaving: str) -> Records:
+        """Records turning ``group`` back into a classic group without ``leaving``; the classic group is
+        installed when they apply (``apply``)."""
+        classic = downgrade(group, leaving, self.shard, group.topic_names())
+        self._pending_classic[group.group_id] = classic
+        log.info("group %s: last consumer-protocol member %s leaves: downgrading to a classic group of %d members",
+                 group.group_id, leaving, len(classic.members))
+        return [encode(r) for r in group.tombstones()] + [classic.metadata_record()]
+
+    async def _remove(self, group: ConsumerGroup, member_id: str) -> None:
+        """Fence one member (timeouts): removed, or the group downgraded if it was the last consumer-protocol
+        member. Caller holds the group's lock; raises GroupError if the write fails."""
+        if can_downgrade(group, member_id, self.config):
+            records = self._downgrade_records(group, member_id)
+        else:
+            records = [encode(r) for r in remove_members(group, [member_id], self.topics)]
+        try:
+            await self.shard.write(records)
+        except GroupError:
+            self._pending_classic.pop(group.group_id, None)
+            raise
+        self._disarm(group, member_id)
+
+    # --- classic members of a consumer group (KIP-848 online migration) ----------------------------
+    def _serving(self, group_id: str) -> ConsumerGroup | None:
+        """The live, non-empty consumer group of this id (else the classic path serves the request)."""
+        group = self.groups.get(group_id)
+        if group is None or group.dead or group.is_empty() or not self._installed(group):
+            return None
+        return group
+
+    def _installed(self, group: ConsumerGroup) -> bool:
+        """The group is the one the shard serves under its id (not one being replaced)."""
+        return self.shard.groups.get(group.group_id) is group
+
+    @staticmethod
+    def _classic_member(group: ConsumerGroup, member_id: str, instance_id: str | None) -> ConsumerMember:
+        """The classic member a SyncGroup/Heartbeat/LeaveGroup names; raises GroupError as Kafka does."""
+        if instance_id is not None:
+            current = group.static_members.get(instance_id)
+            if current is None:
+                raise GroupError(ErrorCode.unknown_member_id, f"instance id {instance_id!r} is unknown")
+            if member_id and current != member_id:
+                raise GroupError(ErrorCode.fenced_instance_id, f"instance {instance_id} is now {current}")
+            member_id = current
+        member = group.members.get(member_id)
+        if member is None or not member.uses_classic:
+            raise GroupError(
+                ErrorCode.unknown_member_id, f"{member_id!r} is not a classic member of {group.group_id!r}"
+            )
+        return member
+
+    async def classic_join(self, req: JoinRequest) -> JoinResult | None:
+        """A classic JoinGroup to a non-empty consumer group; None: not one (any more), use the classic path.
+
+        Answered once the member's records are durable: its generation is its member epoch, the protocol the
+        first it offered, no leader (the coordinator assigns), so the client syncs for its assignment.
+        """
+        async with self.lock(req.group_id):
+            group = self._serving(req.group_id)
+            if group is None:
+                return None
+            member_id = req.member_id or str(uuid.uuid4())
+            try:
+                check_join(group, req, member_id, self.config)
+                if not req.member_id and req.group_instance_id is None and req.require_known_member_id:
+                    return JoinResult(ErrorCode.member_id_required, member_id)
+                records, cur = classic_join(group, req, member_id, self.topics)
+                if records:
+                    await self.shard.write([encode(r) for r in records])
+            except GroupError as e:
+                return JoinResult(e.code, req.member_id)
+            live = self.groups.get(req.group_id)
+            if live is not None and member_id in live.members:
+                self._cancel(live, member_id, JOIN)
+                self._cancel(live, member_id, REBALANCE)
+                self._arm(live, member_id, SESSION, req.session_timeout_ms)
+                self._arm(live, member_id, SYNC, req.rebalance_timeout_ms)
+            log.info("consumer group %s: classic member %s joined at epoch %d (%d partitions)",
+                     req.group_id, member_id, cur.member_epoch, len(cur.assigned))
+            protocol = req.protocols[0][0] if req.protocols else ""
+            return JoinResult(ErrorCode.none, member_id, cur.member_epoch, CONSUMER, protocol)
+
+    async def classic_sync(
+        self, group_id: str, member_id: str, instance_id: str | None, generation: int,
+        protocol_type: str | None, protocol_name: str | None,
+    ) -> SyncResult | None:
+        """A classic member's SyncGroup: its current assignment (None: not a consumer group, use the classic path)."""
+        async with self.lock(group_id):
+            group = self._serving(group_id)
+            if group is None:
+                return None
+            try:
+                member = self._classic_member(group, member_id, instance_id)
+                if generation != member.epoch:
+                    raise GroupError(ErrorCode.illegal_generation, f"generation {generation} is not {member.epoch}")
+                name = classic_protocol_name(member)
+                if (protocol_type is not None and protocol_type != CONSUMER) or (
+                    protocol_name is not None and protocol_name != name
+                ):
+                    raise GroupError(ErrorCode.inconsistent_group_protocol, "not the protocol of the join answer")
+                if group.group_epoch > member.epoch and member.state != MemberState.UNREVOKED_PARTITIONS:
+                    self._arm_if_absent(group, member.member_id, JOIN, member.sub.rebalance_timeout_ms)
+                    raise GroupError(ErrorCode.rebalance_in_progress, "a new rebalance began: rejoin")
+            except GroupError as e:
+                return SyncResult(e.code)
+            self._cancel(group, member.member_id, SYNC)
+            self._arm(group, member.member_id, SESSION, self._session_ms(member))
+            return SyncResult(ErrorCode.none, sync_assignment(member, group.topic_names()), CONSUMER, name)
+
+    async def classic_heartbeat(self, group_id: str, member_id: str, instance_id: str | None,
+                                generation: int) -> ErrorCode | None:
+        """A classic member's Heartbeat: REBALANCE_IN_PROGRESS when it must rejoin (None: use the classic path)."""
+        async with self.lock(group_id):
+            group = self._serving(group_id)
+            if group is None:
+                return None
+            try:
+                member = self._classic_member(group, member_id, instance_id)
+            except GroupError as e:
+                return e.code
+            if generation != member.epoch:
+                return ErrorCode.illegal_generation
+            self._arm(group, member.member_id, SESSION, self._session_ms(member))
+            if must_rejoin(group, member):
+                self._arm_if_absent(group, member.member_id, JOIN, member.sub.rebalance_timeout_ms)
+                return ErrorCode.rebalance_in_progress
+            return ErrorCode.none
+
+    async def classic_leave(self, group_id: str, members: list[tuple[str, str | None]]) -> list[ErrorCode] | None:
+        """A LeaveGroup for classic members of a consumer group (None: use the classic path); raises GroupError
+        if the removal cannot be written."""
+        async with self.lock(group_id):
+            group = self._serving(group_id)
+            if group is None:
+                return None
+            results: list[ErrorCode] = []
+            leaving: list[str] = []
+            for member_id, instance_id in members:
+                try:
+                    leaving.append(self._classic_member(group, member_id, instance_id).member_id)
+                    results.append(ErrorCode.none)
+                except GroupError as e:
+                    results.append(e.code)
+            if leaving:
+                await self.shard.write([encode(r) for r in remove_members(group, leaving, self.topics)])
+                for member_id in leaving:
+                    log.info("consumer group %s: classic member %s left", group_id, member_id)
+                    self._disarm(group, member_id)
+            return results
 
     def _after(self, group: ConsumerGroup, outcome: Outcome) -> None:
         member_id = outcome.member_id
@@ -171,50 +396,62 @@ class ConsumerGroups:
             self._disarm(group, member_id)
             return
         self._arm(group, member_id, SESSION, self.config.session_timeout_ms)
+        self._cancel(group, member_id, JOIN)  # a classic member now speaking the consumer protocol
+        self._cancel(group, member_id, SYNC)
         if not outcome.revoking:
             self._cancel(group, member_id, REBALANCE)
         elif (member_id, REBALANCE) not in group.timers:
             self._arm(group, member_id, REBALANCE, max(outcome.rebalance_timeout_ms, 0), outcome.member_epoch)
 
     # --- timers ------------------------------------------------------------------------------------
+    def _session_ms(self, member: ConsumerMember) -> int:
+        """A classic member's own session timeout; group.consumer.session.timeout.ms for the others."""
+        classic = member.sub.classic
+        return classic.session_timeout_ms if classic is not None else self.config.session_timeout_ms
+
     def _arm(self, group: ConsumerGroup, member_id: str, kind: str, delay_ms: int, epoch: int = 0) -> None:
         self._cancel(group, member_id, kind)
+        token = next(_tokens)
+        self._timer_tokens[(group.group_id, member_id, kind)] = token
         loop = asyncio.get_running_loop()
         group.timers[(member_id, kind)] = loop.call_later(
-            delay_ms / 1000, self._expired, group.group_id, member_id, kind, epoch
+            max(delay_ms, 0) / 1000, self._expired, group.group_id, member_id, kind, epoch, token
         )
 
+    def _arm_if_absent(self, group: ConsumerGroup, member_id: str, kind: str, delay_ms: int) -> None:
+        if (member_id, kind) not in group.timers:
+            self._arm(group, member_id, kind, delay_ms)
+
     def _cancel(self, group: ConsumerGroup, member_id: str, kind: str) -> None:
+        self._timer_tokens.pop((group.group_id, member_id, kind), None)
         handle = group.timers.pop((member_id, kind), None)
         if handle is not None:
             handle.cancel()
 
     def _disarm(self, group: ConsumerGroup, member_id: str) -> None:
-        self._cancel(group, member_id, SESSION)
-        self._cancel(group, member_id, REBALANCE)
+        for kind in (SESSION, REBALANCE, JOIN, SYNC):
+            self._cancel(group, member_id, kind)
 
-    def _expired(self, group_id: str, member_id: str, kind: str, epoch: int) -> None:
+    def _expired(self, group_id: str, member_id: str, kind: str, epoch: int, token: int) -> None:
         group = self.groups.get(group_id)
         if group is not None:
             group.timers.pop((member_id, kind), None)
-            self.shard.spawn(self._fence(group_id, member_id, kind, epoch))
+            self.shard.spawn(self._fence(group_id, member_id, kind, epoch, token))
 
-    async def _fence(self, group_id: str, member_id: str, kind: str, epoch: int) -> None:
+    async def _fence(self, group_id: str, member_id: str, kind: str, epoch: int, token: int) -> None:
         async with self.lock(group_id):
             group = self.groups.get(group_id)
             member = group.members.get(member_id) if group is not None else None
-            if group is None or member is None:
+            if group is None or member is None or not self._installed(group):
                 return
-            if kind == SESSION and (member_id, SESSION) in group.timers:
-                return  # it heartbeated meanwhile
+            if self._timer_tokens.get((group_id, member_id, kind)) != token:
+                return  # re-armed or cancelled meanwhile (it heartbeated, joined or synced)
+            self._timer_tokens.pop((group_id, member_id, kind), None)
             if kind == REBALANCE and (member.state != MemberState.UNREVOKED_PARTITIONS or member.epoch != epoch):
                 return  # it revoked in time
             log.info("consumer group %s: member %s removed (%s timeout)", group_id, member_id, kind)
-            records = remove_members(group, [member_id], self.topics)
             try:
-                await self.shard.write([encode(r) for r in records])
+                await self._remove(group, member_id)
             except GroupError as e:
                 log.warning("consumer group %s: could not remove member %s: %s", group_id, member_id, e)
-                return
-            self._disarm(group, member_id)
 

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.errors import ErrorCode
 
 from brokers.groups import offsets
-from brokers.groups.base import Group, GroupConfig, GroupDescription, GroupError
+from brokers.groups.base import Group, GroupConfig, GroupDescription, GroupError, now_ms
 from brokers.groups.classic import ClassicGroup
+from brokers.groups.consumer import ConsumerGroup
+from brokers.groups.consumer_shard import ConsumerGroups
 from brokers.groups.member import JoinRequest, JoinResult, SyncResult
 from brokers.groups.records import encode_offset_key, partition_for
-from brokers.groups.shard import GroupShard, ShardExtension, now_ms
+from brokers.groups.shard import GroupShard, ShardExtension
 from brokers.log.partition import LogError
 from brokers.topics import TopicError
 from metadata.api import MetadataError
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 OFFSETS_TOPIC = "__consumer_offsets"
 OFFSETS_TOPIC_CONFIGS = {"cleanup.policy": "compact", "compression.type": "producer", "segment.bytes": "104857600"}
 LOAD_RETRY_MAX_S = 5.0
+REROUTES = 3
+"""A classic request re-routed this many times at most (a group converting between protocols meanwhile)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +236,9 @@ class GroupCoordinator:
             return None
 
     # --- classic protocol ----------------------------------------------------------------------
-    def _classic(self, group_id: str, create: bool) -> ClassicGroup | None:
+    def _classic(
+        self, group_id: str, create: bool, other_type: ErrorCode = ErrorCode.inconsistent_group_protocol
+    ) -> ClassicGroup | None:
         shard = self.shard_for(group_id)
         group = shard.groups.get(group_id)
         if group is None:
@@ -241,7 +247,7 @@ class GroupCoordinator:
             group = ClassicGroup(group_id, shard)
             shard.groups[group_id] = group
         if not isinstance(group, ClassicGroup):
-            raise GroupError(ErrorCode.inconsistent_group_protocol, f"group {group_id!r} uses another protocol")
+            raise GroupError(other_type, f"group {group_id!r} uses another protocol")
         return group
 
     async def _convert_empty_group(self, group_id: str) -> None:
@@ -261,10 +267,32 @@ class GroupCoordinator:
             await shard.write(records)
         log.info("group %s: empty %s group converted to a classic group", group_id, group.group_type)
 
+    async def _route(self, group_id: str) -> ConsumerGroups | None:
+        """Where a classic request for ``group_id`` goes (KIP-848 online migration): the consumer groups of
+        its shard when the id is a non-empty consumer group, else None (the classic path). Waits out an
+        upgrade being written; raises GroupError (NOT_COORDINATOR, ...)."""
+        shard = self.shard_for(group_id)
+        group = shard.groups.get(group_id)
+        if isinstance(group, ClassicGroup) and group.converting is not None:
+            await group.wait_converted()
+            group = shard.groups.get(group_id)
+        if isinstance(group, ConsumerGroup) and not group.is_empty():
+            for ext in shard.extensions:
+                if isinstance(ext, ConsumerGroups):
+                    return ext
+        return None
+
     async def join(self, req: JoinRequest, supports_skip_assignment: bool) -> JoinResult:
         if not self.config.min_session_timeout_ms <= req.session_timeout_ms <= self.config.max_session_timeout_ms:
             return JoinResult(ErrorCode.invalid_session_timeout, req.member_id)
         try:
+            for _ in range(REROUTES):
+                consumer = await self._route(req.group_id)
+                if consumer is None:
+                    break
+                answer = await consumer.classic_join(req)
+                if answer is not None:
+                    return answer
             if not req.member_id:
                 await self._convert_empty_group(req.group_id)
             group = self._classic(req.group_id, create=not req.member_id)
@@ -281,25 +309,48 @@ class GroupCoordinator:
         protocol_type: str | None, protocol_name: str | None, assignments: dict[str, bytes],
     ) -> SyncResult:
         try:
-            group = self._classic(group_id, create=False)
+            for _ in range(REROUTES):
+                consumer = await self._route(group_id)
+                if consumer is None:
+                    break
+                answer = await consumer.classic_sync(
+                    group_id, member_id, instance_id, generation, protocol_type, protocol_name
+                )
+                if answer is not None:
+                    return answer
+            group = self._classic(group_id, create=False, other_type=ErrorCode.unknown_member_id)
         except GroupError as e:
             return SyncResult(e.code)
         if group is None:
             return SyncResult(ErrorCode.unknown_member_id)
         return await group.sync(member_id, instance_id, generation, protocol_type, protocol_name, assignments)
 
-    def heartbeat(self, group_id: str, member_id: str, instance_id: str | None, generation: int) -> ErrorCode:
+    async def heartbeat(self, group_id: str, member_id: str, instance_id: str | None, generation: int) -> ErrorCode:
         try:
-            group = self._classic(group_id, create=False)
+            for _ in range(REROUTES):
+                consumer = await self._route(group_id)
+                if consumer is None:
+                    break
+                answer = await consumer.classic_heartbeat(group_id, member_id, instance_id, generation)
+                if answer is not None:
+                    return answer
+            group = self._classic(group_id, create=False, other_type=ErrorCode.unknown_member_id)
         except GroupError as e:
             return e.code
         if group is None:
             return ErrorCode.unknown_member_id
         return group.heartbeat(member_id, instance_id, generation)
 
-    def leave(self, group_id: str, members: list[tuple[str, str | None]]) -> list[ErrorCode]:
+    async def leave(self, group_id: str, members: list[tuple[str, str | None]]) -> list[ErrorCode]:
         """One error per member; raises GroupError for group-level errors."""
-        group = self._classic(group_id, create=False)
+        for _ in range(REROUTES):
+            consumer = await self._route(group_id)
+            if consumer is None:
+                break
+            answer = await consumer.classic_leave(group_id, members)
+            if answer is not None:
+                return answer
+        group = self._classic(group_id, create=False, other_type=ErrorCode.unknown_member_id)
         if group is None:
             raise GroupError(ErrorCode.unknown_member_id, f"group {group_id!r} does not exist")
         return group.leave(members)

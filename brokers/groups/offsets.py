@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from kio.schema.errors import ErrorCode
 
 from brokers.groups import records as rec
-from brokers.groups.base import Group, GroupError
+from brokers.groups.base import Group, GroupError, now_ms
 from brokers.groups.classic import ClassicGroup
-from brokers.groups.shard import GroupShard, now_ms
+from brokers.groups.shard import GroupShard
 
 TopicPartition = tuple[str, int]
 PartitionExists = Callable[[str, int], bool]

@@ -25,7 +25,7 @@ from kio.schema.errors import ErrorCode
 from brokers.codec.batch import BatchError, iter_headers
 from brokers.codec.builder import build_batch, build_batches, iter_records
 from brokers.groups import records as rec
-from brokers.groups.base import Group, GroupConfig, GroupError
+from brokers.groups.base import Group, GroupConfig, GroupError, now_ms
 from brokers.groups.classic import ClassicGroup
 from brokers.log.partition import AppendResult, LogError, PartitionLog
 from metadata.api import MetadataError
@@ -75,10 +75,6 @@ class LoadStats:
     start_offset: int
     end_offset: int
     seconds: float
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _answer(applied: asyncio.Future[int], *, items: list[tuple[Records, asyncio.Future[int]]]) -> None:

@@ -16,6 +16,7 @@ from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_mo
 API_KEY = 69
 MIN_VERSION = 0
 MAX_VERSION = 1
+CLASSIC_MEMBER = 0  # KIP-1099 MemberType: a classic-protocol member of a consumer group (online migration)
 CONSUMER_MEMBER = 1
 UNSET_OPERATIONS = -(2**31)
 # Without an authorizer every operation on a group is allowed: READ, DELETE, DESCRIBE, DESCRIBE_CONFIGS,
@@ -71,7 +72,7 @@ async def describe_one(ctx: RequestContext, mod: Any, group_id: str, operations:
             subscribed_topic_regex=m.sub.subscribed_topic_regex,
             assignment=_assignment(mod, m.cur.assigned, names),
             target_assignment=_assignment(mod, group.target.get(m.member_id, frozenset()), names),
-            member_type=CONSUMER_MEMBER,
+            member_type=CLASSIC_MEMBER if m.uses_classic else CONSUMER_MEMBER,
         )
         for m in sorted(group.members.values(), key=lambda m: m.member_id)
     )

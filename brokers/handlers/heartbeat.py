@@ -17,7 +17,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     if not request.group_id:
         code = ErrorCode.invalid_group_id
     else:
-        code = ctx.broker.groups.heartbeat(
+        code = await ctx.broker.groups.heartbeat(
             request.group_id, request.member_id, getattr(request, "group_instance_id", None), request.generation_id
         )
     mod = response_module(API_KEY, ctx.api_version)

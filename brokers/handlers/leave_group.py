@@ -26,7 +26,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         top = ErrorCode.invalid_group_id
     else:
         try:
-            results = ctx.broker.groups.leave(request.group_id, leaving)
+            results = await ctx.broker.groups.leave(request.group_id, leaving)
         except GroupError as e:
             top = e.code
     if ctx.api_version < 3:
