@@ -28,8 +28,8 @@ FAILOVERS = Counter(
 )
 TAKEOVER_SECONDS = Histogram(
     "tidelog_partition_takeover_seconds",
-    "Time from deciding to take a partition to serving it (recovery of the previous owner's ledger included), "
-    "by reason.",
+    "For a move or failover: from the previous owner's key going to serving the partition here (the pause clients "
+    "see, ledger recovery included); for a start or restart: the take and load. By reason.",
     ["reason"], buckets=TAKEOVER_BUCKETS,
 )  # fmt: skip
 _REASONS: frozenset[str] = frozenset({"move", "failover", "restart", "start"})
