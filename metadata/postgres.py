@@ -87,6 +87,58 @@ CREATE TABLE IF NOT EXISTS tidelog_events (
     PRIMARY KEY (revision, seq)
 );
 """
+WRITE_FUNCTION = """
+CREATE OR REPLACE FUNCTION tidelog_write(
+    check_keys bytea[], check_versions bigint[], put_keys bytea[], put_values bytea[], put_leases bigint[],
+    delete_keys bytea[]
+) RETURNS TABLE (revision bigint, deleted integer, conflicts bytea[], dead_lease bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    current bigint;
+    failed bytea[];
+    dead bigint;
+    gone bytea[];
+    next_revision bigint;
+BEGIN
+    -- One writer at a time: revision N is committed before N + 1 is handed out.
+    SELECT r.revision INTO current FROM tidelog_revision r FOR UPDATE;
+    SELECT array_agg(c.k ORDER BY c.o) INTO failed
+      FROM unnest(check_keys, check_versions) WITH ORDINALITY AS c(k, v, o)
+      LEFT JOIN tidelog_kv kv ON kv.key = c.k
+     WHERE coalesce(kv.version, 0) <> c.v;
+    IF failed IS NOT NULL THEN
+        RETURN QUERY SELECT current, 0, failed, NULL::bigint;
+        RETURN;
+    END IF;
+    SELECT l INTO dead FROM unnest(put_leases) AS l
+     WHERE l IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM tidelog_leases x WHERE x.id = l AND x.expires_at > clock_timestamp())
+     LIMIT 1;
+    IF dead IS NOT NULL THEN
+        RETURN QUERY SELECT current, 0, NULL::bytea[], dead;
+        RETURN;
+    END IF;
+    WITH d AS (DELETE FROM tidelog_kv WHERE key = ANY(delete_keys) RETURNING key)
+    SELECT coalesce(array_agg(t.k ORDER BY t.o), '{}') INTO gone
+      FROM unnest(delete_keys) WITH ORDINALITY AS t(k, o) WHERE t.k IN (SELECT key FROM d);
+    IF cardinality(put_keys) = 0 AND cardinality(gone) = 0 THEN
+        RETURN QUERY SELECT current, 0, NULL::bytea[], NULL::bigint;
+        RETURN;
+    END IF;
+    next_revision := current + 1;
+    INSERT INTO tidelog_kv (key, value, version, lease)
+         SELECT t.k, t.v, next_revision, t.l FROM unnest(put_keys, put_values, put_leases) AS t(k, v, l)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version, lease = EXCLUDED.lease;
+    UPDATE tidelog_revision SET revision = next_revision;
+    INSERT INTO tidelog_events (revision, seq, key, value)
+         SELECT next_revision, t.s - 1, t.k, t.v
+           FROM unnest(put_keys || gone, put_values || array_fill(NULL::bytea, ARRAY[cardinality(gone)]))
+                WITH ORDINALITY AS t(k, v, s);
+    PERFORM pg_notify('tidelog_events', next_revision::text);
+    RETURN QUERY SELECT next_revision, cardinality(gone), NULL::bytea[], NULL::bigint;
+END
+$fn$;
+"""
 _SCHEMA_LOCK = 0x7469_6465_6C6F_67  # pg_advisory_xact_lock key: processes starting together create it once
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -98,6 +150,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
 )
+
+
+async def _keep_session(conn: Any) -> None:
+    """Pool release hook: skip asyncpg's default reset round trip (UNLISTEN, RESET ALL, advisory unlocks).
+
+    Pooled connections never LISTEN, change settings or hold session locks here; an open transaction is
+    still rolled back by the pool before this is called.
+    """
 
 
 def _range(prefix: str) -> tuple[bytes, bytes | None]:
@@ -294,7 +354,7 @@ class PostgresMetadataStore:
         try:
             store._pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=pool_size, timeout=request_timeout,
-                command_timeout=request_timeout, max_inactive_connection_lifetime=60.0,
+                command_timeout=request_timeout, max_inactive_connection_lifetime=60.0, reset=_keep_session,
             )  # fmt: skip
         except _UNAVAILABLE as e:
             raise StoreUnavailable(f"postgres: {e or type(e).__name__}") from e
@@ -479,58 +539,28 @@ class PostgresMetadataStore:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             await conn.execute(SCHEMA)
+            await conn.execute(WRITE_FUNCTION)
 
     # --- internals: writes ---------------------------------------------------------------------
     async def _write(self, checks: Sequence[Check], puts: Sequence[Put], deletes: Sequence[str]) -> tuple[int, int]:
-        """One serialised write transaction; returns (revision after it, keys deleted)."""
+        """One serialised write (the tidelog_write function: one round trip); returns (revision, keys deleted)."""
 
-        async def run(conn: Any) -> tuple[int, int]:
-            async with conn.transaction():
-                current = int(await conn.fetchval("SELECT revision FROM tidelog_revision FOR UPDATE"))
-                if checks:
-                    rows = await conn.fetch(
-                        "SELECT key, version FROM tidelog_kv WHERE key = ANY($1::bytea[])",
-                        [c.key.encode() for c in checks],
-                    )
-                    found = {bytes(r["key"]).decode(): int(r["version"]) for r in rows}
-                    failed = [c for c in checks if found.get(c.key, 0) != c.version]
-                    if failed:
-                        wanted = ", ".join(f"{c.key}@{c.version}" for c in failed)
-                        raise VersionConflict(f"compare failed (expected {wanted})")
-                leases = sorted({p.lease for p in puts if p.lease})
-                if leases:
-                    live = await conn.fetch(
-                        "SELECT id FROM tidelog_leases WHERE id = ANY($1::bigint[]) AND expires_at > clock_timestamp()",
-                        leases,
-                    )
-                    dead = set(leases) - {int(r["id"]) for r in live}
-                    if dead:
-                        raise LeaseExpired(f"lease {min(dead):x} not found")
-                revision = current + 1
-                deleted: builtins.list[bytes] = []
-                if deletes:
-                    rows = await conn.fetch(
-                        "DELETE FROM tidelog_kv WHERE key = ANY($1::bytea[]) RETURNING key",
-                        [k.encode() for k in deletes],
-                    )
-                    gone = {bytes(r["key"]) for r in rows}
-                    deleted = [k.encode() for k in deletes if k.encode() in gone]
-                if not puts and not deleted:
-                    return current, 0
-                if puts:
-                    await conn.execute(
-                        "INSERT INTO tidelog_kv (key, value, version, lease)"
-                        " SELECT k, v, $3, l FROM unnest($1::bytea[], $2::bytea[], $4::bigint[]) AS t(k, v, l)"
-                        " ON CONFLICT (key) DO UPDATE"
-                        " SET value = EXCLUDED.value, version = EXCLUDED.version, lease = EXCLUDED.lease",
-                        [p.key.encode() for p in puts], [bytes(p.value) for p in puts], revision,
-                        [p.lease or None for p in puts],
-                    )  # fmt: skip
-                events = [(p.key.encode(), bytes(p.value)) for p in puts] + [(k, None) for k in deleted]
-                await self._append_events(conn, revision, events)
-                return revision, len(deleted)
+        async def run(conn: Any) -> Any:
+            return await conn.fetchrow(
+                "SELECT * FROM tidelog_write($1, $2, $3, $4, $5, $6)",
+                [c.key.encode() for c in checks], [c.version for c in checks],
+                [p.key.encode() for p in puts], [bytes(p.value) for p in puts], [p.lease or None for p in puts],
+                [k.encode() for k in deletes],
+            )  # fmt: skip
 
-        revision, deleted = await self._with_conn(run)
+        row = await self._with_conn(run)
+        if row["conflicts"] is not None:
+            failed = {bytes(k).decode() for k in row["conflicts"]}
+            wanted = ", ".join(f"{c.key}@{c.version}" for c in checks if c.key in failed)
+            raise VersionConflict(f"compare failed (expected {wanted})")
+        if row["dead_lease"] is not None:
+            raise LeaseExpired(f"lease {int(row['dead_lease']):x} not found")
+        revision, deleted = int(row["revision"]), int(row["deleted"])
         self._seen(revision)
         return revision, deleted
 
