@@ -217,21 +217,32 @@ def _dead(group_id: str, coordinator: Node) -> GroupDescription:
 # --------------------------------------------------------------------------- offsets
 
 
-async def fetch_offsets(client: KafkaClient, group_id: str) -> dict[TP, int]:
-    """Every committed offset of the group: (topic, partition) -> offset."""
-    return await client.group_call(group_id, lambda c: _offset_fetch(c, group_id))
+async def fetch_offsets(
+    client: KafkaClient, group_id: str, partitions: Mapping[str, Sequence[int]] | None = None
+) -> dict[TP, int]:
+    """The group's committed offsets: (topic, partition) -> offset; every one, or those of ``partitions``
+    (topic -> partitions: clusters that cannot list "all", like librdkafka's mock, answer this)."""
+    return await client.group_call(group_id, lambda c: _offset_fetch(c, group_id, partitions))
 
 
-async def _offset_fetch(conn: Connection, group_id: str) -> tuple[dict[TP, int], ErrorCode]:
+async def _offset_fetch(
+    conn: Connection, group_id: str, partitions: Mapping[str, Sequence[int]] | None = None
+) -> tuple[dict[TP, int], ErrorCode]:
     version = conn.version(OFFSET_FETCH, 2, 9)
     mod = request_module(OFFSET_FETCH, version)
     if version >= 8:
+        wanted = None if partitions is None else tuple(
+            make(mod.OffsetFetchRequestTopics, name=t, partition_indexes=tuple(ps)) for t, ps in partitions.items()
+        )
         resp = await conn.send(
-            mod.OffsetFetchRequest(groups=(make(mod.OffsetFetchRequestGroup, group_id=group_id, topics=None),))
+            mod.OffsetFetchRequest(groups=(make(mod.OffsetFetchRequestGroup, group_id=group_id, topics=wanted),))
         )
         code, topics = resp.groups[0].error_code, resp.groups[0].topics
     else:
-        resp = await conn.send(make(mod.OffsetFetchRequest, group_id=group_id, topics=None, require_stable=False))
+        wanted = None if partitions is None else tuple(
+            make(mod.OffsetFetchRequestTopic, name=t, partition_indexes=tuple(ps)) for t, ps in partitions.items()
+        )
+        resp = await conn.send(make(mod.OffsetFetchRequest, group_id=group_id, topics=wanted, require_stable=False))
         code, topics = resp.error_code, resp.topics
     if code in COORDINATOR_MOVED:
         return {}, code
@@ -240,7 +251,7 @@ async def _offset_fetch(conn: Connection, group_id: str) -> tuple[dict[TP, int],
     if code != ErrorCode.none:
         raise KafkaError(code, f"OffsetFetch {group_id!r}: {error_name(code)}")
     out: dict[TP, int] = {}
-    for t in topics:
+    for t in topics or ():  # null: librdkafka's mock answers "all topics" with no array
         for p in t.partitions:
             if p.error_code in COORDINATOR_MOVED:
                 return {}, p.error_code

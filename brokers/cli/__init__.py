@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from importlib import metadata
 from types import ModuleType
 
+# Long-running server commands: only these get the garbage collector tuned (client commands are short).
+SERVERS = frozenset({"run", "broker", "bookie", "dev-cluster"})
+
 
 def commands() -> tuple[ModuleType, ...]:
     """Subcommand modules, in help order. A module adds its parser and returns an exit code from run()."""
@@ -52,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _tune_gc()
+    if args.command in SERVERS:
+        _tune_gc()
     from brokers.config import ConfigError
 
     try:

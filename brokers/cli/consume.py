@@ -124,7 +124,7 @@ async def _start_offsets(client: KafkaClient, args: argparse.Namespace, parts: l
     ends = await list_offsets(client, dict.fromkeys(tps, LATEST))
     committed: dict[tuple[str, int], int] = {}
     if args.group is not None and args.offset is None and not args.from_beginning:
-        committed = await fetch_offsets(client, args.group)
+        committed = await fetch_offsets(client, args.group, {topic: parts})
     out: dict[int, int] = {}
     for tp in tps:
         lo, hi = starts[tp], ends[tp]
