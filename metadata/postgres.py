@@ -139,6 +139,11 @@ BEGIN
 END
 $fn$;
 """
+_SCHEMA_PRESENT = """
+SELECT to_regclass('tidelog_revision') IS NOT NULL AND to_regclass('tidelog_kv') IS NOT NULL
+   AND to_regclass('tidelog_leases') IS NOT NULL AND to_regclass('tidelog_events') IS NOT NULL
+   AND to_regprocedure('tidelog_write(bytea[], bigint[], bytea[], bytea[], bigint[], bytea[])') IS NOT NULL
+"""
 _SCHEMA_LOCK = 0x7469_6465_6C6F_67  # pg_advisory_xact_lock key: processes starting together create it once
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -536,6 +541,10 @@ class PostgresMetadataStore:
 
     @staticmethod
     async def _create_schema(conn: Any) -> None:
+        """Create the tables and the write function unless they are all there (then no DDL: a user with
+        only SELECT/INSERT/UPDATE/DELETE rights can connect to a database set up once by its owner)."""
+        if await conn.fetchval(_SCHEMA_PRESENT):
+            return
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             await conn.execute(SCHEMA)

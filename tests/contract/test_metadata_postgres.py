@@ -140,3 +140,32 @@ async def test_outage_raises_store_unavailable_then_recovers(private_pg: Postgre
         await store.close()
     with pytest.raises(StoreUnavailable):
         await PostgresMetadataStore.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+
+
+@pytest.mark.asyncio
+async def test_a_role_with_only_data_rights_can_use_a_prepared_database(
+    metadata_store_postgres_server: PostgresServer,
+) -> None:
+    """The owner creates the schema once; afterwards a role without CREATE rights connects and works."""
+    url = metadata_store_postgres_server.fresh_database()
+    owner = await PostgresMetadataStore.connect(url)
+    database = url.rsplit("/", 1)[1]
+    role = f"tidelog_app_{database}"
+    await owner._with_conn(
+        lambda c: c.execute(
+            f"CREATE ROLE {role} LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+            f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+        )
+    )
+    await owner.close()
+    app = await PostgresMetadataStore.connect(url.replace("://postgres@", f"://{role}@", 1))
+    try:
+        lease = await app.lease(5)
+        watch = app.watch("/k/")
+        version = await app.put("/k/a", b"1", lease=lease.id)
+        [event] = await take(watch, 1)
+        assert (event.key, event.revision) == ("/k/a", version)
+        await lease.revoke()
+        assert await app.get("/k/a") is None
+    finally:
+        await app.close()
