@@ -184,6 +184,15 @@ class TopicRegistry:
         others = self._collisions.get(collision_key(name), set()) - {name}
         return min(others) if others else None
 
+    def name_refusal(self, name: str) -> str | None:
+        """Why a topic ``name`` cannot be created now (an illegal name, or one colliding with an existing
+        topic), or None. Produce answers INVALID_TOPIC_EXCEPTION with it for a missing topic: retrying cannot
+        help, while UNKNOWN_TOPIC_OR_PARTITION would keep a producer retrying until its timeout."""
+        other = self.colliding(name)
+        if other is not None:
+            return f"Topic '{name}' collides with existing topic: {other}"
+        return name_problem(name)
+
     async def create(
         self, name: str, partitions: int, replication_factor: int, configs: dict[str, str],
         validate_only: bool = False,

@@ -13,6 +13,11 @@ whole bodies until any topic, log or routing does, so an answer for many partiti
 cached bytes.
 tests/unit/test_metadata_response.py checks the bytes against kio's encoder for every version.
 
+A missing topic whose name is illegal (Kafka's rules, brokers/topics.py) is answered INVALID_TOPIC_EXCEPTION
+whether or not auto-creation is on, as Kafka does; with auto-creation, so is one whose name collides with an
+existing topic ('.' versus '_'; Kafka's auto-creation would answer LEADER_NOT_AVAILABLE and fail later).
+Nothing is created, and clients fail the send at once instead of retrying until a timeout.
+
 A v10/v11 request naming a topic by id (null name, or a topic id) gets Kafka's error response for an
 InvalidRequestException (every topic INVALID_REQUEST): topic ids in Metadata requests exist from v12.
 """

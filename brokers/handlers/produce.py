@@ -28,7 +28,7 @@ from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_mo
 from brokers.handlers.leadership import Hints, current_leader
 from brokers.log.partition import AppendResult, LogError
 from brokers.observability import traffic
-from brokers.topics import INTERNAL_TOPICS, name_problem
+from brokers.topics import INTERNAL_TOPICS
 
 API_KEY = 0
 MIN_VERSION = 3
@@ -69,8 +69,8 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
             for pdata in topic_data.partition_data:
                 out = _Outcome()
                 parts.append((pdata.index, out))
-                if topic is None and (problem := name_problem(name)) is not None:
-                    out.fail(ErrorCode.invalid_topic_exception, problem)  # can never exist: no point retrying
+                if topic is None and (problem := broker.topics.name_refusal(name)) is not None:
+                    out.fail(ErrorCode.invalid_topic_exception, problem)  # cannot be created: no point retrying
                     continue
                 if topic is None or not 0 <= pdata.index < topic.partitions:
                     out.fail(ErrorCode.unknown_topic_or_partition, f"{name}/{pdata.index} does not exist")

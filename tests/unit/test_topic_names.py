@@ -139,7 +139,8 @@ async def test_colliding_name_is_refused_by_metadata_and_create_topics(broker: B
 @pytest.mark.parametrize("version", [3, 9, 11])
 async def test_produce_to_an_illegal_name_answers_17(broker: Broker, version: int) -> None:
     m = rq(produce, version)
-    names = [*ILLEGAL.values(), "missing"]
+    await broker.topics.create("orders.eu", 1, 1, {})
+    names = [*ILLEGAL.values(), "missing", "orders_eu"]
     request = m.ProduceRequest(acks=-1, timeout=datetime.timedelta(seconds=5), transactional_id=None,
                                topic_data=tuple(
         m.TopicProduceData(name=n, partition_data=(m.PartitionProduceData(index=0, records=make_batch()),))
@@ -147,6 +148,6 @@ async def test_produce_to_an_illegal_name_answers_17(broker: Broker, version: in
     ))
     response = await call(broker, produce, version, request)
     codes = {t.name: t.partition_responses[0].error_code for t in response.responses}
-    assert codes == {**dict.fromkeys(ILLEGAL.values(), ErrorCode.invalid_topic_exception),
+    assert codes == {**dict.fromkeys([*ILLEGAL.values(), "orders_eu"], ErrorCode.invalid_topic_exception),
                      "missing": ErrorCode.unknown_topic_or_partition}
-    assert _user_topics(broker) == []  # Produce never creates topics
+    assert _user_topics(broker) == ["orders.eu"]  # Produce never creates topics
