@@ -26,7 +26,7 @@ import pytest
 
 from brokers.devcluster import DevCluster, tidelog_command
 from tests.cluster import test_clients_cluster as clients
-from tests.cluster.harness import assert_no_tracebacks, print_logs
+from tests.cluster.harness import assert_no_tracebacks, print_logs, tidelog_json
 from tests.cluster.test_clients_cluster import node_bin  # noqa: F401  (fixture)
 from tests.cluster.test_move_under_load import move_back_and_forth
 from tests.postgres_server import postgres_available
@@ -57,6 +57,12 @@ def cluster() -> Iterator[DevCluster]:
 
 def test_partitions_spread_over_the_three_brokers(cluster: DevCluster) -> None:
     clients.test_partitions_spread_over_the_three_brokers(cluster)
+
+
+def test_cluster_status_reads_the_bookies_from_postgres(cluster: DevCluster) -> None:
+    status = tidelog_json("cluster", "status", "--bootstrap", cluster.bootstrap, "--metadata", cluster.metadata_url)
+    assert [b["node_id"] for b in status["brokers"]] == [1, 2, 3]
+    assert sorted(b["id"] for b in status["bookies"]) == ["bookie-1", "bookie-2", "bookie-3"]
 
 
 def test_confluent_kafka(cluster: DevCluster) -> None:
@@ -93,7 +99,17 @@ def test_hundred_moves_under_a_steady_idempotent_producer(cluster: DevCluster) -
     move_back_and_forth(cluster, "pg-moving-100", 100)
 
 
+def test_dev_cluster_parser_takes_metadata_postgres() -> None:
+    from brokers.cli import _parser
+
+    args = _parser().parse_args(["dev-cluster", "--metadata", "postgres", "--brokers", "1"])
+    assert (args.metadata, args.brokers) == ("postgres", 1)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["dev-cluster", "--metadata", "zookeeper"])
+
+
 @needs_kcat
+@pytest.mark.slow  # a second cluster beside the module's: ~10 s on a quiet machine, a minute on a busy one
 def test_dev_cluster_command_on_postgres_serves_and_stops_on_ctrl_c() -> None:
     """``tidelog dev-cluster --metadata postgres`` (one broker, three bookies): prints the PostgreSQL URL and the
     bootstrap, serves kcat, and Ctrl-C stops everything it started, PostgreSQL included."""
