@@ -344,20 +344,24 @@ def test_kip848_members_that_stop_heartbeating_or_revoking_are_removed(
     asyncio.run(scenario())
 
 
-async def _classic_join(conn: Connection, group: str, member_id: str = "") -> Any:
+async def _classic_join(conn: Connection, group: str, member_id: str = "", protocol_type: str = "consumer") -> Any:
     mod = request_module(11, 5)
     subscription = b"\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff"  # ConsumerProtocolSubscription v0, no topics
     return await conn.send(mod.JoinGroupRequest(
         group_id=group, session_timeout=datetime.timedelta(seconds=10), rebalance_timeout=datetime.timedelta(
-            seconds=10), member_id=member_id, group_instance_id=None, protocol_type="consumer",
+            seconds=10), member_id=member_id, group_instance_id=None, protocol_type=protocol_type,
         protocols=(mod.JoinGroupRequestProtocol(name="range", metadata=subscription),),
     ))
 
 
-def test_kip848_and_classic_groups_do_not_share_an_id(
+def test_kip848_and_classic_groups_share_an_id_only_as_the_migration_policy_allows(
     broker_factory: Callable[..., BrokerProcess], topic_factory: Callable[..., str]
 ) -> None:
-    broker = broker_factory(configs={**FAST, "group.initial.rebalance.delay.ms": "0"})
+    """With ``group.consumer.migration.policy=disabled`` (Kafka 4's default is bidirectional: see
+    test_group_migration.py) a non-empty group keeps its protocol; classic members may still join a consumer
+    group, as in Kafka; empty groups are converted either way."""
+    broker = broker_factory(configs={
+        **FAST, "group.initial.rebalance.delay.ms": "0", "group.consumer.migration.policy": "disabled"})
     topic = topic_factory(broker.bootstrap, partitions=2, prefix="kip848c")
     suffix = uuid.uuid4().hex[:8]
 
@@ -371,11 +375,15 @@ def test_kip848_and_classic_groups_do_not_share_an_id(
             assert joined.error_code == ErrorCode.none and joined.generation_id == 1
             r = await _heartbeat(conn, group_id=f"classic-{suffix}", member_id="m", subscribed_topic_names=(topic,))
             assert r.error_code == ErrorCode.group_id_not_found
-            # A consumer group: a classic JoinGroup gets INCONSISTENT_GROUP_PROTOCOL.
+            # A consumer group: a classic JoinGroup of another protocol type gets INCONSISTENT_GROUP_PROTOCOL; a
+            # consumer-protocol one joins as a classic member (no leader: the coordinator assigns).
             ok = await _heartbeat(conn, group_id=f"consumer-{suffix}", member_id="m", subscribed_topic_names=(topic,))
             assert ok.error_code == ErrorCode.none
-            assert (await _classic_join(conn, f"consumer-{suffix}", "x")).error_code == (
+            assert (await _classic_join(conn, f"consumer-{suffix}", "x", protocol_type="connect")).error_code == (
                 ErrorCode.inconsistent_group_protocol)
+            inside = await _classic_join(conn, f"consumer-{suffix}", "x")
+            assert inside.error_code == ErrorCode.none and inside.leader == "" and inside.member_id == "x"
+            assert inside.generation_id == ok.member_epoch + 1 and inside.protocol_name == "range"
             # An empty classic group (offsets committed by an assign() consumer) becomes a consumer group, and
             # keeps its offsets.
             assert await commit_wire(conn, f"simple-{suffix}", "", -1, topic) == ErrorCode.none

@@ -1,0 +1,194 @@
+"""KIP-848 online migration with real clients (issue 13, must-show 5): confluent-kafka consumers of one group
+move from ``group.protocol=classic`` to ``group.protocol=consumer`` one by one and back, against the real
+broker process, consuming throughout from a topic a producer keeps writing to.
+
+Each step starts the new member before stopping the old one, so the group goes through every conversion
+path: a consumer-protocol member joining a classic group (upgrade), classic members rejoining and leaving a
+consumer group, classic members joining it again, the last consumer-protocol member leaving (downgrade).
+The group's type is read back with DescribeConsumerGroups after each conversion.
+
+What must hold: every record produced is consumed; a record consumed twice only by a member that was
+assigned its partition after the first delivery (the at-least-once window of a rebalance: the new owner
+resumes from the last commit); the committed offsets at the end are the log end of every partition.
+Members commit every 100 records and synchronously when partitions are revoked (group_members.Member).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from .broker_process import BrokerProcess
+from .group_members import Member, SequenceProducer, assert_healthy, assignment_settled, wait_until
+
+PARTITIONS = 6
+BROKER = {"group.consumer.heartbeat.interval.ms": "250", "group.initial.rebalance.delay.ms": "0"}
+CLASSIC = {"group.protocol": "classic", "session.timeout.ms": 10_000, "heartbeat.interval.ms": 500}
+CONSUMER = {"group.protocol": "consumer"}
+
+
+class TimedMember(Member):
+    """A Member that also notes when it handed each record to the application."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delivered_at: list[float] = []
+
+    def _record(self, c: Consumer, msg: Any) -> None:
+        before = len(self.consumed)
+        super()._record(c, msg)
+        with self.lock:
+            if len(self.consumed) > before:
+                self.delivered_at.append(time.monotonic())
+
+    def deliveries(self) -> list[tuple[int, int, bytes, float]]:
+        with self.lock:
+            return [(p, o, v, t) for (p, o, v), t in zip(self.consumed, self.delivered_at, strict=True)]
+
+    def assigned_at(self, partition: int) -> list[float]:
+        with self.lock:
+            return [e.at for e in self.events if e.kind == "assign" and partition in e.partitions]
+
+
+def group_type(admin: AdminClient, group: str) -> str:
+    """CONSUMER or CLASSIC, as DescribeConsumerGroups reports the group (retried while not yet known)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            d = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
+            return str(d.type.name)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        parts = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=30)
+        return {tp.partition: tp.offset for tp in parts}
+    finally:
+        c.close()
+
+
+def check_consumption(members: list[TimedMember], producer: SequenceProducer) -> dict[str, int]:
+    """No record lost; a duplicate only after its partition was assigned anew; returns the counts."""
+    total = producer.stop()
+    wait_until(lambda: len({v for m in members for v in m.values()}) >= total, f"{total} records consumed",
+               detail=lambda: {m.name: len(m.consumed) for m in members})
+    deliveries: dict[bytes, list[tuple[float, TimedMember, int]]] = defaultdict(list)
+    for m in members:
+        for p, _o, v, t in m.deliveries():
+            deliveries[v].append((t, m, p))
+    assert sorted(deliveries) == producer.expected(), "records lost"
+    duplicates = 0
+    for v, seen in deliveries.items():
+        seen.sort(key=lambda d: d[0])
+        first_at = seen[0][0]
+        for t, m, p in seen[1:]:
+            duplicates += 1
+            # The re-delivery follows an assignment of that partition to its member after the first delivery.
+            assert any(first_at <= a <= t for a in m.assigned_at(p)), (
+                f"{v!r} (partition {p}) delivered again to {m.name} without a new assignment in between")
+    return {"records": total, "duplicates": duplicates}
+
+
+def start(name: str, bootstrap: str, group: str, topic: str, conf: dict[str, object]) -> TimedMember:
+    m = TimedMember(name, bootstrap, group, topic, **conf)
+    m.start()
+    return m
+
+
+def settled(members: list[TimedMember], what: str) -> None:
+    wait_until(lambda: assignment_settled(members, PARTITIONS), what,
+               detail=lambda: {m.name: sorted(m.snapshot()[0]) for m in members})
+
+
+@pytest.mark.slow
+def test_three_classic_members_upgraded_one_by_one_to_the_consumer_protocol_and_back(
+    broker_factory: Callable[..., BrokerProcess], topic_factory: Callable[..., str]
+) -> None:
+    broker = broker_factory(configs=BROKER)
+    topic = topic_factory(broker.bootstrap, partitions=PARTITIONS, prefix="migrate")
+    group = f"migrate-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    producer = SequenceProducer(broker.bootstrap, topic, PARTITIONS).start()
+    everyone: list[TimedMember] = []
+    lock = threading.Lock()
+
+    def launch(name: str, conf: dict[str, object]) -> TimedMember:
+        m = start(name, broker.bootstrap, group, topic, conf)
+        with lock:
+            everyone.append(m)
+        return m
+
+    try:
+        live = [launch(f"classic{i}", CLASSIC) for i in range(3)]
+        settled(live, "three classic members to split the partitions")
+        assert group_type(admin, group) == "CLASSIC"
+        for i in range(3):  # upgrade: a consumer-protocol member joins, then a classic one leaves
+            new = launch(f"consumer{i}", CONSUMER)
+            settled([*live, new], f"consumer{i} to get its share")
+            assert group_type(admin, group) == "CONSUMER"
+            live[i].stop()
+            live[i] = new
+            settled(live, f"the group to settle after classic{i} left")
+        for i in range(3):  # and back: a classic member joins, then a consumer-protocol one leaves
+            new = launch(f"classic{i}-again", CLASSIC)
+            settled([*live, new], f"classic{i}-again to get its share")
+            live[i].stop()
+            live[i] = new
+            settled(live, f"the group to settle after consumer{i} left")
+        assert group_type(admin, group) == "CLASSIC"
+        wait_until(lambda: all(m.consumed for m in live), "every classic member to consume again")
+        counts = check_consumption(everyone, producer)
+        for m in live:
+            m.stop()
+        assert_healthy(*everyone)
+        expected = {p: len(range(p, counts["records"], PARTITIONS)) for p in range(PARTITIONS)}
+        assert committed(broker.bootstrap, group, topic) == expected
+        print(f"\nmigration: {counts['records']} records, {counts['duplicates']} consumed twice (after an assignment)")
+    finally:
+        producer._stop.set()
+        for m in everyone:
+            m._stop.set()
+
+
+def test_a_classic_group_upgraded_by_a_consumer_member_joining_and_downgraded_when_it_leaves(
+    broker_factory: Callable[..., BrokerProcess], topic_factory: Callable[..., str]
+) -> None:
+    """The lean variant for the fast suite: one upgrade and one downgrade under a steady producer."""
+    broker = broker_factory(configs=BROKER)
+    topic = topic_factory(broker.bootstrap, partitions=PARTITIONS, prefix="migrate")
+    group = f"migrate-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    producer = SequenceProducer(broker.bootstrap, topic, PARTITIONS).start()
+    members: list[TimedMember] = []
+    try:
+        members += [start(f"classic{i}", broker.bootstrap, group, topic, CLASSIC) for i in range(2)]
+        settled(members, "two classic members to split the partitions")
+        members.append(start("consumer", broker.bootstrap, group, topic, CONSUMER))
+        settled(members, "the consumer-protocol member to get its share")
+        assert group_type(admin, group) == "CONSUMER"
+        members[2].stop()
+        settled(members[:2], "the classic members to take everything back")
+        assert group_type(admin, group) == "CLASSIC"
+        counts = check_consumption(members, producer)
+        for m in members[:2]:
+            m.stop()
+        assert_healthy(*members)
+        expected = {p: len(range(p, counts["records"], PARTITIONS)) for p in range(PARTITIONS)}
+        assert committed(broker.bootstrap, group, topic) == expected
+    finally:
+        producer._stop.set()
+        for m in members:
+            m._stop.set()
