@@ -440,9 +440,14 @@ class ClassicGroup(ClassicGroupBase):
         group.protocol_name = group._select_protocol()
         return group
 
-    def start_after_downgrade(self) -> None:
+    def start_after_downgrade(self, rebalance: bool = True) -> None:
         """Installed in place of the consumer group: sessions start now and a rebalance begins, so every
-        member rejoins and the leader assigns client-side again."""
+        member rejoins and the leader assigns client-side again (not when a static member's replacement
+        caused the downgrade: it takes over the old member's assignment, as in Kafka)."""
         for member in self.members.values():
             self._schedule_expiry(member)
-        self._prepare_rebalance("converted from a consumer group")
+        if rebalance:
+            self._prepare_rebalance("converted from a consumer group")
+        else:
+            log.info("group %s: converted from a consumer group, stable at generation %d",
+                     self.group_id, self.generation)

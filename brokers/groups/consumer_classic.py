@@ -217,10 +217,13 @@ def can_downgrade(group: ConsumerGroup, leaving: str, config: ConsumerGroupConfi
     )
 
 
-def downgrade(group: ConsumerGroup, leaving: str, store: GroupStore, names: dict[str, str]) -> ClassicGroup:
+def downgrade(
+    group: ConsumerGroup, leaving: str, store: GroupStore, names: dict[str, str], joining: ClassicMember | None = None
+) -> ClassicGroup:
     """The classic group ``group`` becomes without ``leaving`` (not yet installed: see
     ``ClassicGroup.start_after_downgrade``). Each member's assignment is its target assignment, serialised
-    in the version of its metadata for the chosen protocol."""
+    in the version of its metadata for the chosen protocol; a ``joining`` static member replacing
+    ``leaving`` takes the leaving member's."""
     members = []
     for m in group.members.values():
         if m.member_id == leaving or m.sub.classic is None:
@@ -229,12 +232,15 @@ def downgrade(group: ConsumerGroup, leaving: str, store: GroupStore, names: dict
             m.member_id, m.sub.instance_id, m.sub.client_id, m.sub.client_host, max(m.sub.rebalance_timeout_ms, 0),
             m.sub.classic.session_timeout_ms, CONSUMER, m.sub.classic.protocols,
         ))
+    if joining is not None:
+        members.append(joining)
     classic = ClassicGroup.downgraded(group.group_id, store, group.group_epoch, members)
     for cm in classic.members.values():
         try:
             version = version_of(cm.metadata(classic.protocol_name or ""))
         except ProtocolFormatError:
             version = 0
-        target = group.target.get(cm.member_id, frozenset())
+        source = leaving if joining is not None and cm is joining else cm.member_id
+        target = group.target.get(source, frozenset())
         cm.assignment = serialize_assignment(_names(target, names), version)
     return classic

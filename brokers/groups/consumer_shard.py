@@ -27,7 +27,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from kio.schema.errors import ErrorCode
 
@@ -57,16 +57,37 @@ from brokers.groups.consumer_classic import (
 )
 from brokers.groups.consumer_heartbeat import heartbeat, remove_members
 from brokers.groups.consumer_records import KEY_VERSIONS, ConsumerRecord, GroupEpochRecord, decode, encode, is_tombstone
-from brokers.groups.member import JoinRequest, JoinResult, SyncResult
+from brokers.groups.member import ClassicMember, JoinRequest, JoinResult, SyncResult
 
 if TYPE_CHECKING:
-    from brokers.broker import Broker
+    from brokers.config import BrokerConfig
     from brokers.groups.shard import GroupShard, Records
     from brokers.topics import TopicRegistry
 
 log = logging.getLogger(__name__)
 SESSION, REBALANCE, JOIN, SYNC = "session", "rebalance", "join", "sync"
 _tokens = itertools.count()
+
+
+class BrokerView(Protocol):
+    """What consumer groups take from the broker: its settings and its topics (not the whole Broker)."""
+
+    @property
+    def config(self) -> BrokerConfig: ...
+
+    @property
+    def topics(self) -> TopicRegistry: ...
+
+
+class ShardLookup(Protocol):
+    def shard_for(self, group_id: str) -> GroupShard: ...
+
+
+class CoordinatorView(Protocol):
+    """What the handlers reach consumer groups through: the group coordinator's shard lookup."""
+
+    @property
+    def groups(self) -> ShardLookup: ...
 
 
 class RegistryTopics:
@@ -87,7 +108,7 @@ class RegistryTopics:
         return [t.name for t in self._registry.all()]
 
 
-def consumer_extension(broker: Broker) -> Callable[[GroupShard], ConsumerGroups]:
+def consumer_extension(broker: BrokerView) -> Callable[[GroupShard], ConsumerGroups]:
     """The factory the group coordinator calls for each shard it loads."""
     c = broker.config
     config = ConsumerGroupConfig(
@@ -98,7 +119,7 @@ def consumer_extension(broker: Broker) -> Callable[[GroupShard], ConsumerGroups]
     return lambda shard: ConsumerGroups(shard, config, topics)
 
 
-def consumer_groups_for(broker: Broker, group_id: str) -> ConsumerGroups:
+def consumer_groups_for(broker: CoordinatorView, group_id: str) -> ConsumerGroups:
     """The consumer groups of ``group_id``'s shard; raises GroupError (NOT_COORDINATOR, LOAD_IN_PROGRESS...)."""
     shard = broker.groups.shard_for(group_id)
     for ext in shard.extensions:
@@ -117,7 +138,7 @@ class ConsumerGroups:
         self.groups: dict[str, ConsumerGroup] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._loaded = False
-        self._pending_classic: dict[str, ClassicGroup] = {}
+        self._pending_classic: dict[str, tuple[ClassicGroup, bool]] = {}
         """Downgrades being written: the classic group installed when the consumer group's tombstone applies."""
         self._timer_tokens: dict[tuple[str, str, str], int] = {}
         """(group, member, kind) -> token of the armed timer; a timer that fires checks it is still the one."""
@@ -143,10 +164,11 @@ class ConsumerGroups:
                 del self.groups[group_id]
                 if self.shard.groups.get(group_id) is group:
                     del self.shard.groups[group_id]
-            classic = self._pending_classic.pop(group_id, None)
-            if classic is not None and self._loaded:  # a downgrade: the classic group takes its place now
+            pending = self._pending_classic.pop(group_id, None)
+            if pending is not None and self._loaded:  # a downgrade: the classic group takes its place now
+                classic, rebalance = pending
                 self.shard.groups[group_id] = classic
-                classic.start_after_downgrade()
+                classic.start_after_downgrade(rebalance)
             return
         if group is None:
             if is_tombstone(record):
@@ -243,7 +265,7 @@ class ConsumerGroups:
         """Records turning ``group`` back into a classic group without ``leaving``; the classic group is
         installed when they apply (``apply``)."""
         classic = downgrade(group, leaving, self.shard, group.topic_names())
-        self._pending_classic[group.group_id] = classic
+        self._pending_classic[group.group_id] = (classic, True)
         log.info("group %s: last consumer-protocol member %s leaves: downgrading to a classic group of %d members",
                  group.group_id, leaving, len(classic.members))
         return [encode(r) for r in group.tombstones()] + [classic.metadata_record()]
@@ -302,11 +324,14 @@ class ConsumerGroups:
             if group is None:
                 return None
             member_id = req.member_id or str(uuid.uuid4())
+            replaced = group.static_members.get(req.group_instance_id or "") if not req.member_id else None
             try:
                 check_join(group, req, member_id, self.config)
                 if not req.member_id and req.group_instance_id is None and req.require_known_member_id:
                     return JoinResult(ErrorCode.member_id_required, member_id)
                 records, cur = classic_join(group, req, member_id, self.topics)
+                if replaced is not None and can_downgrade(group, replaced, self.config, fenced=False):
+                    return await self._replace_and_downgrade(group, replaced, member_id, req)
                 if records:
                     await self.shard.write([encode(r) for r in records])
             except GroupError as e:
@@ -321,6 +346,27 @@ class ConsumerGroups:
                      req.group_id, member_id, cur.member_epoch, len(cur.assigned))
             protocol = req.protocols[0][0] if req.protocols else ""
             return JoinResult(ErrorCode.none, member_id, cur.member_epoch, CONSUMER, protocol)
+
+    async def _replace_and_downgrade(
+        self, group: ConsumerGroup, replaced: str, member_id: str, req: JoinRequest
+    ) -> JoinResult:
+        """A classic static member replacing the last consumer-protocol member (same group.instance.id): the
+        group becomes classic with the newcomer holding the replaced member's assignment, no rebalance (Kafka's
+        validateOnlineDowngradeWithReplacedMemberId). Caller holds the lock; raises GroupError."""
+        joining = ClassicMember(
+            member_id, req.group_instance_id, req.client_id, req.client_host, req.rebalance_timeout_ms,
+            req.session_timeout_ms, req.protocol_type, req.protocols,
+        )
+        classic = downgrade(group, replaced, self.shard, group.topic_names(), joining)
+        self._pending_classic[group.group_id] = (classic, False)
+        log.info("group %s: static member %s replaces the last consumer-protocol member %s: downgrading",
+                 group.group_id, req.group_instance_id, replaced)
+        try:
+            await self.shard.write([encode(r) for r in group.tombstones()] + [classic.metadata_record()])
+        except GroupError:
+            self._pending_classic.pop(group.group_id, None)
+            raise
+        return JoinResult(ErrorCode.none, member_id, classic.generation, CONSUMER, classic.protocol_name)
 
     async def classic_sync(
         self, group_id: str, member_id: str, instance_id: str | None, generation: int,

@@ -81,15 +81,15 @@ async def broker() -> AsyncIterator[Broker]:
 class Classic:
     """A classic consumer as the coordinator sees it (eager: it owns nothing when it rejoins)."""
 
-    def __init__(self, b: Broker, group: str, name: str, session_ms: int = 10_000) -> None:
-        self.b, self.group, self.name, self.session_ms = b, group, name, session_ms
+    def __init__(self, b: Broker, group: str, name: str, session_ms: int = 10_000, instance: str | None = None) -> None:
+        self.b, self.group, self.name, self.session_ms, self.instance = b, group, name, session_ms, instance
         self.member_id = ""
         self.generation = -1
         self.last: JoinResult | None = None
         self.partitions: set[int] = set()
 
     def request(self, owned: tuple[tuple[str, int], ...] = ()) -> JoinRequest:
-        return JoinRequest(self.group, self.member_id, None, self.name, "/127.0.0.1", self.session_ms, 10_000,
+        return JoinRequest(self.group, self.member_id, self.instance, self.name, "/127.0.0.1", self.session_ms, 10_000,
                            "consumer", (("range", subscription(owned=owned)), ("roundrobin", subscription())), False)
 
     async def join(self, owned: tuple[tuple[str, int], ...] = ()) -> JoinResult:
@@ -100,14 +100,14 @@ class Classic:
 
     async def sync(self, assignments: dict[str, bytes] | None = None) -> ErrorCode:
         protocol = self.last.protocol_name if self.last is not None else None
-        r = await self.b.groups.sync(self.group, self.member_id, None, self.generation, "consumer", protocol,
+        r = await self.b.groups.sync(self.group, self.member_id, self.instance, self.generation, "consumer", protocol,
                                      assignments or {})
         if r.error is ErrorCode.none:
             self.partitions = {p for _, p in parse_assignment(r.assignment)}
         return r.error
 
     async def heartbeat(self) -> ErrorCode:
-        return await self.b.groups.heartbeat(self.group, self.member_id, None, self.generation)
+        return await self.b.groups.heartbeat(self.group, self.member_id, self.instance, self.generation)
 
 
 async def classic_rebalance(members: list[Classic]) -> None:
@@ -357,3 +357,27 @@ async def test_a_classic_join_waits_out_an_upgrade_being_written(broker: Broker)
     group = live(broker, "g")
     assert isinstance(group, ConsumerGroup) and r.error is ErrorCode.none
     assert r.leader == "" and r.generation == group.members[r.member_id].epoch
+
+
+async def test_a_classic_static_member_replacing_the_last_consumer_member_downgrades_without_rebalance(
+    broker: Broker,
+) -> None:
+    ext = consumer_groups_for(broker, "g")
+    k = await ext.heartbeat("g", Heartbeat("k1", 0, instance_id="i1", rebalance_timeout_ms=10_000,
+                                           subscribed_topic_names=(TOPIC,), owned=frozenset()))
+    classic = Classic(broker, "g", "c0")
+    assert (await classic.join()).error is ErrorCode.none
+    assert await classic.sync() is ErrorCode.none
+    assigned = await settle(broker, "g", [classic], {"k1": k.member_epoch})
+    group = live(broker, "g")
+    epoch = group.group_epoch
+    # The consumer-protocol static member restarts as a classic consumer under the same instance id.
+    restarted = Classic(broker, "g", "k1-classic", instance="i1")
+    r = await restarted.join()
+    back = live(broker, "g")
+    assert r.error is ErrorCode.none and isinstance(back, ClassicGroup)
+    assert back.state is GroupState.STABLE and back.generation == epoch == r.generation
+    assert set(back.members) == {classic.member_id, restarted.member_id}
+    assert await restarted.sync() is ErrorCode.none
+    assert restarted.partitions == assigned["k1"]  # it took over the old member's partitions
+    assert await classic.heartbeat() is ErrorCode.none  # no rebalance
