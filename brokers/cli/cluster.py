@@ -26,7 +26,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.cli.client import ClientError, KafkaClient, parse_bootstrap
-from brokers.cli.groups import table
+from brokers.cli.common import Progress, table
 from brokers.cli.offload import StatusError, fetch_status
 from brokers.config import ConfigError, parse_hostport
 
@@ -84,7 +84,7 @@ def add_parser(sub: Any) -> None:
     parts = sub.add_parser("partitions", help="where partitions live; move one to another broker")
     actions = parts.add_subparsers(dest="action", required=True, metavar="ACTION")
     move = actions.add_parser("move", help="move a partition to a broker and wait until it leads it")
-    move.add_argument("partition", type=_topic_partition, metavar="TOPIC:P")
+    move.add_argument("partition", type=_topic_partition, nargs="+", metavar="TOPIC:P")
     move.add_argument("--to", type=int, required=True, metavar="NODE", help="the target broker's node id")
     _common(move)
     listing = actions.add_parser("list", help="owner, epoch and storage per partition")
@@ -143,48 +143,72 @@ def _leader(resp: Any, topic: str, partition: int) -> tuple[int, int] | None:
 
 
 async def move(client: KafkaClient, args: argparse.Namespace) -> int:
-    topic, partition = args.partition
-    before = _leader(await client.metadata([topic]), topic, partition)
-    if before is None:
-        raise CommandError(f"{topic}:{partition} does not exist")
+    """Move each TOPIC:P to ``--to`` (one AlterPartitionReassignments) and wait until it leads them all; one
+    partition prints as before (a dict with --json), several as a list, with a progress bar on a terminal."""
+    wanted: list[tuple[str, int]] = list(dict.fromkeys(args.partition))
+    topics = sorted({t for t, _ in wanted})
+    resp = await client.metadata(topics)
+    before = {tp: _leader(resp, *tp) for tp in wanted}
+    missing = [tp for tp, found in before.items() if found is None]
+    if missing:
+        raise CommandError(f"{missing[0][0]}:{missing[0][1]} does not exist")
     started = time.monotonic()
-    answer = (await client.alter_partition_reassignments({(topic, partition): args.to})).get((topic, partition))
-    if answer is not None:
-        raise CommandError(f"{topic}:{partition} to broker {args.to}: {answer}")
+    answers = await client.alter_partition_reassignments(dict.fromkeys(wanted, args.to))
+    refused = [(tp, err) for tp, err in answers.items() if err is not None]
+    if refused:
+        (t, p), err = refused[0]
+        raise CommandError(f"{t}:{p} to broker {args.to}: {err}")
     deadline = started + args.timeout
-    leaderless = 0.0
+    leaderless = dict.fromkeys(wanted, 0.0)
+    now_leader: dict[tuple[str, int], tuple[int, int]] = {tp: b for tp, b in before.items() if b is not None}
+    took: dict[tuple[str, int], float] = {}
+    progress = Progress(f"move to broker {args.to}", len(wanted))
     last_poll = time.monotonic()
-    now_leader = before
-    while True:
-        try:
-            found = _leader(await client.metadata([topic]), topic, partition)
-        except ClientError:  # the broker we asked may be the one letting go; ask another next time
-            await client.close()
-            found = None
-        now = time.monotonic()
-        if found is None or found[0] < 0:
-            leaderless += now - last_poll
-        last_poll = now
-        if found is not None:
-            now_leader = found
-            if found[0] == args.to:
+    try:
+        while len(took) < len(wanted):
+            try:
+                resp = await client.metadata(topics)
+            except ClientError:  # the broker we asked may be the one letting go; ask another next time
+                await client.close()
+                resp = None
+            now = time.monotonic()
+            for tp in wanted:
+                if tp in took:
+                    continue
+                found = None if resp is None else _leader(resp, *tp)
+                if found is None or found[0] < 0:
+                    leaderless[tp] += now - last_poll
+                if found is not None:
+                    now_leader[tp] = found
+                    if found[0] == args.to:
+                        took[tp] = now - started
+                        progress.advance()
+            last_poll = now
+            if len(took) == len(wanted):
                 break
-        if now > deadline:
-            raise CommandError(
-                f"{topic}:{partition}: leader is still {now_leader[0]} after {args.timeout:g}s "
-                "(the move request stays; `tidelog cluster status` lists it)"
-            )
-        await asyncio.sleep(POLL_INTERVAL)
-    took = time.monotonic() - started
-    data = {
-        "topic": topic, "partition": partition, "from": before[0], "to": args.to, "epoch_before": before[1],
-        "epoch": now_leader[1], "seconds": round(took, 3), "leaderless_seconds": round(leaderless, 3),
-    }  # fmt: skip
-    text = (
-        f"{topic}:{partition} moved from broker {before[0]} to {args.to} (epoch {before[1]} -> {now_leader[1]}) "
-        f"in {took:.2f}s; no leader in Metadata for {leaderless:.2f}s"
+            if now > deadline:
+                t, p = next(tp for tp in wanted if tp not in took)
+                raise CommandError(
+                    f"{t}:{p}: leader is still {now_leader[(t, p)][0]} after {args.timeout:g}s "
+                    f"({len(took)} of {len(wanted)} moved; the move requests stay; `tidelog cluster status` lists them)"
+                )
+            await asyncio.sleep(POLL_INTERVAL)
+    finally:
+        progress.done()
+    rows = []
+    for tp in wanted:
+        b = before[tp] or now_leader[tp]  # never None: checked above
+        rows.append({
+            "topic": tp[0], "partition": tp[1], "from": b[0], "to": args.to, "epoch_before": b[1],
+            "epoch": now_leader[tp][1], "seconds": round(took[tp], 3), "leaderless_seconds": round(leaderless[tp], 3),
+        })  # fmt: skip
+    text = "\n".join(
+        f"{r['topic']}:{r['partition']} moved from broker {r['from']} to {r['to']} "
+        f"(epoch {r['epoch_before']} -> {r['epoch']}) in {r['seconds']:.2f}s; "
+        f"no leader in Metadata for {r['leaderless_seconds']:.2f}s"
+        for r in rows
     )
-    _emit(args, data, text)
+    _emit(args, rows[0] if len(rows) == 1 else rows, text)
     return 0
 
 

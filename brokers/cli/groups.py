@@ -18,7 +18,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.cli.client import ClientError, KafkaClient, error_name
-from brokers.cli.common import CommandError, add_common, emit, table
+from brokers.cli.common import CommandError, Progress, add_common, emit, table
 from brokers.group_admin import (
     DEAD,
     EARLIEST,
@@ -318,7 +318,7 @@ async def _reset(client: KafkaClient, args: argparse.Namespace) -> int:
     planned = await new_offsets(client, args, targets, committed)
     errors: dict[TP, ErrorCode] = {}
     if args.execute:
-        errors = {tp: c for tp, c in (await commit_offsets(client, group, planned)).items() if c != ErrorCode.none}
+        errors = await _commit_in_chunks(client, group, planned)
     rows = [(group, t, p, committed.get((t, p)), planned[(t, p)], error_name(errors[(t, p)]) if (t, p) in errors
              else None) for t, p in targets]
     data = {
@@ -333,6 +333,26 @@ async def _reset(client: KafkaClient, args: argparse.Namespace) -> int:
         tp, code = next(iter(errors.items()))
         raise CommandError(f"{len(errors)} offset commit(s) failed, e.g. {tp[0]}:{tp[1]}: {error_name(code)}")
     return 0
+
+
+COMMIT_CHUNK = 200
+
+
+async def _commit_in_chunks(client: KafkaClient, group: str, planned: dict[TP, int]) -> dict[TP, ErrorCode]:
+    """Commit the new offsets, COMMIT_CHUNK partitions per request, with a progress bar on a terminal (a reset
+    over thousands of partitions takes a while); returns the partitions whose commit failed."""
+    items = sorted(planned.items())
+    progress = Progress(f"reset {group}", len(items))
+    errors: dict[TP, ErrorCode] = {}
+    try:
+        for i in range(0, len(items), COMMIT_CHUNK):
+            chunk = dict(items[i : i + COMMIT_CHUNK])
+            answers = await commit_offsets(client, group, chunk)
+            errors.update((tp, c) for tp, c in answers.items() if c != ErrorCode.none)
+            progress.advance(len(chunk))
+    finally:
+        progress.done()
+    return errors
 
 
 # --------------------------------------------------------------------------- delete

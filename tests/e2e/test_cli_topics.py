@@ -227,3 +227,15 @@ def test_confluent_kafka_reads_what_tidelog_produce_wrote(dev: str) -> None:
     finally:
         consumer.close()
     assert seen == {k: partition_for(k.encode(), 4) for k in keys}
+
+
+def test_partitions_move_several_at_once(dev: str) -> None:
+    b = ("--bootstrap", dev)
+    ok("topics", "create", "moving", "-p", "4", *b)
+    moved = ok_json("partitions", "move", "moving:0", "moving:1", "moving:2", "moving:3", "--to", "2", *b)
+    assert [(m["partition"], m["to"]) for m in moved] == [(0, 2), (1, 2), (2, 2), (3, 2)]
+    # each was seen led by broker 2 (the controller may spread them out again later: it balances a pin-free topic)
+    assert all(m["epoch"] >= m["epoch_before"] and m["seconds"] >= 0 for m in moved)
+    assert all(m["epoch"] > m["epoch_before"] for m in moved if m["from"] != 2)
+    one = ok_json("partitions", "move", "moving:0", "--to", "1", *b)
+    assert isinstance(one, dict) and (one["partition"], one["to"]) == (0, 1)  # one partition: one object, as before
