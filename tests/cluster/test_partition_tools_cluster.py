@@ -2,8 +2,9 @@
 moto S3): what kafka-python's admin and confluent-kafka's AdminClient call, with Kafka's results.
 
 * DescribeLogDirs (kafka-python ``describe_log_dirs``): every broker answers two log dirs, ``bookies`` and the
-  object store's URL; each partition of a topic is listed by exactly one broker, its leader, and the bytes
-  produced to it are on the bookie tier.
+  object store's URL; each partition of a topic is listed by exactly one broker, its leader. With 32 KiB
+  ledgers (``ledger.rollover.bytes``) most of what the fixture wrote is offloaded: each partition has bytes in
+  the object store, and its two tiers together hold at least the bytes produced to it.
 * AlterReplicaLogDirs (kafka-python ``alter_replica_log_dirs``): LOG_DIR_NOT_FOUND for a path that is no log
   dir, REPLICA_NOT_AVAILABLE on a broker that does not host the partition, KAFKA_STORAGE_ERROR on its leader.
 * DescribeTopicPartitions (kafka-python ``describe_topic_partitions``): paged by ``response_partition_limit``
@@ -33,7 +34,7 @@ from tests.cluster.test_move_under_load import SteadyProducer
 from tests.e2e.helpers import create_topic
 from tests.etcd_server import etcd_available
 
-from .harness import leaders, running_cluster, wait_leaders
+from .harness import assert_no_tracebacks, leaders, print_logs, wait_leaders
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 kafka = pytest.importorskip("kafka")
@@ -43,20 +44,37 @@ pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not in
 NODES = (1, 2, 3)
 TOPIC = "tools"
 PARTS = 6
-RECORDS = 300
+RECORDS = 600
+VALUE = b"x" * 1000
+LEDGER_BYTES = 32 * 1024
+PAYLOAD = RECORDS // PARTS * (len(VALUE) + 6)  # value bytes produced to each partition
 WAIT_S = 60.0
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    with running_cluster(tmp_path_factory.mktemp("tools-cluster")) as c:
-        create_topic(c.bootstrap, TOPIC, PARTS)
-        wait_leaders(c.bootstrap, TOPIC, PARTS, set(NODES))
-        producer = confluent_kafka.Producer({"bootstrap.servers": c.bootstrap, "enable.idempotence": True})
+    # Small ledgers, so that most of what the fixture writes is offloaded to the object store within seconds.
+    dev = DevCluster(
+        tmp_path_factory.mktemp("tools-cluster"), broker_args=["--config", f"ledger.rollover.bytes={LEDGER_BYTES}"]
+    )
+    dev.start()
+    try:
+        create_topic(dev.bootstrap, TOPIC, PARTS)
+        wait_leaders(dev.bootstrap, TOPIC, PARTS, set(NODES))
+        producer = confluent_kafka.Producer({
+            "bootstrap.servers": dev.bootstrap, "enable.idempotence": True, "batch.size": 16_384, "linger.ms": 2,
+        })  # fmt: skip
         for i in range(RECORDS):
-            producer.produce(TOPIC, value=b"x" * 100 + b"%06d" % i, partition=i % PARTS)
+            producer.produce(TOPIC, value=b"%06d" % i + VALUE, partition=i % PARTS)
+            producer.poll(0)
         assert producer.flush(WAIT_S) == 0
-        yield c
+        yield dev
+    except BaseException:
+        print_logs(dev)
+        dev.stop()
+        raise
+    dev.stop()
+    assert_no_tracebacks(dev)
 
 
 @pytest.fixture(scope="module")
@@ -74,30 +92,49 @@ def _owners(cluster: DevCluster) -> dict[int, int]:
     return owner
 
 
-def test_describe_log_dirs_shows_each_partition_on_its_leader(cluster: DevCluster, admin: Any) -> None:
-    owner = _owners(cluster)
+def _log_dirs(admin: Any) -> tuple[dict[int, list[int]], dict[int, int], dict[int, int], list[Any]]:
+    """From every broker's DescribeLogDirs answer: partition -> brokers listing it, and bytes per partition on
+    the bookie tier and in the object store."""
     answers = admin.describe_log_dirs()
-    assert sorted(a["broker"] for a in answers) == list(NODES)
     found: dict[int, list[int]] = {}
-    bookie_bytes: dict[int, int] = {}
+    on_bookies: dict[int, int] = {}
+    in_store: dict[int, int] = {}
     for answer in answers:
         dirs = answer["log_dirs"]
         assert dirs[0]["log_dir"] == "bookies"
         assert dirs[1]["log_dir"].startswith("s3://") and "?" not in dirs[1]["log_dir"]
-        assert all(d["error_code"] == 0 for d in dirs)
+        assert len(dirs) == 2 and all(d["error_code"] == 0 for d in dirs)
         for d in dirs:
             for t in d["topics"]:
-                if t["name"] != TOPIC:
-                    continue
-                for p in t["partitions"]:
+                for p in t["partitions"] if t["name"] == TOPIC else ():
                     assert not p["is_future_key"]
                     if d["log_dir"] == "bookies":
                         found.setdefault(p["partition_index"], []).append(answer["broker"])
-                        bookie_bytes[p["partition_index"]] = p["partition_size"]
-        print(f"broker {answer['broker']}: " + ", ".join(f"{d['log_dir']} total {d['total_bytes']}" for d in dirs))
+                        on_bookies[p["partition_index"]] = p["partition_size"]
+                    else:
+                        in_store[p["partition_index"]] = p["partition_size"]
+    return found, on_bookies, in_store, answers
+
+
+def test_describe_log_dirs_shows_where_each_partitions_bytes_are(cluster: DevCluster, admin: Any) -> None:
+    owner = _owners(cluster)
+    deadline = time.monotonic() + WAIT_S
+    while True:  # the closed ledgers are offloaded in the background: wait until each partition has segments
+        found, on_bookies, in_store, answers = _log_dirs(admin)
+        if all(in_store.get(p, 0) > 0 for p in range(PARTS)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(a["broker"] for a in answers) == list(NODES)
+    for answer in answers:
+        print(
+            f"broker {answer['broker']}: "
+            + ", ".join(f"{d['log_dir']} (volume {d['total_bytes']})" for d in answer["log_dirs"])
+        )
+    print(f"bytes per partition, bookies: {dict(sorted(on_bookies.items()))}")
+    print(f"bytes per partition, object store: {dict(sorted(in_store.items()))} (values produced: {PAYLOAD} each)")
     assert found == {p: [owner[p]] for p in range(PARTS)}  # each partition on exactly one broker: its leader
-    assert all(size >= (RECORDS // PARTS) * 100 for size in bookie_bytes.values()), bookie_bytes
-    print(f"bytes on the bookie tier per partition: {bookie_bytes}")
+    assert all(in_store[p] > 0 for p in range(PARTS)), in_store  # offloaded ledgers are segments now
+    assert all(on_bookies[p] + in_store[p] >= PAYLOAD for p in range(PARTS))  # every byte is in one tier
 
 
 def test_alter_replica_log_dirs_answers_as_kafka(cluster: DevCluster, admin: Any) -> None:
