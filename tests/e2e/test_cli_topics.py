@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from tests.etcd_server import etcd_available
 
 MOCK_TOOL = Path(__file__).resolve().parents[3] / "shared" / "tools" / "mockcluster.py"
 MOCK_TOPIC = "pre"  # created by the mock at start, 4 partitions, 3 replicas
+BAR_TOPIC = "bar"  # likewise, 1 partition: bulk produce with a progress bar
 
 
 def tidelog(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -91,6 +93,7 @@ def mock() -> Iterator[str]:
         pytest.skip(f"{MOCK_TOOL} not here")
     proc = subprocess.Popen(
         [sys.executable, str(MOCK_TOOL), "-n", "3", "--controller", "1", "--topic", f"{MOCK_TOPIC}:4:3",
+         "--topic", f"{BAR_TOPIC}:1:1",
          "--timeout", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
@@ -194,7 +197,8 @@ def test_topic_verbs_on_the_dev_cluster(dev: str) -> None:
 def test_the_same_commands_on_librdkafka_mock_cluster(mock: str) -> None:
     b = ("--bootstrap", mock)
     listed = ok_json("topics", "list", *b)
-    assert [(t["topic"], t["partitions"], t["replication_factor"]) for t in listed] == [(MOCK_TOPIC, 4, 3)]
+    assert [(t["topic"], t["partitions"], t["replication_factor"]) for t in listed] == [
+        (BAR_TOPIC, 1, 1), (MOCK_TOPIC, 4, 3)]
     done = cli("topics", "describe", MOCK_TOPIC, "--json", *b)
     assert done.returncode == 0, done.stderr
     [pre] = json.loads(done.stdout)
@@ -239,3 +243,26 @@ def test_partitions_move_several_at_once(dev: str) -> None:
     assert all(m["epoch"] > m["epoch_before"] for m in moved if m["from"] != 2)
     one = ok_json("partitions", "move", "moving:0", "--to", "1", *b)
     assert isinstance(one, dict) and (one["partition"], one["to"]) == (0, 1)  # one partition: one object, as before
+
+
+def test_bulk_produce_draws_a_progress_bar_only_on_a_terminal(mock: str) -> None:
+    argv = [sys.executable, "-m", "brokers.cli", "produce", BAR_TOPIC, "--count", "20000", "--size", "10",
+            "--bootstrap", mock]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    text = seen.decode(errors="replace")
+    assert f"\rproduce {BAR_TOPIC} [" in text and "20000/20000 100%" in text, text
+    piped = tidelog("produce", BAR_TOPIC, "--count", "100", "--bootstrap", mock)
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "[" not in piped.stderr, piped.stderr
