@@ -242,14 +242,10 @@ class ConsumerGroups:
                 records = self._downgrade_records(group, outcome.member_id)
             if upgrading is not None:
                 upgrading.begin_conversion()
-            try:
-                if records:
-                    await self.shard.write(records)
-            except GroupError:
-                if upgrading is not None:
-                    upgrading.conversion_failed()
-                self._pending_classic.pop(group_id, None)
-                raise
+            if upgrading is not None or downgrading:
+                await self._write_conversion(group_id, records, upgrading)
+            elif records:
+                await self.shard.write(records)
             live = self.groups.get(group_id)
             if upgrading is not None and live is not None:
                 log.info("group %s: classic group of %d members upgraded to a consumer group at epoch %d",
@@ -274,15 +270,28 @@ class ConsumerGroups:
         """Fence one member (timeouts): removed, or the group downgraded if it was the last consumer-protocol
         member. Caller holds the group's lock; raises GroupError if the write fails."""
         if can_downgrade(group, member_id, self.config):
-            records = self._downgrade_records(group, member_id)
+            await self._write_conversion(group.group_id, self._downgrade_records(group, member_id))
         else:
-            records = [encode(r) for r in remove_members(group, [member_id], self.topics)]
-        try:
-            await self.shard.write(records)
-        except GroupError:
-            self._pending_classic.pop(group.group_id, None)
-            raise
+            await self.shard.write([encode(r) for r in remove_members(group, [member_id], self.topics)])
         self._disarm(group, member_id)
+
+    async def _write_conversion(self, group_id: str, records: Records, upgrading: ClassicGroup | None = None) -> None:
+        """Write an upgrade's or downgrade's records. If the write fails the conversion is undone — the classic
+        group serves again, the pending classic group is dropped — even when the request that started it was
+        cancelled meanwhile (a client disconnecting), so no classic request is left waiting on it."""
+        pending = self._pending_classic.get(group_id)
+
+        def undo(write: asyncio.Future[int]) -> None:
+            if not write.cancelled() and write.exception() is None:
+                return
+            if upgrading is not None:
+                upgrading.conversion_failed()
+            if pending is not None and self._pending_classic.get(group_id) is pending:
+                del self._pending_classic[group_id]
+
+        write = asyncio.ensure_future(self.shard.write(records))
+        write.add_done_callback(undo)
+        await asyncio.shield(write)
 
     # --- classic members of a consumer group (KIP-848 online migration) ----------------------------
     def _serving(self, group_id: str) -> ConsumerGroup | None:
@@ -361,11 +370,9 @@ class ConsumerGroups:
         self._pending_classic[group.group_id] = (classic, False)
         log.info("group %s: static member %s replaces the last consumer-protocol member %s: downgrading",
                  group.group_id, req.group_instance_id, replaced)
-        try:
-            await self.shard.write([encode(r) for r in group.tombstones()] + [classic.metadata_record()])
-        except GroupError:
-            self._pending_classic.pop(group.group_id, None)
-            raise
+        await self._write_conversion(
+            group.group_id, [encode(r) for r in group.tombstones()] + [classic.metadata_record()]
+        )
         return JoinResult(ErrorCode.none, member_id, classic.generation, CONSUMER, classic.protocol_name)
 
     async def classic_sync(

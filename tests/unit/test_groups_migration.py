@@ -19,6 +19,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.broker import Broker
 from brokers.config import BrokerConfig
+from brokers.groups.base import GroupError
 from brokers.groups.classic import ClassicGroup, GroupState
 from brokers.groups.consumer import ConsumerGroup, Heartbeat, MemberState
 from brokers.groups.consumer_protocol import parse_assignment, parse_subscription, serialize_assignment
@@ -304,9 +305,9 @@ async def test_migration_policy(policy: str, upgrades: bool, downgrades: bool) -
             await ext.heartbeat("up", hb)
             assert isinstance(live(b, "up"), ConsumerGroup)
         else:
-            with pytest.raises(Exception, match="not a consumer group") as info:
+            with pytest.raises(GroupError) as info:
                 await ext.heartbeat("up", hb)
-            assert getattr(info.value, "code", None) is ErrorCode.group_id_not_found
+            assert info.value.code is ErrorCode.group_id_not_found
             assert isinstance(live(b, "up"), ClassicGroup) and live(b, "up").state is GroupState.STABLE
         # Classic members may always join a consumer group (any policy); the last consumer member leaving
         # converts it back only when the policy allows downgrades.
@@ -381,3 +382,25 @@ async def test_a_classic_static_member_replacing_the_last_consumer_member_downgr
     assert await restarted.sync() is ErrorCode.none
     assert restarted.partitions == assigned["k1"]  # it took over the old member's partitions
     assert await classic.heartbeat() is ErrorCode.none  # no rebalance
+
+
+async def test_an_upgrade_that_cannot_be_written_leaves_the_classic_group_serving(broker: Broker) -> None:
+    classics = await stable_classic_group(broker, "g", 2)
+    shard = broker.groups.shard_for("g")
+    real_write = shard.write
+
+    async def failing(records: list[tuple[bytes, bytes | None]]) -> int:
+        raise GroupError(ErrorCode.coordinator_not_available, "the offsets partition is unwritable")
+
+    shard.write = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(GroupError) as info:
+            await consumer_join(broker, "g", "k1")
+        assert info.value.code is ErrorCode.coordinator_not_available
+    finally:
+        shard.write = real_write  # type: ignore[method-assign]
+    group = live(broker, "g")
+    assert isinstance(group, ClassicGroup) and group.converting is None and group.state is GroupState.STABLE
+    assert [await c.heartbeat() for c in classics] == [ErrorCode.none, ErrorCode.none]
+    await consumer_join(broker, "g", "k1")  # and the next attempt converts it
+    assert isinstance(live(broker, "g"), ConsumerGroup)
