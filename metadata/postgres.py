@@ -99,6 +99,7 @@ DECLARE
     dead bigint;
     gone bytea[];
     next_revision bigint;
+    changed text;
 BEGIN
     -- One writer at a time: revision N is committed before N + 1 is handed out.
     SELECT r.revision INTO current FROM tidelog_revision r FOR UPDATE;
@@ -134,15 +135,23 @@ BEGIN
          SELECT next_revision, t.s - 1, t.k, t.v
            FROM unnest(put_keys || gone, put_values || array_fill(NULL::bytea, ARRAY[cardinality(gone)]))
                 WITH ORDINALITY AS t(k, v, s);
-    PERFORM pg_notify('tidelog_events', next_revision::text);
+    -- The payload names the changed keys (hex) so a client wakes only the watches they concern; too many
+    -- for one notification (8000 bytes): the revision alone, which wakes every watch.
+    changed := array_to_string(ARRAY(SELECT encode(k, 'hex') FROM unnest(put_keys || gone) AS k), ' ');
+    PERFORM pg_notify('tidelog_events', CASE WHEN length(changed) <= 7000
+                                             THEN next_revision::text || ' ' || changed
+                                             ELSE next_revision::text END);
     RETURN QUERY SELECT next_revision, cardinality(gone), NULL::bytea[], NULL::bigint;
 END
 $fn$;
+COMMENT ON FUNCTION tidelog_write(bytea[], bigint[], bytea[], bytea[], bigint[], bytea[]) IS 'tidelog 2';
 """
+# Bump 'tidelog 2' (here and in WRITE_FUNCTION) with any change of either: a connect then re-runs them.
 _SCHEMA_PRESENT = """
 SELECT to_regclass('tidelog_revision') IS NOT NULL AND to_regclass('tidelog_kv') IS NOT NULL
    AND to_regclass('tidelog_leases') IS NOT NULL AND to_regclass('tidelog_events') IS NOT NULL
-   AND to_regprocedure('tidelog_write(bytea[], bigint[], bytea[], bytea[], bigint[], bytea[])') IS NOT NULL
+   AND obj_description(to_regprocedure('tidelog_write(bytea[], bigint[], bytea[], bytea[], bigint[], bytea[])'),
+                       'pg_proc') IS NOT DISTINCT FROM 'tidelog 2'
 """
 _SCHEMA_LOCK = 0x7469_6465_6C6F_67  # pg_advisory_xact_lock key: processes starting together create it once
 
@@ -237,6 +246,7 @@ class PostgresWatch:
         self._prefix = prefix
         self._after = (start - 1, _DONE)  # everything up to and including this (revision, seq) is delivered
         self._pending: deque[Event] = deque()
+        self._wake = asyncio.Event()
         self._closed = False
 
     def __aiter__(self) -> PostgresWatch:
@@ -250,7 +260,7 @@ class PostgresWatch:
                 return self._pending.popleft()
             if self._closed or self._store._closed:
                 raise StopAsyncIteration
-            wake = self._store._wake
+            self._wake.clear()  # set again by a notification arriving while we read: then we read again
             try:
                 await self._fetch()
             except RevisionCompacted:
@@ -277,13 +287,19 @@ class PostgresWatch:
                 # the wake-up does, and the consumer's task would then never end.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_S):
-                        await wake.wait()
+                        await self._wake.wait()
 
     async def aclose(self) -> None:
         """Stop watching; the iterator ends."""
         self._closed = True
         self._pending.clear()
         self._store._watches.discard(self)
+        self._wake.set()
+
+    def _offer(self, keys: Sequence[bytes] | None) -> None:
+        """A notification: wake up if any changed key is under the prefix (``None``: unknown keys, wake)."""
+        if keys is None or any(k >= self._low and (self._high is None or k < self._high) for k in keys):
+            self._wake.set()
 
     async def _fetch(self) -> None:
         """Read the next page of events after ``_after`` in one snapshot (with the floor and revision)."""
@@ -332,7 +348,6 @@ class PostgresMetadataStore:
         self._last_revision = 0
         self._leases: set[PostgresLease] = set()
         self._watches: set[PostgresWatch] = set()
-        self._wake = asyncio.Event()
         self._tasks: builtins.list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -508,7 +523,6 @@ class PostgresMetadataStore:
                 await task
         for watch in builtins.list(self._watches):
             await watch.aclose()
-        self._wake.set()
         if self._pool is not None:
             try:
                 async with asyncio.timeout(self._request_timeout):
@@ -626,8 +640,18 @@ class PostgresMetadataStore:
     # --- internals: background tasks ---------------------------------------------------------
     def _notify(self, *_: object) -> None:
         """Wake every watch (they re-read the events table)."""
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
+        for watch in builtins.list(self._watches):
+            watch._offer(None)
+
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """``REVISION [HEXKEY ...]`` from tidelog_write: wake the watches of those keys (no keys: all)."""
+        words = payload.split(" ")
+        try:
+            keys = [bytes.fromhex(w) for w in words[1:]] if len(words) > 1 else None
+        except ValueError:
+            keys = None
+        for watch in builtins.list(self._watches):
+            watch._offer(keys)
 
     async def _listen(self) -> None:
         """Hold one connection LISTENing on CHANNEL; reconnect when it drops, waking watches each time."""
@@ -638,7 +662,7 @@ class PostgresMetadataStore:
             try:
                 conn = await asyncpg.connect(self._url, timeout=self._request_timeout)
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._notify)
+                await conn.add_listener(CHANNEL, self._on_notification)
                 delay = 0.1
                 self._notify()  # anything committed while not listening is read now
                 await lost.wait()

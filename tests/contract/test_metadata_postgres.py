@@ -169,3 +169,22 @@ async def test_a_role_with_only_data_rights_can_use_a_prepared_database(
         assert await app.get("/k/a") is None
     finally:
         await app.close()
+
+
+@pytest.mark.asyncio
+async def test_notifications_naming_keys_or_too_many_to_name_reach_the_right_watches(
+    two_clients: list[PostgresMetadataStore],
+) -> None:
+    """A write's notification names its keys, so only watches of those prefixes read; a commit with more key
+    bytes than one notification holds names none, and every watch reads. Either way nothing is missed."""
+    writer, reader = two_clients
+    a, b = reader.watch("/a/"), reader.watch("/b/")
+    await writer.put("/a/1", b"x")
+    [first] = await take(a, 1)
+    assert first.key == "/a/1"
+    long_keys = [f"/b/{'k' * 60}{i:03d}" for i in range(100)]  # ~13 000 hex characters: over the limit
+    await writer.commit([], [Put(k, b"v") for k in long_keys])
+    await writer.put("/a/2", b"y")
+    assert [e.key for e in await take(b, 100)] == long_keys
+    [second] = await take(a, 1)
+    assert second.key == "/a/2"
