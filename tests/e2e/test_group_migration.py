@@ -192,3 +192,55 @@ def test_a_classic_group_upgraded_by_a_consumer_member_joining_and_downgraded_wh
         producer._stop.set()
         for m in members:
             m._stop.set()
+
+
+@pytest.mark.slow
+def test_a_mixed_group_survives_a_broker_kill_and_is_downgraded_after_it(
+    broker_factory: Callable[..., BrokerProcess], topic_factory: Callable[..., str]
+) -> None:
+    """Classic members inside a consumer group are persisted (their classic metadata in the member records):
+    after kill -9 and a restart the group comes back from __consumer_offsets as a consumer group with its
+    classic members, and the consumer-protocol member leaving then turns it back into a classic group."""
+    broker = broker_factory(configs=BROKER)
+    topic = topic_factory(broker.bootstrap, partitions=PARTITIONS, prefix="migrate-kill")
+    group = f"migrate-kill-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    producer = SequenceProducer(broker.bootstrap, topic, PARTITIONS)
+    members: list[TimedMember] = []
+
+    def produce(n: int) -> None:  # bursts between the faults: no producer retry straddles the kill
+        for _ in range(n):
+            producer.produce_one()
+        assert producer.producer.flush(60) == 0
+
+    try:
+        members += [start(f"classic{i}", broker.bootstrap, group, topic, CLASSIC) for i in range(2)]
+        settled(members, "two classic members to split the partitions")
+        members.append(start("consumer", broker.bootstrap, group, topic, CONSUMER))
+        settled(members, "the consumer-protocol member to get its share")
+        produce(600)
+        wait_until(lambda: len({v for m in members for v in m.values()}) >= 600, "600 records consumed")
+        before = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
+        assert before.type.name == "CONSUMER"
+
+        broker.kill9()
+        broker.start()
+
+        assert group_type(admin, group) == "CONSUMER"
+        after = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
+        assert {m.member_id for m in after.members} == {m.member_id for m in before.members}
+        produce(300)
+        members[2].stop()
+        settled(members[:2], "the classic members to take everything back")
+        assert group_type(admin, group) == "CLASSIC"
+        produce(300)
+        counts = check_consumption(members, producer)
+        for m in members[:2]:
+            m.stop()
+        assert_healthy(*members)
+        expected = {p: len(range(p, counts["records"], PARTITIONS)) for p in range(PARTITIONS)}
+        assert committed(broker.bootstrap, group, topic) == expected
+        print(f"\nmigration across a kill: {counts['records']} records, {counts['duplicates']} consumed twice")
+    finally:
+        for m in members:
+            m._stop.set()
