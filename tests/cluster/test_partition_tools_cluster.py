@@ -16,14 +16,20 @@ moto S3): what kafka-python's admin and confluent-kafka's AdminClient call, with
   these clients never send, is in tests/unit/test_partition_info_handlers.py).
 * Must-show 4: kafka-python's ``alter_partition_reassignments`` moves a partition to another broker while an
   idempotent confluent-kafka producer sends to it; ``list_partition_reassignments`` shows the move while it
-  is in flight (replicas [source, target], adding [target], removing [source]) and nothing once done; every
-  acknowledged record is read back at its offset, none twice.
+  is in flight (replicas [source, target], adding [target], removing [source]; only the target while neither
+  broker owns it) and nothing once done; every
+  acknowledged record is read back at its offset, none twice. kafkajs's ``alterPartitionReassignments`` and
+  ``listPartitionReassignments`` (tests/e2e/node/reassign.js) do the same (kafkajs has none of the other APIs).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +37,7 @@ import pytest
 from brokers.devcluster import DevCluster
 from tests.cluster.moving import check_history, high_watermark, leader, read_partition
 from tests.cluster.test_move_under_load import SteadyProducer
+from tests.e2e.conftest import NODE_DIR
 from tests.e2e.helpers import create_topic
 from tests.etcd_server import etcd_available
 
@@ -235,7 +242,9 @@ def test_kafka_python_reassignment_moves_a_partition_under_a_producer(cluster: D
         producer.stop()
     print(f"\nmoved {topic}:0 {source} -> {target}; seen in flight {len(in_flight)} times: {in_flight[:1]}")
     assert in_flight, "list_partition_reassignments never showed the move in flight"
-    assert in_flight[0] == {"replicas": [source, target], "adding_replicas": [target], "removing_replicas": [source]}
+    for seen in in_flight:  # Kafka's shape: replicas = removing + adding; between owners only the target is named
+        assert seen["adding_replicas"] == [target] and seen["removing_replicas"] in ([source], [])
+        assert seen["replicas"] == seen["removing_replicas"] + [target]
     assert not producer.errors, producer.errors[:5]
     end = high_watermark(cluster.bootstrap, topic, 0)
     read = read_partition(cluster.bootstrap, topic, 0, end)
@@ -243,3 +252,27 @@ def test_kafka_python_reassignment_moves_a_partition_under_a_producer(cluster: D
     assert not check_history(acked, read)
     assert len(read) == end and len(acked) == producer.sent  # nothing lost, nothing twice
     print(f"{len(acked)} records acknowledged, {len(read)} read back")
+
+
+def test_kafkajs_moves_a_partition_and_lists_the_move(cluster: DevCluster, tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "kafkajs").is_dir():
+        pytest.fail("node or kafkajs missing (`make system-deps node-deps`)")
+    topic = "reassigned-js"
+    create_topic(cluster.bootstrap, topic, 1)
+    source = wait_leaders(cluster.bootstrap, topic, 1, set(NODES))[0]
+    target = next(n for n in NODES if n != source)
+    out = tmp_path / "moved.json"
+    done = subprocess.run(
+        [node, str(NODE_DIR / "reassign.js"), cluster.bootstrap, topic, "0", str(target), str(out)],
+        capture_output=True, text=True, timeout=180, cwd=NODE_DIR, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"node reassign.js failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    result = json.loads(out.read_text())
+    print(f"\nkafkajs moved {topic}:0 {source} -> {target}; seen in flight {len(result['inFlight'])} times")
+    assert result["leader"] == target and result["listedAfter"] == []
+    assert result["inFlight"], "listPartitionReassignments never showed the move in flight"
+    for seen in result["inFlight"]:
+        assert seen["partition"] == 0 and seen["addingReplicas"] == [target]
+        assert seen["removingReplicas"] in ([source], []) and seen["replicas"] == [*seen["removingReplicas"], target]
+    assert leader(cluster.bootstrap, topic, 0)[0] == target
