@@ -18,7 +18,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.cli.client import ClientError, Connection, KafkaClient, KafkaError, error_name
-from brokers.cli.common import CommandError, add_common, emit, fail, table
+from brokers.cli.common import USAGE_ERROR, CommandError, add_common, emit, fail, table
 from brokers.handlers.base import make
 
 PROG = "tidelog configs"
@@ -31,6 +31,10 @@ SOURCES = {
     8: "GROUP_CONFIG",
 }
 DYNAMIC_SOURCES = ("DYNAMIC_TOPIC_CONFIG", "DYNAMIC_BROKER_CONFIG", "DYNAMIC_DEFAULT_BROKER_CONFIG")
+
+
+class UsageError(CommandError):
+    """The arguments cannot name a resource or a change: exit code 2, like argparse's own errors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +53,18 @@ def _error(code: ErrorCode, message: str | None) -> str | None:
     return None if code == ErrorCode.none else error_name(code) + (f": {message}" if message else "")
 
 
-async def _connection(client: KafkaClient, resource_type: int, name: str) -> Connection:
-    if resource_type == ENTITY_TYPES["broker"] and name != "":
-        return await client.node(int(name))
-    return await client.any_connection()
+async def _connection(client: KafkaClient, resource_type: int, name: str, node: int | None = None) -> Connection:
+    if node is None and resource_type == ENTITY_TYPES["broker"] and name != "":
+        node = int(name)
+    return await (client.any_connection() if node is None else client.node(node))
 
 
-async def describe_resource(client: KafkaClient, resource_type: int, name: str) -> list[ConfigRow]:
-    """Every config of a resource with its source and synonyms; raises KafkaError when it is refused."""
-    conn = await _connection(client, resource_type, name)
+async def describe_resource(
+    client: KafkaClient, resource_type: int, name: str, node: int | None = None
+) -> list[ConfigRow]:
+    """Every config of a resource with its source and synonyms, as broker ``node`` sees it (default: the broker
+    itself for a broker resource, else any); raises KafkaError when it is refused."""
+    conn = await _connection(client, resource_type, name, node)
     mod = conn.module(DESCRIBE_CONFIGS, 1, 4)
     resp = await conn.send(make(
         mod.DescribeConfigsRequest, include_synonyms=True, include_documentation=False,
@@ -123,8 +130,9 @@ def parse_add(values: Sequence[str]) -> dict[str, str]:
         for pair in split_list(value):
             key, sep, raw = pair.partition("=")
             if not sep or not key.strip():
-                raise CommandError(f"--add-config {pair!r} is not KEY=VALUE")
-            out[key.strip()] = raw.strip()
+                raise UsageError(f"--add-config {pair!r} is not KEY=VALUE")
+            raw = raw.strip()
+            out[key.strip()] = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
     return out
 
 
@@ -132,12 +140,12 @@ def _entity(args: argparse.Namespace) -> tuple[int, str]:
     resource_type = ENTITY_TYPES[args.entity_type]
     if args.entity_default:
         if resource_type != ENTITY_TYPES["broker"]:
-            raise CommandError("--entity-default is for brokers (the cluster-wide default)")
+            raise UsageError("--entity-default is for brokers (the cluster-wide default)")
         return resource_type, ""
     if args.entity_name is None:
-        raise CommandError("give --entity-name NAME (or --entity-default for brokers)")
+        raise UsageError("give --entity-name NAME (or --entity-default for brokers)")
     if resource_type == ENTITY_TYPES["broker"] and not args.entity_name.isdigit():
-        raise CommandError(f"a broker is named by its id, not {args.entity_name!r}")
+        raise UsageError(f"a broker is named by its id, not {args.entity_name!r}")
     return resource_type, args.entity_name
 
 
@@ -178,6 +186,8 @@ async def run_async(args: argparse.Namespace) -> int:
             if args.action == "describe":
                 return await _describe(client, args, resource_type, name)
             return await _alter(client, args, resource_type, name)
+    except UsageError as e:
+        return fail(PROG, e, USAGE_ERROR)
     except (ClientError, CommandError) as e:
         return fail(PROG, e)
 
@@ -199,14 +209,14 @@ async def _alter(client: KafkaClient, args: argparse.Namespace, resource_type: i
     set_configs = parse_add(args.add_config)
     delete = [k for value in args.delete_config for k in split_list(value)]
     if not set_configs and not delete:
-        raise CommandError("nothing to change: give --add-config K=V or --delete-config K")
+        raise UsageError("nothing to change: give --add-config K=V or --delete-config K")
     both = set(set_configs) & set(delete)
     if both:
-        raise CommandError(f"config {sorted(both)[0]!r} is both set and deleted")
+        raise UsageError(f"config {sorted(both)[0]!r} is both set and deleted")
     error = await alter_resource(client, resource_type, name, set_configs, delete, args.validate_only)
     result = f"error: {error}" if error else ("valid" if args.validate_only else "done")
     rows = [(k, v, result) for k, v in set_configs.items()] + [(k, "(deleted)", result) for k in delete]
-    entity = f"{args.entity_type} {name!r}" if name else "the cluster-wide broker default"
+    entity = f"{args.entity_type.rstrip('s')} {name!r}" if name else "the cluster-wide broker default"
     emit(args, {"entity": entity, "validate_only": args.validate_only, "error": error,
                 "changes": [{"config": k, "value": v} for k, v, _ in rows]},
          table(("CONFIG", "VALUE", "RESULT"), rows))

@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from kafka.admin import ConfigResource as KpConfigResource
 from kafka.admin import ConfigResourceType, KafkaAdminClient
 
+from brokers.cli import main
 from brokers.cli.client import KafkaClient
 from brokers.cli.configs import alter_resource, describe_resource
 
@@ -41,7 +43,7 @@ RETENTION = {  # small ledgers offloaded quickly, a retention check every 300 ms
     "ledger.rollover.ms": "1500",
     "log.retention.check.interval.ms": "300",
 }
-BROKER = 4
+TOPIC, BROKER = 2, 4
 pytestmark = pytest.mark.filterwarnings("ignore:alter_configs has been deprecated")  # AlterConfigs is the point
 BIG = 1_500_000  # one record: a batch over the default max.message.bytes (1048588)
 
@@ -71,6 +73,17 @@ def described(admin: AdminClient, resource: ConfigResource) -> dict[str, ConfigE
 
 def source_of(entry: ConfigEntry) -> tuple[str, int]:
     return entry.value, entry.source
+
+
+def seen_by(bootstrap: str, node: int, resource_type: int, name: str, key: str) -> tuple[str | None, str]:
+    """(value, source) of one config as broker ``node`` reports it."""
+
+    async def ask() -> tuple[str | None, str]:
+        async with KafkaClient(bootstrap, timeout=TIMEOUT) as client:
+            rows = await describe_resource(client, resource_type, name, node=node)
+        return next((r.value, r.source) for r in rows if r.name == key)
+
+    return asyncio.run(ask())
 
 
 def synonyms_of(bootstrap: str, broker_id: str, key: str) -> list[tuple[str, str | None, str]]:
@@ -118,8 +131,8 @@ def confluent_check(bootstrap: str, broker_id: str) -> None:
         ("log.segment.bytes", "536870912", "DYNAMIC_DEFAULT_BROKER_CONFIG"),
         ("log.segment.bytes", "1073741824", "DEFAULT_CONFIG")]
     assert broker["num.partitions"].is_read_only and not broker["log.segment.bytes"].is_read_only
-    entries = described(admin, ConfigResource(ConfigResource.Type.TOPIC, topic))
-    assert source_of(entries["segment.bytes"]) == ("268435456", ConfigSource.DYNAMIC_BROKER_CONFIG.value)
+    # a topic's default is the answering broker's: broker N's own value there, the cluster default elsewhere
+    assert seen_by(bootstrap, int(broker_id), TOPIC, topic, "segment.bytes") == ("268435456", "DYNAMIC_BROKER_CONFIG")
 
     refused = ConfigResource(ConfigResource.Type.BROKER, broker_id, incremental_configs=[
         ConfigEntry("num.partitions", "3", incremental_operation=AlterConfigOpType.SET)])
@@ -192,7 +205,9 @@ def source(entry: dict[str, Any]) -> str:
     return str(entry["config_source"])
 
 
-def kafkajs_check(bootstrap: str, broker_id: str, tmp_path: Path) -> None:
+def kafkajs_check(bootstrap: str, broker_id: str, tmp_path: Path, one_broker: bool = True) -> None:
+    """kafkajs's alterConfigs and describeConfigs; ``one_broker``: the topic is described by broker_id too (in a
+    cluster kafkajs asks the controller, whose own per-broker value is not broker_id's)."""
     node = shutil.which("node")
     assert node, "node is not installed"
     topic = name("cfg-js")
@@ -207,10 +222,14 @@ def kafkajs_check(bootstrap: str, broker_id: str, tmp_path: Path) -> None:
     retention = by_name[topic]["configs"]["retention.ms"]
     assert (retention["value"], retention["source"]) == ("7200000", 1)
     size = by_name[topic]["configs"]["retention.bytes"]
-    assert (size["value"], size["source"]) == ("5000000000", 2)  # the broker's dynamic value of its synonym
-    assert size["synonyms"][0] == ["log.retention.bytes", "5000000000", 2]
+    if one_broker:
+        assert (size["value"], size["source"]) == ("5000000000", 2)  # the broker's dynamic value of its synonym
+        assert size["synonyms"][0] == ["log.retention.bytes", "5000000000", 2]
     assert by_name[broker_id]["configs"]["log.retention.bytes"]["source"] == 2
     assert got["refused"] is not None and got["refused"]["type"] == "INVALID_REQUEST"  # a static config
+    admin = admin_of(bootstrap)  # held: a collected AdminClient cancels its futures
+    res = ConfigResource(ConfigResource.Type.BROKER, broker_id, set_config={})  # the broker as it was
+    admin.alter_configs([res], request_timeout=TIMEOUT)[res].result(TIMEOUT)
 
 
 def test_confluent_kafka(tidelog: BrokerProcess) -> None:
@@ -223,9 +242,6 @@ def test_kafka_python(tidelog: BrokerProcess) -> None:
 
 def test_kafkajs(tidelog: BrokerProcess, tmp_path: Path) -> None:
     kafkajs_check(tidelog.bootstrap, "0", tmp_path)
-    admin = admin_of(tidelog.bootstrap)  # put the broker back as it was
-    res = ConfigResource(ConfigResource.Type.BROKER, "0", set_config={})
-    admin.alter_configs([res], request_timeout=TIMEOUT)[res].result(TIMEOUT)
 
 
 def alter_topic(bootstrap: str, resource_type: ConfigResource.Type, resource: str, key: str, value: str) -> None:
@@ -300,3 +316,58 @@ def test_raising_max_message_bytes_admits_bigger_batches_live(tidelog: BrokerPro
         admin = admin_of(bootstrap)
         res = ConfigResource(ConfigResource.Type.BROKER, "0", set_config={})
         admin.alter_configs([res], request_timeout=TIMEOUT)[res].result(TIMEOUT)
+
+
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def tidelog_configs(capsys: pytest.CaptureFixture[str], bootstrap: str, *args: str) -> Ran:
+    """``tidelog configs ARGS`` in this process (the CLI's own main; a python start per call costs seconds here)."""
+    code = main(["configs", *args, "--bootstrap", bootstrap])
+    out, err = capsys.readouterr()
+    return Ran(code, out, err)
+
+
+def test_tidelog_configs_cli(tidelog: BrokerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    """``tidelog configs alter|describe`` on a topic, the cluster default and one broker; refusals in one line."""
+    bootstrap = tidelog.bootstrap
+    topic = name("cfg-cli")
+    create_topic(bootstrap, topic, 1)
+    done = tidelog_configs(capsys, bootstrap, "alter", "--entity-type", "topics", "--entity-name", topic,
+                           "--add-config", "retention.ms=3600000,cleanup.policy=[compact,delete]")
+    assert done.returncode == 0, done.stderr
+    shown = tidelog_configs(capsys, bootstrap, "describe", "--entity-type", "topics", "--entity-name", topic, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert {c["name"]: (c["value"], c["source"]) for c in json.loads(shown.stdout)} == {
+        "retention.ms": ("3600000", "DYNAMIC_TOPIC_CONFIG"),
+        "cleanup.policy": ("compact,delete", "DYNAMIC_TOPIC_CONFIG")}
+
+    done = tidelog_configs(capsys, bootstrap, "alter", "--entity-type", "brokers", "--entity-default",
+                           "--add-config", "log.retention.ms=86400000")
+    assert done.returncode == 0, done.stderr
+    try:
+        shown = tidelog_configs(capsys, bootstrap, "describe", "--entity-type", "brokers", "--entity-name", "0",
+                                "--all", "--json")
+        entry = next(c for c in json.loads(shown.stdout) if c["name"] == "log.retention.ms")
+        assert (entry["value"], entry["source"], entry["read_only"]) == (
+            "86400000", "DYNAMIC_DEFAULT_BROKER_CONFIG", False)
+        assert [s["source"] for s in entry["synonyms"]] == ["DYNAMIC_DEFAULT_BROKER_CONFIG", "DEFAULT_CONFIG"]
+        text = tidelog_configs(capsys, bootstrap, "describe", "--entity-type", "brokers", "--entity-default").stdout
+        assert text.splitlines()[1].split()[:3] == ["log.retention.ms", "86400000", "DYNAMIC_DEFAULT_BROKER_CONFIG"]
+    finally:
+        done = tidelog_configs(capsys, bootstrap, "alter", "--entity-type", "brokers", "--entity-default",
+                               "--delete-config", "log.retention.ms")
+        assert done.returncode == 0, done.stderr
+
+    refused = tidelog_configs(capsys, bootstrap, "alter", "--entity-type", "brokers", "--entity-name", "0",
+                              "--add-config", "num.partitions=3")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == ["tidelog configs: error: broker '0': INVALID_REQUEST: "
+                                                   "Cannot update these configs dynamically: [num.partitions]"]
+    bad = tidelog_configs(capsys, bootstrap, "alter", "--entity-type", "brokers", "--entity-name", "one",
+                          "--add-config", "a=1")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -16,7 +16,7 @@ async function main () {
   const [bootstrap, topic, brokerId, out] = process.argv.slice(2)
   const kafka = new Kafka({
     clientId: 'tidelog-e2e-kafkajs-configs',
-    brokers: [bootstrap],
+    brokers: bootstrap.split(','),
     logLevel: logLevel.NOTHING,
     connectionTimeout: 10000,
     requestTimeout: 60000,
