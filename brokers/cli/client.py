@@ -367,10 +367,11 @@ class KafkaClient:
             raise ClientError(f"broker {node_id} is not in the cluster's metadata")
         return await self.connect(found.host, found.port)
 
-    async def metadata(self, topics: Sequence[str] | None) -> Any:
+    async def metadata(self, topics: Sequence[str] | None, *, auto_create: bool = False) -> Any:
         """A Metadata response (``None``: every topic; ``[]``: brokers only); refreshes the broker list.
 
-        Topics are never created by this request.
+        Topics are created by this request only with ``auto_create`` (as a producer's Metadata asks, where the
+        cluster allows it: auto.create.topics.enable).
         """
         conn = await self.any_connection()
         mod = conn.module(METADATA, 4, 12)
@@ -378,7 +379,7 @@ class KafkaClient:
         if topics is not None:
             wanted = tuple(make(mod.MetadataRequestTopic, name=t, topic_id=None) for t in topics)
         resp = await conn.send(
-            make(mod.MetadataRequest, topics=wanted, allow_auto_topic_creation=False,
+            make(mod.MetadataRequest, topics=wanted, allow_auto_topic_creation=auto_create,
                  include_cluster_authorized_operations=False, include_topic_authorized_operations=False)
         )
         self.nodes = {int(b.node_id): Node(int(b.node_id), b.host, int(b.port)) for b in resp.brokers}

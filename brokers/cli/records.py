@@ -97,15 +97,29 @@ async def _retry_pause(deadline: float, delay: float, what: str, code: ErrorCode
     return min(delay * 2, 1.0)
 
 
-async def leaders(client: KafkaClient, topic: str) -> dict[int, int]:
-    """partition -> leader id; raises KafkaError if the topic does not exist."""
-    resp = await client.metadata([topic])
-    for t in resp.topics:
-        if t.name == topic:
-            if t.error_code != ErrorCode.none:
-                raise KafkaError(t.error_code, f"topic {topic!r}: {error_name(t.error_code)}")
-            return {int(p.partition_index): int(p.leader_id) for p in t.partitions}
-    raise KafkaError(ErrorCode.unknown_topic_or_partition, f"topic {topic!r} does not exist")
+async def leaders(client: KafkaClient, topic: str, auto_create: bool = False) -> dict[int, int]:
+    """partition -> leader id; raises KafkaError if the topic does not exist. With ``auto_create`` (produce,
+    as a producer's Metadata asks) a cluster that creates topics on first use does so, and the answer is
+    awaited while the new topic has no leader yet (bounded by the client timeout)."""
+    deadline = time.monotonic() + client.timeout
+    delay = 0.05
+    while True:
+        resp = await client.metadata([topic], auto_create=auto_create)
+        code = ErrorCode.unknown_topic_or_partition
+        for t in resp.topics:
+            if t.name == topic:
+                code = t.error_code
+                if code == ErrorCode.none:
+                    return {int(p.partition_index): int(p.leader_id) for p in t.partitions}
+        if not auto_create or code != ErrorCode.leader_not_available:  # UNKNOWN: the cluster does not auto-create
+            break
+        if time.monotonic() + delay > deadline:
+            break
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    if code == ErrorCode.unknown_topic_or_partition:
+        raise KafkaError(code, f"topic {topic!r} does not exist")
+    raise KafkaError(code, f"topic {topic!r}: {error_name(code)}")
 
 
 class Producer:
@@ -121,7 +135,7 @@ class Producer:
         self.leaders: dict[int, int] = {}
 
     async def refresh(self) -> dict[int, int]:
-        self.leaders = await leaders(self.client, self.topic)
+        self.leaders = await leaders(self.client, self.topic, auto_create=True)
         return self.leaders
 
     async def send(self, partition: int, batch: bytes) -> int:
