@@ -1,4 +1,12 @@
-"""ApiVersions (18): the supported ranges, derived from the handler table."""
+"""ApiVersions (18): the supported ranges, derived from the handler table, and the features (KIP-584).
+
+From v3 the answer also carries feature flags, which Kafka's admin ``describeFeatures`` (``kafka-features
+describe``, kafka-python ``describe_features``) and some clients read: ``group.version`` 1 is finalized, because
+KIP-848 consumer groups are served (ConsumerGroupHeartbeat, ConsumerGroupDescribe). Features Tidelog does not
+have are not listed (``transaction.version`` absent = 0: producers keep to what InitProducerId gives them); nor is
+``metadata.version``, which names a KRaft metadata log that Tidelog does not keep. As Kafka does, v3 answers
+leave out supported features whose minimum is 0 (older clients reject them); finalized ones are always listed.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,12 @@ from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_mo
 API_KEY = 18
 MIN_VERSION = 0
 MAX_VERSION = 4
+SUPPORTED_FEATURES = {"group.version": (0, 1)}
+"""Feature name -> (min, max) version this broker supports."""
+FINALIZED_FEATURES = {"group.version": 1}
+"""Feature name -> the finalized level (min = max: Tidelog's levels are fixed, not changed by UpdateFeatures)."""
+FEATURES_EPOCH = 0
+"""The finalized features' epoch: they never change, so it never moves (-1 would mean "unknown")."""
 
 
 def _ranges(version_cls: Any) -> tuple[Any, ...]:
@@ -26,6 +40,24 @@ def _ranges(version_cls: Any) -> tuple[Any, ...]:
     )
 
 
+def _features(mod: Any, version: int) -> dict[str, Any]:
+    """The feature fields of a v3+ answer (``make`` drops them for older versions)."""
+    cls = getattr(mod, "SupportedFeatureKey", None)
+    if cls is None:
+        return {}
+    supported = tuple(
+        cls(name=name, min_version=i16(low), max_version=i16(high))
+        for name, (low, high) in sorted(SUPPORTED_FEATURES.items())
+        if low > 0 or version >= 4
+    )
+    finalized = tuple(
+        mod.FinalizedFeatureKey(name=name, max_version_level=i16(level), min_version_level=i16(level))
+        for name, level in sorted(FINALIZED_FEATURES.items())
+    )
+    return {"supported_features": supported, "finalized_features_epoch": FEATURES_EPOCH,
+            "finalized_features": finalized}  # fmt: skip
+
+
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     return make(
@@ -33,6 +65,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         error_code=ErrorCode.none,
         api_keys=_ranges(mod.ApiVersion),
         throttle_time=NO_THROTTLE,
+        **_features(mod, ctx.api_version),
     )
 
 
