@@ -31,6 +31,7 @@ from enum import IntEnum
 from kio.schema.errors import ErrorCode
 
 from brokers.config import (
+    INT32_MAX,
     TOPIC_CONFIG_DEFAULTS,
     TOPIC_CONFIG_TYPES,
     BrokerConfig,
@@ -122,7 +123,7 @@ def broker_resource_id(name: str) -> int | None:
         node_id = int(name)
     except ValueError:
         node_id = -1
-    if node_id < 0 or str(node_id) != name.strip():
+    if not 0 <= node_id <= INT32_MAX or str(node_id) != name.strip():
         raise ResourceError(ErrorCode.invalid_request, f"Broker id must be an integer, but it is: {name}")
     return node_id
 
@@ -162,6 +163,7 @@ class DynamicConfigs:
     ) -> None:
         self.static = static
         """The config the process started with."""
+        self._static_configs = static.broker_configs()
         self._store = store
         self._keys = keys
         self._on_change = on_change
@@ -170,6 +172,8 @@ class DynamicConfigs:
             on_change=self._changed, name="dynamic broker configs",
         )
         self._started = False
+        self._topic_defaults = {key: self._broker_level(key, default) for key, default in TOPIC_CONFIG_DEFAULTS.items()}
+        """Each topic config's value where a topic does not set it (recomputed on every change; read per use)."""
 
     async def start(self) -> None:
         await self._cache.start()
@@ -200,7 +204,7 @@ class DynamicConfigs:
         chain: list[tuple[str, str | None, ConfigSource]] = [
             (key, layer.configs[key], layer.source) for layer in self.layers() if key in layer.configs
         ]
-        static = self.static.broker_configs()
+        static = self._static_configs
         default = static_default(key) if key in _FIELD_KEYS else DYNAMIC_BROKER_DEFAULTS.get(key)
         if key in static and (default is None or static[key] != default):
             chain.append((key, static[key], ConfigSource.STATIC_BROKER_CONFIG))
@@ -223,16 +227,13 @@ class DynamicConfigs:
 
     def topic_configs(self, overrides: dict[str, str]) -> dict[str, str]:
         """Every topic config's effective value for a topic with ``overrides`` set on it."""
-        out: dict[str, str] = {}
-        for key, default in TOPIC_CONFIG_DEFAULTS.items():
-            if key in overrides:
-                out[key] = overrides[key]
-                continue
-            broker_key = BROKER_SYNONYMS.get(key)
-            chain = self.broker_chain(broker_key) if broker_key is not None else []
-            value = chain[0][1] if chain else None
-            out[key] = default if value is None else value
-        return out
+        return {**self._topic_defaults, **{k: v for k, v in overrides.items() if k in self._topic_defaults}}
+
+    def _broker_level(self, key: str, default: str) -> str:
+        broker_key = BROKER_SYNONYMS.get(key)
+        chain = self.broker_chain(broker_key) if broker_key is not None else []
+        value = chain[0][1] if chain else None
+        return default if value is None else value
 
     # --- writing ------------------------------------------------------------------------------
     async def alter(
@@ -269,4 +270,5 @@ class DynamicConfigs:
                 await self._cache.wait_until(lambda _items: (self._cache.version_of(suffix) or 0) >= version)
 
     def _changed(self, _changed: frozenset[str]) -> None:
+        self._topic_defaults = {key: self._broker_level(key, default) for key, default in TOPIC_CONFIG_DEFAULTS.items()}
         self._on_change(self.effective())

@@ -86,12 +86,13 @@ async def test_alter_configs_refusals(broker: Broker) -> None:  # noqa: F811
         (BROKER, "", {"log.retention.ms": "soon"}),
         (BROKER, "0", {"no.such.broker.config": "1"}),
         (BROKER, "x", {"log.retention.ms": "1"}),
+        (BROKER, "2147483648", {"log.retention.ms": "1"}),  # beyond an int32 broker id
         (7, "t", {}),
     )
     e = ErrorCode
     assert [code for _, code, _ in got] == [
         e.invalid_config, e.unknown_topic_or_partition, e.invalid_topic_exception, e.invalid_request,
-        e.invalid_request, e.invalid_config, e.invalid_request, e.invalid_request]
+        e.invalid_request, e.invalid_config, e.invalid_request, e.invalid_request, e.invalid_request]
     assert got[3][2] == "Cannot update these configs dynamically: [num.partitions]"
     assert "log.retention.ms" in (got[4][2] or "") and "ConfigResource(type=BROKER, name='')" in (got[4][2] or "")
     assert broker.topics.get("t").configs == {}  # type: ignore[union-attr]
