@@ -8,7 +8,8 @@ moto S3): what kafka-python's admin and confluent-kafka's AdminClient call, with
 * AlterReplicaLogDirs (kafka-python ``alter_replica_log_dirs``): LOG_DIR_NOT_FOUND for a path that is no log
   dir, REPLICA_NOT_AVAILABLE on a broker that does not host the partition, KAFKA_STORAGE_ERROR on its leader.
 * DescribeTopicPartitions (kafka-python ``describe_topic_partitions``): paged by ``response_partition_limit``
-  and the cursor, leaders as Metadata says; confluent-kafka's ``describe_topics`` agrees.
+  and the cursor, leaders as Metadata says; confluent-kafka's ``describe_topics`` (librdkafka 2.16 sends Metadata
+  v12 for it, not DescribeTopicPartitions) agrees.
 * DescribeProducers (kafka-python ``describe_producers``, sent to each partition's leader): the idempotent
   producer that wrote the partition, its epoch and last sequence.
 * ElectLeaders (confluent-kafka and kafka-python ``elect_leaders``, preferred and unclean): every owner is its
