@@ -11,7 +11,6 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.config import TOPIC_CONFIG_DEFAULTS
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.log.partition import LogError
 from brokers.topics import INTERNAL_TOPICS
@@ -30,7 +29,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         parts = []
         for p in t.partitions:
             code, low = ErrorCode.none, -1
-            policy = (topic.configs.get("cleanup.policy") if topic else None) or TOPIC_CONFIG_DEFAULTS["cleanup.policy"]
+            policy = broker.dynamic.topic_configs(topic.configs if topic else {})["cleanup.policy"]  # or the broker's
             if topic is None or not 0 <= p.partition_index < topic.partitions:
                 code = ErrorCode.unknown_topic_or_partition
             elif t.name in INTERNAL_TOPICS:

@@ -9,6 +9,7 @@ tests/cluster/test_dynamic_configs_cluster.py.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from typing import Any, cast
 
 import pytest
@@ -16,7 +17,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.broker import Broker
 from brokers.config import BrokerConfig
-from brokers.handlers import alter_configs, describe_configs, incremental_alter_configs
+from brokers.handlers import alter_configs, delete_records, describe_configs, incremental_alter_configs
 from metadata.embedded import EmbeddedMetadataStore
 from storage.ledger.api import LedgerClient
 from tests.unit.test_admin_handlers import NODE, FakeLedgers, broker, call, rq  # noqa: F401  (fixture)
@@ -166,3 +167,14 @@ async def test_another_broker_on_the_same_store_follows() -> None:
         for b in brokers:
             await b.stop()
         await store.close()
+
+
+async def test_delete_records_follows_the_broker_cleanup_policy(broker: Broker) -> None:  # noqa: F811
+    """DeleteRecords needs "delete" in the effective cleanup.policy: the topic's, else the broker's (live)."""
+    await broker.topics.create("t", 1, 1, {})
+    assert await replace(broker, 2, (BROKER, "", {"log.cleanup.policy": "compact"})) == [("", ErrorCode.none, None)]
+    m = rq(delete_records, 2)
+    request = m.DeleteRecordsRequest(timeout=datetime.timedelta(seconds=5), topics=(m.DeleteRecordsTopic(
+        name="t", partitions=(m.DeleteRecordsPartition(partition_index=0, offset=0),)),))
+    [topic] = (await call(broker, delete_records, 2, request)).topics
+    assert topic.partitions[0].error_code == ErrorCode.policy_violation
