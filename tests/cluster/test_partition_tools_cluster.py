@@ -19,7 +19,8 @@ moto S3): what kafka-python's admin and confluent-kafka's AdminClient call, with
   idempotent confluent-kafka producer sends to it; ``list_partition_reassignments`` shows the move while it
   is in flight (replicas [source, target], adding [target], removing [source]; only the target while neither
   broker owns it) and nothing once done; every
-  acknowledged record is read back at its offset, none twice. kafkajs's ``alterPartitionReassignments`` and
+  acknowledged record is read back at its offset, none twice; the new owner's DescribeProducers shows the
+  producer's last sequence. kafkajs's ``alterPartitionReassignments`` and
   ``listPartitionReassignments`` (tests/e2e/node/reassign.js) do the same (kafkajs has none of the other APIs).
 """
 
@@ -253,6 +254,8 @@ def test_kafka_python_reassignment_moves_a_partition_under_a_producer(cluster: D
     assert not check_history(acked, read)
     assert len(read) == end and len(acked) == producer.sent  # nothing lost, nothing twice
     print(f"{len(acked)} records acknowledged, {len(read)} read back")
+    [state] = admin.describe_producers([tp])[tp].active_producers  # the new owner rebuilt the producer state
+    assert state.last_sequence == producer.sent - 1 and state.producer_epoch == 0
 
 
 def test_kafkajs_moves_a_partition_and_lists_the_move(cluster: DevCluster, tmp_path: Path) -> None:
