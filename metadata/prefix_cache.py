@@ -36,6 +36,7 @@ from metadata.api import EventKind, MetadataError, MetadataStore, RevisionCompac
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+D = TypeVar("D")
 
 Decode = Callable[[str, bytes], T]
 """(key suffix after the prefix, stored value) -> decoded value."""
@@ -72,6 +73,8 @@ class PrefixCache(Generic[T]):
         """True while the watch is broken and the view may be behind the store."""
         self.resyncs = 0
         """How many times the prefix was re-listed after the first (observability, tests)."""
+        self.changes = 0
+        """Bumped on every change of ``items``: views derived from them rebuild when it moves."""
 
     @property
     def items(self) -> Mapping[str, T]:
@@ -190,6 +193,7 @@ class PrefixCache(Generic[T]):
 
     async def _notify(self, changed: frozenset[str]) -> None:
         if changed:
+            self.changes += 1
             for callback in list(self._callbacks):
                 try:
                     callback(changed)
@@ -197,3 +201,33 @@ class PrefixCache(Generic[T]):
                     log.exception("%s: on-change callback failed", self._name)
         async with self._changed:
             self._changed.notify_all()
+
+
+class CacheView(Generic[T]):
+    """Base of a typed view over one PrefixCache (live brokers, partition owners...): the lifecycle, change
+    listeners and staleness delegate to the cache; ``derived`` memoizes what a view builds from its items until
+    they change."""
+
+    def __init__(self, cache: PrefixCache[T]) -> None:
+        self._cache = cache
+        self._derived: dict[str, tuple[int, object]] = {}
+
+    @property
+    def stale(self) -> bool:
+        return self._cache.stale
+
+    def add_listener(self, callback: ChangeCallback) -> None:
+        self._cache.add_listener(callback)
+
+    async def start(self) -> None:
+        await self._cache.start()
+
+    async def stop(self) -> None:
+        await self._cache.stop()
+
+    def derived(self, name: str, build: Callable[[Mapping[str, T]], D]) -> D:
+        """``build(items)``, rebuilt only after the items changed (callers must not mutate the result)."""
+        found = self._derived.get(name)
+        if found is None or found[0] != self._cache.changes:
+            found = self._derived[name] = (self._cache.changes, build(self._cache.items))
+        return found[1]  # type: ignore[return-value]

@@ -24,7 +24,7 @@ from brokers.cluster.assignment import TopicPartition
 from metadata.api import MetadataStore
 from metadata.keys import Keys
 from metadata.models import OwnerRecord, TopicAssignment
-from metadata.prefix_cache import PrefixCache
+from metadata.prefix_cache import CacheView, PrefixCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,50 +63,34 @@ def plan(
     return Plan(tuple(sorted(take)), tuple(sorted(release)), tuple(sorted(waiting)))
 
 
-class OwnersView:
+class OwnersView(CacheView[OwnerRecord]):
     """Every partition's current owner and epoch, kept current by a watch over ``owners/``."""
 
     def __init__(
         self, store: MetadataStore, keys: Keys, *, on_change: Callable[[frozenset[str]], None] | None = None
     ) -> None:
         self._keys = keys
-        self._cache: PrefixCache[OwnerRecord] = PrefixCache(
-            store, keys.owners_prefix(), self._decode, on_change=on_change, name="owners"
-        )
+        self._prefix = keys.owners_prefix()
+        super().__init__(PrefixCache(store, self._prefix, self._decode, on_change=on_change, name="owners"))
 
     def _decode(self, suffix: str, value: bytes) -> OwnerRecord:
-        self._keys.owner_id(self._keys.owners_prefix() + suffix)  # ValueError if not an ownership key
+        self._keys.owner_id(self._prefix + suffix)  # ValueError if not an ownership key
         return OwnerRecord.decode(value)
 
     @property
-    def owners(self) -> dict[TopicPartition, OwnerRecord]:
-        found: dict[TopicPartition, OwnerRecord] = {}
-        prefix = self._keys.owners_prefix()
-        for suffix, record in self._cache.items.items():
-            found[self._keys.owner_id(prefix + suffix)] = record
-        return found
+    def owners(self) -> Mapping[TopicPartition, OwnerRecord]:
+        """By (topic id, partition); rebuilt only when an owner key changes (do not mutate)."""
+        return self.derived("owners", self._by_partition)
+
+    def _by_partition(self, items: Mapping[str, OwnerRecord]) -> dict[TopicPartition, OwnerRecord]:
+        return {self._keys.owner_id(self._prefix + suffix): record for suffix, record in items.items()}
 
     def owner_of(self, topic_id: str, partition: int) -> OwnerRecord | None:
-        prefix = self._keys.owners_prefix()
-        return self._cache.items.get(self._keys.owner(topic_id, partition)[len(prefix) :])
+        return self._cache.items.get(self._keys.owner(topic_id, partition)[len(self._prefix) :])
 
     def departed(self, topic_id: str, partition: int) -> tuple[OwnerRecord, float] | None:
         """While a partition is unowned: its last owner and when (time.monotonic()) the key went."""
-        prefix = self._keys.owners_prefix()
-        return self._cache.departed(self._keys.owner(topic_id, partition)[len(prefix) :])
-
-    @property
-    def stale(self) -> bool:
-        return self._cache.stale
-
-    def add_listener(self, callback: Callable[[frozenset[str]], None]) -> None:
-        self._cache.add_listener(callback)
-
-    async def start(self) -> None:
-        await self._cache.start()
-
-    async def stop(self) -> None:
-        await self._cache.stop()
+        return self._cache.departed(self._keys.owner(topic_id, partition)[len(self._prefix) :])
 
     async def wait_for(self, predicate: Callable[[Mapping[TopicPartition, OwnerRecord]], bool]) -> None:
         """Wait until ``predicate(owners)`` holds (bound it with ``asyncio.timeout``)."""

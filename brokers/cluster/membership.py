@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from metadata.api import MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import BrokerRecord, decode_int, encode_int
-from metadata.prefix_cache import PrefixCache
+from metadata.prefix_cache import CacheView, PrefixCache
 from metadata.session import LeasedSession, RegistrationConflict
 
 DEFAULT_SESSION_TIMEOUT_MS = 9000
@@ -130,19 +130,20 @@ def _decode_broker(suffix: str, value: bytes) -> BrokerRecord:
     return record
 
 
-class LiveBrokers:
+class LiveBrokers(CacheView[BrokerRecord]):
     """The registered (live) brokers by node id, kept current by a watch."""
 
     def __init__(
         self, store: MetadataStore, keys: Keys, *, on_change: Callable[[frozenset[str]], None] | None = None
     ) -> None:
-        self._cache: PrefixCache[BrokerRecord] = PrefixCache(
-            store, keys.brokers_prefix(), _decode_broker, on_change=on_change, name="live brokers"
+        super().__init__(
+            PrefixCache(store, keys.brokers_prefix(), _decode_broker, on_change=on_change, name="live brokers")
         )
 
     @property
-    def brokers(self) -> dict[int, BrokerRecord]:
-        return {record.node_id: record for record in self._cache.items.values()}
+    def brokers(self) -> Mapping[int, BrokerRecord]:
+        """By node id; rebuilt only when a registration changes (do not mutate)."""
+        return self.derived("brokers", lambda items: {r.node_id: r for r in items.values()})
 
     def registered_at(self, node_id: int) -> int | None:
         """The store revision of a live broker's registration (a key written after it is of this session)."""
@@ -152,19 +153,6 @@ class LiveBrokers:
         """When (time.monotonic()) this view saw a broker's registration go, while it stays gone."""
         gone = self._cache.departed(str(node_id))
         return None if gone is None else gone[1]
-
-    @property
-    def stale(self) -> bool:
-        return self._cache.stale
-
-    def add_listener(self, callback: Callable[[frozenset[str]], None]) -> None:
-        self._cache.add_listener(callback)
-
-    async def start(self) -> None:
-        await self._cache.start()
-
-    async def stop(self) -> None:
-        await self._cache.stop()
 
     async def wait_for(self, predicate: Callable[[Mapping[int, BrokerRecord]], bool]) -> None:
         """Wait until ``predicate(brokers by id)`` holds (bound it with ``asyncio.timeout``)."""
