@@ -25,25 +25,16 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.cli.client import ClientError, KafkaClient, parse_bootstrap
-from brokers.cli.common import Progress, table
+from brokers.cli.client import ClientError, KafkaClient
+from brokers.cli.common import Progress, add_common, table
 from brokers.cli.offload import StatusError, fetch_status
 from brokers.config import ConfigError, parse_hostport
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 POLL_INTERVAL = 0.05
 
 
 class CommandError(Exception):
     """The command cannot do what was asked; the message is printed as one line, exit code 1."""
-
-
-def _bootstrap(value: str) -> str:
-    try:
-        parse_bootstrap(value)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return value
 
 
 def _admins(value: str) -> list[tuple[str, int]]:
@@ -60,23 +51,9 @@ def _topic_partition(value: str) -> tuple[str, int]:
     return topic, int(part)
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
-    return seconds
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--bootstrap", "--bootstrap-server", type=_bootstrap, default=DEFAULT_BOOTSTRAP, metavar="HOST:PORT",
-        help=f"a broker to start from (comma-separated list allowed; default {DEFAULT_BOOTSTRAP})",
-    )  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS", help="give up after (default 60)")
+    """The shared --bootstrap/--json/--timeout (brokers/cli/common.py); moves may take a while: 60 s."""
+    add_common(p, top=True, timeout=60.0)
 
 
 def add_parser(sub: Any) -> None:
