@@ -58,9 +58,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub: Any) -> None:
     """Add the ``partitions`` and ``cluster`` subcommands."""
-    parts = sub.add_parser("partitions", help="where partitions live; move one to another broker")
+    parts = sub.add_parser("partitions", help="where partitions live; move them to another broker")
     actions = parts.add_subparsers(dest="action", required=True, metavar="ACTION")
-    move = actions.add_parser("move", help="move a partition to a broker and wait until it leads it")
+    move = actions.add_parser("move", help="move partitions to a broker and wait until it leads them (TOPIC:P ...)")
     move.add_argument("partition", type=_topic_partition, nargs="+", metavar="TOPIC:P")
     move.add_argument("--to", type=int, required=True, metavar="NODE", help="the target broker's node id")
     _common(move)
