@@ -4,7 +4,9 @@
   open another client of the same store as another broker would (``await env.peer()``: a new etcd
   connection; the same object for the in-process embedded store), and ``await env.expire(lease_id)`` to end
   a lease on the server side as if its holder had been cut off (etcd: revoked by another client; embedded:
-  ``expire_lease``). The etcd server is the contract suite's session fixture (one etcd process).
+  ``expire_lease``; postgres: ended by another client, as its reaper would). The etcd and PostgreSQL servers
+  are the contract suite's session fixtures. The postgres kind runs in the slow suite only (the fast suite's
+  budget); ``pytest tests/cluster -m slow -k postgres`` runs it alone.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ import pytest_asyncio
 from metadata.api import MetadataStore
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.etcd import EtcdMetadataStore
-from tests.contract.conftest import _open_metadata_store, metadata_store_etcd_server  # noqa: F401  (fixture)
+from metadata.postgres import PostgresMetadataStore
+from tests.contract.conftest import (  # noqa: F401  (fixtures)
+    _open_metadata_store,
+    metadata_store_etcd_server,
+    metadata_store_postgres_server,
+)
 
-CLUSTER_STORE_KINDS = ["embedded-memory", "etcd"]
-LEASE_TTL = {"embedded-memory": 0.5, "etcd": 1.0}  # etcd leases are whole seconds
+CLUSTER_STORE_KINDS = ["embedded-memory", "etcd", pytest.param("postgres", marks=pytest.mark.slow)]
+LEASE_TTL = {"embedded-memory": 0.5, "etcd": 1.0, "postgres": 1.0}  # etcd leases are whole seconds
 
 
 @dataclass
@@ -37,6 +44,10 @@ class ClusterEnv:
         """Another client of the same store (a second broker's connection)."""
         if isinstance(self.store, EmbeddedMetadataStore):
             return self.store
+        if isinstance(self.store, PostgresMetadataStore):
+            pg = await PostgresMetadataStore.connect(self.url)
+            self._peers.append(pg)
+            return pg
         store = await EtcdMetadataStore.connect(self.url)
         self._peers.append(store)
         return store
@@ -45,6 +56,13 @@ class ClusterEnv:
         """End ``lease_id`` on the server, as if its holder had not renewed it in time."""
         if isinstance(self.store, EmbeddedMetadataStore):
             await self.store.expire_lease(lease_id)
+            return
+        if isinstance(self.store, PostgresMetadataStore):
+            other = await PostgresMetadataStore.connect(self.url)
+            try:
+                await other._end_leases([lease_id])
+            finally:
+                await other.close()
             return
         assert isinstance(self.store, EtcdMetadataStore)
         other = await EtcdMetadataStore.connect(self.url)
@@ -62,8 +80,12 @@ class ClusterEnv:
 @pytest_asyncio.fixture(params=CLUSTER_STORE_KINDS)
 async def cluster_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ClusterEnv]:
     kind = str(request.param)
-    store = await _open_metadata_store(kind, request, tmp_path)
-    url = request.getfixturevalue("metadata_store_etcd_server").url if kind == "etcd" else ""
+    if kind == "postgres":
+        url = request.getfixturevalue("metadata_store_postgres_server").fresh_database()
+        store: MetadataStore = await PostgresMetadataStore.connect(url)
+    else:
+        store = await _open_metadata_store(kind, request, tmp_path)
+        url = request.getfixturevalue("metadata_store_etcd_server").url if kind == "etcd" else ""
     env = ClusterEnv(kind, store, url, LEASE_TTL[kind])
     try:
         yield env
