@@ -1,7 +1,7 @@
 """``tidelog bookie``: a bookie server process (journal on local disk, served over TCP).
 
-    tidelog bookie --data-dir D --listen HOST:PORT [--advertised HOST:PORT] [--metadata etcd://H:P | none]
-                   [--bookie-id ID] [--cluster NAME] [--rack RACK] [--admin HOST:PORT]
+    tidelog bookie --data-dir D --listen HOST:PORT [--advertised HOST:PORT] [--bookie-id ID] [--cluster NAME]
+                   [--metadata etcd://H:P | postgresql://USER@H:P/DB | none] [--rack RACK] [--admin HOST:PORT]
 
 Prints ``bookie ID listening on HOST:PORT`` once it serves (PORT is the bound one, so ``:0`` works). With
 ``--metadata etcd://...`` it registers under a lease at ``keys.bookie(ID)`` with its advertised address;
