@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -55,8 +56,14 @@ class WorkloadConfig:
 
 
 def client_config(bootstrap: str, **settings: Any) -> dict[str, Any]:
-    """librdkafka's log lines (connection refused while a broker is down...) go to logging, not stderr."""
-    return {"bootstrap.servers": bootstrap, "logger": logging.getLogger("tidelog.verify.rdkafka"), **settings}
+    """librdkafka's log lines (connection refused while a broker is down...) go to logging, not stderr.
+
+    ``TIDELOG_VERIFY_CLIENT_DEBUG`` (e.g. ``eos,msg``) turns on librdkafka's debug contexts for every client
+    of the workload, logged at DEBUG to ``tidelog.verify.rdkafka`` (run with ``--log-level DEBUG``): what to
+    read when the checker finds an anomaly and the question is what the client sent."""
+    debug = os.environ.get("TIDELOG_VERIFY_CLIENT_DEBUG", "")
+    extra = {"debug": debug} if debug else {}
+    return {"bootstrap.servers": bootstrap, "logger": logging.getLogger("tidelog.verify.rdkafka"), **extra, **settings}
 
 
 class Workload:
