@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +28,8 @@ from confluent_kafka.admin import AdminClient
 
 from .broker_process import BrokerProcess
 from .group_members import Member, SequenceProducer, assert_healthy, assignment_settled, wait_until
+from .groups_harness import consumed, produce, spawn
+from .groups_harness import wait_until as wait_for
 
 PARTITIONS = 6
 BROKER = {"group.consumer.heartbeat.interval.ms": "250", "group.initial.rebalance.delay.ms": "0"}
@@ -63,7 +65,9 @@ class TimedMember(Member):
 
     def deliveries(self) -> list[tuple[int, int, bytes, float]]:
         with self.lock:
-            return [(p, o, v, t) for (p, o, v), t in zip(self.consumed, self.delivered_at, strict=True)]
+            # The time is noted just after the record (separately locked): the newest may not have one yet.
+            times = self.delivered_at + [time.monotonic()] * (len(self.consumed) - len(self.delivered_at))
+            return [(p, o, v, t) for (p, o, v), t in zip(self.consumed, times, strict=True)]
 
     def assigned_at(self, partition: int) -> list[float]:
         with self.lock:
@@ -256,3 +260,57 @@ def test_a_mixed_group_survives_a_broker_kill_and_is_downgraded_after_it(
     finally:
         for m in members:
             m._stop.set()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", ["kafka-python", "aiokafka", "kafkajs", "kcat"])
+def test_classic_members_of_every_client_inside_a_consumer_group_and_after_the_downgrade(
+    client: str, broker_factory: Callable[..., BrokerProcess], topic_factory: Callable[..., str], kcat: str,
+    node: str,
+) -> None:
+    """Two classic members of another client join a consumer group (a confluent-kafka member with
+    group.protocol=consumer), are served as classic members of it, and carry on as a classic group once the
+    consumer-protocol member leaves; nothing is lost."""
+
+    broker = broker_factory(configs=BROKER)
+    topic = topic_factory(broker.bootstrap, partitions=PARTITIONS, prefix=f"migrate-{client}")
+    group = f"migrate-{client}-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    k = start("consumer", broker.bootstrap, group, topic, CONSUMER)
+    classics: list[Any] = []
+
+    def seen() -> Counter[tuple[int, int]]:
+        out = consumed(classics)
+        out.update((p, o) for p, o, _, _ in k.deliveries())
+        return out
+
+    try:
+        settled([k], "the consumer-protocol member to own every partition")
+        classics += [spawn(client, broker.bootstrap, group, topic, f"{client}-{i}") for i in range(2)]
+        wait_for("the classic members to be assigned partitions",
+                 lambda: all(m.assignments and m.assignments[-1] for m in classics), classics)
+        assert group_type(admin, group) == "CONSUMER"
+        first = produce(broker.bootstrap, topic, 3000, PARTITIONS)
+        wait_for("the first records consumed", lambda: len(seen()) >= 3000, classics)
+        assert all(m.count for m in classics), "a classic member of the consumer group consumed nothing"
+        k.stop()
+        assert group_type(admin, group) == "CLASSIC"
+
+        def split() -> bool:
+            latest = [set(m.assignments[-1]) if m.assignments else set() for m in classics]
+            return all(latest) and sorted(p for s in latest for p in s) == list(range(PARTITIONS))
+
+        wait_for("the classic members to split every partition after the downgrade", split, classics)
+        more = produce(broker.bootstrap, topic, 3000, PARTITIONS, first=3000)
+        expected = {(p, o) for p in range(PARTITIONS) for o in range(first[p] + more[p])}
+        wait_for("every record consumed", lambda: set(seen()) >= expected, classics)
+        for m in classics:
+            m.stop()
+        counts = seen()
+        assert set(counts) == expected
+        assert all(not m.errors for m in classics), {m.name: m.errors[:3] for m in classics if m.errors}
+        print(f"\n{client}: {len(expected)} records, {sum(n - 1 for n in counts.values())} consumed twice")
+    finally:
+        k._stop.set()
+        for m in classics:
+            m.kill()
