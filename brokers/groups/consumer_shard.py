@@ -162,6 +162,8 @@ class ConsumerGroups:
             if group is not None:
                 group.shutdown()
                 del self.groups[group_id]
+                for key in [k for k in self._timer_tokens if k[0] == group_id]:
+                    del self._timer_tokens[key]
                 if self.shard.groups.get(group_id) is group:
                     del self.shard.groups[group_id]
             pending = self._pending_classic.pop(group_id, None)
