@@ -82,15 +82,18 @@ async def broker() -> AsyncIterator[Broker]:
 class Classic:
     """A classic consumer as the coordinator sees it (eager: it owns nothing when it rejoins)."""
 
-    def __init__(self, b: Broker, group: str, name: str, session_ms: int = 10_000, instance: str | None = None) -> None:
+    def __init__(self, b: Broker, group: str, name: str, session_ms: int = 10_000, instance: str | None = None,
+                 rebalance_ms: int = 10_000) -> None:
         self.b, self.group, self.name, self.session_ms, self.instance = b, group, name, session_ms, instance
+        self.rebalance_ms = rebalance_ms
         self.member_id = ""
         self.generation = -1
         self.last: JoinResult | None = None
         self.partitions: set[int] = set()
 
     def request(self, owned: tuple[tuple[str, int], ...] = ()) -> JoinRequest:
-        return JoinRequest(self.group, self.member_id, self.instance, self.name, "/127.0.0.1", self.session_ms, 10_000,
+        return JoinRequest(self.group, self.member_id, self.instance, self.name, "/127.0.0.1", self.session_ms,
+                           self.rebalance_ms,
                            "consumer", (("range", subscription(owned=owned)), ("roundrobin", subscription())), False)
 
     async def join(self, owned: tuple[tuple[str, int], ...] = ()) -> JoinResult:
@@ -404,3 +407,28 @@ async def test_an_upgrade_that_cannot_be_written_leaves_the_classic_group_servin
     assert [await c.heartbeat() for c in classics] == [ErrorCode.none, ErrorCode.none]
     await consumer_join(broker, "g", "k1")  # and the next attempt converts it
     assert isinstance(live(broker, "g"), ConsumerGroup)
+
+
+async def test_classic_members_that_do_not_rejoin_or_sync_in_time_are_removed(broker: Broker) -> None:
+    out = await consumer_join(broker, "g", "k1")
+    group = live(broker, "g")
+    # Joins but never syncs: removed after its rebalance timeout (the sync timer).
+    unsynced = Classic(broker, "g", "unsynced", rebalance_ms=200)
+    assert (await unsynced.join()).error is ErrorCode.none
+    await eventually(lambda: unsynced.member_id not in group.members, "the member that never synced to go")
+    # Told to rejoin and keeps heartbeating instead: removed after its rebalance timeout (the join timer).
+    stubborn = Classic(broker, "g", "stubborn", rebalance_ms=300)
+    assert (await stubborn.join()).error is ErrorCode.none
+    assert await stubborn.sync() is ErrorCode.none
+    await consumer_groups_for(broker, "g").heartbeat("g", Heartbeat("k1", out.member_epoch, subscribed_topic_names=(
+        TOPIC, "other")))  # a subscription change bumps the group epoch: everyone must catch up
+    assert await stubborn.heartbeat() is ErrorCode.rebalance_in_progress
+
+    async def keep_heartbeating() -> None:
+        while stubborn.member_id in group.members:
+            assert await stubborn.heartbeat() in (ErrorCode.rebalance_in_progress, ErrorCode.unknown_member_id)
+            await asyncio.sleep(0.05)
+
+    async with asyncio.timeout(HANG_GUARD):
+        await keep_heartbeating()
+    assert await stubborn.heartbeat() is ErrorCode.unknown_member_id
