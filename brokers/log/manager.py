@@ -121,7 +121,11 @@ class LogManager:
         """Close and forget a topic's logs; returns the ledger ids they held (for deletion)."""
         ledger_ids: list[int] = []
         for key in [k for k in self._logs if k[0] == topic_id]:
-            plog = self._logs.pop(key)
+            # Popped as we go, with awaits between: a concurrent drop of the same topic (two DeleteTopics
+            # racing) or a release may have taken a key from the list meanwhile (fuzzing found a KeyError).
+            plog = self._logs.pop(key, None)
+            if plog is None:
+                continue
             self._changed(topic_id)
             await plog.close()
             ledger_ids.extend(ref.ledger_id for ref in plog.ledgers)
