@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -9,6 +10,8 @@ from kio.schema.errors import ErrorCode
 
 from brokers.codec.batch import BatchHeader
 from metadata.models import ProducerSnapshotEntry
+
+log = logging.getLogger(__name__)
 
 MAX_CACHED_BATCHES = 5
 MAX_PRODUCERS = 10_000
@@ -73,6 +76,12 @@ class ProducerTable:
                     ErrorCode.out_of_order_sequence_number,
                     f"new epoch {head.producer_epoch} must start at sequence 0, got {head.base_sequence}",
                 )
+            # Rare, and what an anomaly hunt asks first: a client that bumps its epoch renumbers what it had
+            # not seen acknowledged, so a batch it wrote before the bump may come again under the new epoch.
+            log.info(
+                "producer %d: epoch %d -> %d (last sequence %s under the old one)", head.producer_id, state.epoch,
+                head.producer_epoch, state.batches[-1][1] if state.batches else "none",
+            )  # fmt: skip
             return None
         for first_seq, last_seq, first_offset, _last_offset in state.batches:
             if first_seq == head.base_sequence and last_seq == head.last_sequence:
@@ -80,6 +89,11 @@ class ProducerTable:
         if state.batches:
             expected = (state.batches[-1][1] + 1) % _SEQ_MOD
             if head.base_sequence != expected:
+                log.warning(
+                    "producer %d epoch %d: batch of sequences %d..%d refused (out of order): expected %d; "
+                    "cached batches %s", head.producer_id, head.producer_epoch, head.base_sequence,
+                    head.last_sequence, expected, [(b[0], b[1], b[2]) for b in state.batches],
+                )  # fmt: skip
                 raise ProducerStateError(
                     ErrorCode.out_of_order_sequence_number,
                     f"producer {head.producer_id}: sequence {head.base_sequence}, expected {expected}",
