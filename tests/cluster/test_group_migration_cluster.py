@@ -84,8 +84,8 @@ def test_a_mixed_group_moves_with_its_coordinator_and_is_downgraded_by_the_new_o
         before = leaders(bootstrap, OFFSETS_TOPIC)[gp]
         target = next(b.node_id for b in cluster.brokers if b.node_id != before)
         move(bootstrap, OFFSETS_TOPIC, gp, target)
-        # A new admin client: librdkafka's keeps asking the coordinator it found first, whose NOT_COORDINATOR
-        # answer to ConsumerGroupDescribe it does not act on.
+        # A new admin client: one made before the move kept getting NOT_COORDINATOR from DescribeConsumerGroups
+        # for 60 s (librdkafka did not look the coordinator up again); a new one finds the new coordinator.
         admin = AdminClient({"bootstrap.servers": bootstrap})
         assert group_type(admin, group) == "CONSUMER"
         described = describe_on(admin, group, target)
