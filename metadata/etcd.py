@@ -161,7 +161,10 @@ class EtcdLease:
         while True:
             await asyncio.sleep(interval)
             try:
-                reply = await asyncio.wait_for(client.refresh_lease(self._id), timeout=interval)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as
+                # the refresh completes, and _stop() (revoke, close) would then wait on this task for ever.
+                async with asyncio.timeout(interval):
+                    reply = await client.refresh_lease(self._id)
             except Exception as e:  # any failure: keep trying until a whole ttl passed without success
                 if time.monotonic() - last_ok >= self.ttl:
                     log.warning("etcd lease %x lost: no keepalive for %ss (%s)", self._id, self.ttl, e)
