@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from brokers.devcluster import DevCluster
 from brokers.groups.records import partition_for
@@ -31,6 +29,7 @@ from tests.e2e.test_group_migration import (
     TimedMember,
     check_consumption,
     committed,
+    describe,
     group_type,
     settled,
     start,
@@ -43,17 +42,13 @@ from .moving import move
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
 
 
-def describe_on(admin: AdminClient, group: str, coordinator: int, timeout: float = 60.0) -> Any:
-    """DescribeConsumerGroups once the client has found the group's coordinator on ``coordinator`` (until then
-    it may ask the old one: NOT_COORDINATOR, retried; a hang guard only)."""
+def describe_on(bootstrap: str, group: str, coordinator: int, timeout: float = 90.0) -> Any:
+    """DescribeConsumerGroups once its answer comes from ``coordinator`` (a hang guard only)."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            d = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
-            if d.coordinator.id == coordinator:
-                return d
-        except KafkaException:
-            pass
+        d = describe(bootstrap, group)
+        if d.coordinator.id == coordinator:
+            return d
         if time.monotonic() > deadline:
             raise AssertionError(f"{group} not described by its coordinator {coordinator} within {timeout}s")
         time.sleep(0.2)
@@ -70,7 +65,6 @@ def test_a_mixed_group_moves_with_its_coordinator_and_is_downgraded_by_the_new_o
     bootstrap = cluster.bootstrap
     topic, group = f"migrate-{uuid.uuid4().hex[:6]}", f"migrate-{uuid.uuid4().hex[:8]}"
     create_topic(bootstrap, topic, PARTITIONS)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     gp = partition_for(group, len(leaders(bootstrap, OFFSETS_TOPIC)))
     producer = SequenceProducer(bootstrap, topic, PARTITIONS).start()
     members: list[TimedMember] = []
@@ -79,23 +73,20 @@ def test_a_mixed_group_moves_with_its_coordinator_and_is_downgraded_by_the_new_o
         settled(members, "two classic members to split the partitions")
         members.append(start("consumer", bootstrap, group, topic, CONSUMER))
         settled(members, "the consumer-protocol member to get its share")
-        assert group_type(admin, group) == "CONSUMER"
+        assert group_type(bootstrap, group) == "CONSUMER"
 
         before = leaders(bootstrap, OFFSETS_TOPIC)[gp]
         target = next(b.node_id for b in cluster.brokers if b.node_id != before)
         move(bootstrap, OFFSETS_TOPIC, gp, target)
-        # A new admin client: one made before the move kept getting NOT_COORDINATOR from DescribeConsumerGroups
-        # for 60 s (librdkafka did not look the coordinator up again); a new one finds the new coordinator.
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        assert group_type(admin, group) == "CONSUMER"
-        described = describe_on(admin, group, target)
+        assert group_type(bootstrap, group) == "CONSUMER"
+        described = describe_on(bootstrap, group, target)
         assert len(described.members) == 3
         consumed_at_move = len({v for m in members for v in m.values()})
         settled(members, "the group to be served by the new coordinator")
 
         members[2].stop()
         settled(members[:2], "the classic members to take everything back")
-        assert group_type(admin, group) == "CLASSIC"
+        assert group_type(bootstrap, group) == "CLASSIC"
         counts = check_consumption(members, producer)
         assert counts["records"] > consumed_at_move
         for m in members[:2]:

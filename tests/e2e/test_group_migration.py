@@ -74,17 +74,24 @@ class TimedMember(Member):
             return [e.at for e in self.events if e.kind == "assign" and partition in e.partitions]
 
 
-def group_type(admin: AdminClient, group: str) -> str:
-    """CONSUMER or CLASSIC, as DescribeConsumerGroups reports the group (retried while not yet known)."""
-    deadline = time.monotonic() + 60
+def describe(bootstrap: str, group: str, timeout: float = 90.0) -> Any:
+    """DescribeConsumerGroups, with a new AdminClient per attempt, retried while the coordinator is loading or
+    has moved (a hang guard only): an AdminClient made before a broker restart or a coordinator move was
+    seen to keep failing (timeouts, NOT_COORDINATOR) while a new one got its answer at once."""
+    deadline = time.monotonic() + timeout
     while True:
+        admin = AdminClient({"bootstrap.servers": bootstrap})  # held until the result is in
         try:
-            d = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
-            return str(d.type.name)
+            return admin.describe_consumer_groups([group], request_timeout=15)[group].result(timeout=30)
         except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def group_type(bootstrap: str, group: str) -> str:
+    """CONSUMER or CLASSIC, as DescribeConsumerGroups reports the group."""
+    return str(describe(bootstrap, group).type.name)
 
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
@@ -136,7 +143,6 @@ def test_three_classic_members_upgraded_one_by_one_to_the_consumer_protocol_and_
     broker = broker_factory(configs=BROKER)
     topic = topic_factory(broker.bootstrap, partitions=PARTITIONS, prefix="migrate")
     group = f"migrate-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     producer = SequenceProducer(broker.bootstrap, topic, PARTITIONS).start()
     everyone: list[TimedMember] = []
     lock = threading.Lock()
@@ -150,11 +156,11 @@ def test_three_classic_members_upgraded_one_by_one_to_the_consumer_protocol_and_
     try:
         live = [launch(f"classic{i}", CLASSIC) for i in range(3)]
         settled(live, "three classic members to split the partitions")
-        assert group_type(admin, group) == "CLASSIC"
+        assert group_type(broker.bootstrap, group) == "CLASSIC"
         for i in range(3):  # upgrade: a consumer-protocol member joins, then a classic one leaves
             new = launch(f"consumer{i}", CONSUMER)
             settled([*live, new], f"consumer{i} to get its share")
-            assert group_type(admin, group) == "CONSUMER"
+            assert group_type(broker.bootstrap, group) == "CONSUMER"
             live[i].stop()
             live[i] = new
             settled(live, f"the group to settle after classic{i} left")
@@ -164,7 +170,7 @@ def test_three_classic_members_upgraded_one_by_one_to_the_consumer_protocol_and_
             live[i].stop()
             live[i] = new
             settled(live, f"the group to settle after consumer{i} left")
-        assert group_type(admin, group) == "CLASSIC"
+        assert group_type(broker.bootstrap, group) == "CLASSIC"
         wait_until(lambda: all(m.consumed for m in live), "every classic member to consume again")
         counts = check_consumption(everyone, producer)
         for m in live:
@@ -186,7 +192,6 @@ def test_a_classic_group_upgraded_by_a_consumer_member_joining_and_downgraded_wh
     broker = broker_factory(configs=BROKER)
     topic = topic_factory(broker.bootstrap, partitions=PARTITIONS, prefix="migrate")
     group = f"migrate-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     producer = SequenceProducer(broker.bootstrap, topic, PARTITIONS).start()
     members: list[TimedMember] = []
     try:
@@ -194,10 +199,10 @@ def test_a_classic_group_upgraded_by_a_consumer_member_joining_and_downgraded_wh
         settled(members, "two classic members to split the partitions")
         members.append(start("consumer", broker.bootstrap, group, topic, CONSUMER))
         settled(members, "the consumer-protocol member to get its share")
-        assert group_type(admin, group) == "CONSUMER"
+        assert group_type(broker.bootstrap, group) == "CONSUMER"
         members[2].stop()
         settled(members[:2], "the classic members to take everything back")
-        assert group_type(admin, group) == "CLASSIC"
+        assert group_type(broker.bootstrap, group) == "CLASSIC"
         counts = check_consumption(members, producer)
         for m in members[:2]:
             m.stop()
@@ -220,7 +225,6 @@ def test_a_mixed_group_survives_a_broker_kill_and_is_downgraded_after_it(
     broker = broker_factory(configs=BROKER)
     topic = topic_factory(broker.bootstrap, partitions=PARTITIONS, prefix="migrate-kill")
     group = f"migrate-kill-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     producer = SequenceProducer(broker.bootstrap, topic, PARTITIONS)
     members: list[TimedMember] = []
 
@@ -236,19 +240,19 @@ def test_a_mixed_group_survives_a_broker_kill_and_is_downgraded_after_it(
         settled(members, "the consumer-protocol member to get its share")
         produce(600)
         wait_until(lambda: len({v for m in members for v in m.values()}) >= 600, "600 records consumed")
-        before = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
+        before = describe(broker.bootstrap, group)
         assert before.type.name == "CONSUMER"
 
         broker.kill9()
         broker.start()
 
-        assert group_type(admin, group) == "CONSUMER"
-        after = admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=60)
+        assert group_type(broker.bootstrap, group) == "CONSUMER"
+        after = describe(broker.bootstrap, group)
         assert {m.member_id for m in after.members} == {m.member_id for m in before.members}
         produce(300)
         members[2].stop()
         settled(members[:2], "the classic members to take everything back")
-        assert group_type(admin, group) == "CLASSIC"
+        assert group_type(broker.bootstrap, group) == "CLASSIC"
         produce(300)
         counts = check_consumption(members, producer)
         for m in members[:2]:
@@ -275,7 +279,6 @@ def test_classic_members_of_every_client_inside_a_consumer_group_and_after_the_d
     broker = broker_factory(configs=BROKER)
     topic = topic_factory(broker.bootstrap, partitions=PARTITIONS, prefix=f"migrate-{client}")
     group = f"migrate-{client}-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     k = start("consumer", broker.bootstrap, group, topic, CONSUMER)
     classics: list[Any] = []
 
@@ -289,12 +292,12 @@ def test_classic_members_of_every_client_inside_a_consumer_group_and_after_the_d
         classics += [spawn(client, broker.bootstrap, group, topic, f"{client}-{i}") for i in range(2)]
         wait_for("the classic members to be assigned partitions",
                  lambda: all(m.assignments and m.assignments[-1] for m in classics), classics)
-        assert group_type(admin, group) == "CONSUMER"
+        assert group_type(broker.bootstrap, group) == "CONSUMER"
         first = produce(broker.bootstrap, topic, 3000, PARTITIONS)
         wait_for("the first records consumed", lambda: len(seen()) >= 3000, classics)
         assert all(m.count for m in classics), "a classic member of the consumer group consumed nothing"
         k.stop()
-        assert group_type(admin, group) == "CLASSIC"
+        assert group_type(broker.bootstrap, group) == "CLASSIC"
 
         def split() -> bool:
             latest = [set(m.assignments[-1]) if m.assignments else set() for m in classics]
