@@ -347,6 +347,6 @@ def test_bookie_processes_follow_the_broker_and_keep_their_ports(three_bookies: 
     assert broker.stop() == 0
     assert not any(_alive(int(str(b["pid"]))) for b in again), "a bookie outlived its broker's clean stop"
     plain = BrokerProcess(broker.data_dir, port=broker.port)  # the same data dir without --bookies
-    with pytest.raises(BrokerError, match="exited with code 1"):
+    with pytest.raises(BrokerError, match="exited with code 2"):  # bad input: one line, exit 2 (issue 12)
         plain.start()
     assert "was run with --bookies" in plain.log_text()
