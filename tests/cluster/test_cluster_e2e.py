@@ -183,6 +183,7 @@ def _group_consume(bootstrap: str, group: str, expected: int) -> dict[int, list[
     return got
 
 
+@pytest.mark.slow  # make test: the nemesis run pauses owners; test_deposed_owner.py checks the fencing
 def test_a_paused_broker_fences_itself_and_takes_partitions_again(cluster: DevCluster) -> None:
     """SIGSTOP past the lease ttl: the others take its partitions; on SIGCONT it finds its lease lost, stops
     serving, registers again, and the controller gives it its share back. A consumer group's committed

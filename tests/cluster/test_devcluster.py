@@ -125,6 +125,7 @@ def test_a_move_keeps_a_producer_going(cluster: DevCluster) -> None:
     assert seen == delivered, fetch_errors[:5]
 
 
+@pytest.mark.slow  # make test: the nemesis run kills, pauses and restarts brokers of a dev cluster
 def test_broker_handles_kill_restart_pause_and_add(cluster: DevCluster) -> None:
     """The DevCluster API other cluster tests build on (this one runs last: it changes the cluster)."""
     from brokers.devcluster import metadata_broker_ids

@@ -55,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     ("moves", "churn", "protocol"),
     [
         pytest.param(4, False, "classic", id="4-moves"),
-        pytest.param(4, False, "consumer", id="4-moves-kip848"),
+        pytest.param(4, False, "consumer", id="4-moves-kip848", marks=pytest.mark.slow),
         # every 4th move, one member leaves and a new one joins: rebalances while the coordinator moves
         pytest.param(20, True, "classic", id="20-moves-with-member-churn", marks=pytest.mark.slow),
         pytest.param(20, True, "consumer", id="20-moves-with-member-churn-kip848", marks=pytest.mark.slow),

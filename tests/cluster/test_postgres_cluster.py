@@ -31,7 +31,11 @@ from tests.cluster.test_clients_cluster import node_bin  # noqa: F401  (fixture)
 from tests.cluster.test_move_under_load import move_back_and_forth
 from tests.postgres_server import postgres_available
 
-pytestmark = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed (make system-deps)")
+# Slow as a whole (a second dev cluster, 30-40 s): make test runs the metadata contract suite on PostgreSQL.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed (make system-deps)"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -253,6 +253,7 @@ def _one_bookie_killed(start: StartBroker, seconds: float, kill_at: float, resta
     assert _verify(broker, stream) == stream.produced
 
 
+@pytest.mark.slow  # make test: the two-bookie test and the nemesis run kill bookies under load
 def test_one_bookie_killed_production_carries_on_10s(three_bookies: StartBroker) -> None:
     _one_bookie_killed(three_bookies, seconds=10.0, kill_at=3.0, restart_ms=3000)
 

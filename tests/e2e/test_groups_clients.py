@@ -39,7 +39,11 @@ def _distinct(members: list[Member]) -> int:
     return len(consumed(members))
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+# make test: librdkafka and kafkajs (the most used client libraries, and the two most different); every client
+# in the slow suite.
+@pytest.mark.parametrize(
+    "client", [c if c in ("confluent", "kafkajs") else pytest.param(c, marks=pytest.mark.slow) for c in CLIENTS]
+)
 def test_group_shares_rebalances_and_resumes(
     client: str,
     broker_factory: Callable[..., BrokerProcess],

@@ -177,6 +177,7 @@ def roundtrip(make_broker: Callable[[], BrokerProcess], n: int) -> None:
     check_offsets_for_times(broker, topic, recs)
 
 
+@pytest.mark.slow  # make test: test_tiered_on_s3 and the smaller tiered tests
 def test_tiered_20mb_local(broker_factory: Callable[..., BrokerProcess]) -> None:
     roundtrip(lambda: broker_factory(configs=SMALL), 20_000)
 

@@ -182,6 +182,7 @@ def url_prefix_of(keys: set[str]) -> str:
     return next(iter(keys)).rsplit("/", 1)[0] + "/"
 
 
+@pytest.mark.slow  # make test: tests/integration/test_offload_kill9.py kills 24 times during offload
 def test_kill9_during_offload_fast(tmp_path: Path, moto: MotoServer) -> None:
     run_kills(tmp_path, moto, kills=6, seed=5)
 

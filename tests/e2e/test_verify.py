@@ -108,6 +108,7 @@ def run_on_cluster(tmp_path: Path, duration: float, kill_after: float | None) ->
     return summary
 
 
+@pytest.mark.slow  # make test: tests/faults/test_nemesis_fast.py runs the workload against a dev cluster
 def test_verify_run_against_a_dev_cluster(tmp_path: Path) -> None:
     run_on_cluster(tmp_path, duration=5, kill_after=None)
 
