@@ -411,7 +411,7 @@ def test_fuzzer_bases_are_valid_and_frames_reproducible() -> None:
 
 
 def test_fuzz_frames_fast(broker: BrokerProcess, tmp_path: Path) -> None:
-    """>= 10,000 mutated frames (TIDELOG_FUZZ_FRAMES): the broker lives, stays under its RSS bound, and serves a real client."""
+    """>= 10,000 mutated frames (TIDELOG_FUZZ_FRAMES): the broker lives, stays under its RSS bound, serves a client."""
     fuzz_and_report(broker, FAST_FRAMES, tmp_path)
 
 
