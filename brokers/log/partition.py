@@ -39,6 +39,10 @@ __all__ = ["AppendResult", "LogConfig", "LogError", "NotLeader", "PartitionLog",
 
 log = logging.getLogger(__name__)
 
+SETTLE_S = 10.0
+"""After a load that found data (a takeover, a restart), how long a batch ahead of its producer's expected
+sequence is refused as retriable rather than out of order (brokers/log/producers.py ``check``)."""
+
 
 class PartitionLog(LedgerWriting, TieredLog):
     """One partition's managed log, owned by this broker."""
@@ -83,6 +87,7 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._cache = TailCache(config.tail_cache_bytes)
         self._lookup = LedgerLookup(ledgers)
         self._producers = ProducerTable()  # every appended batch (sequence checks)
+        self._settle_until = 0.0  # time.monotonic() until which a sequence gap is retriable (ProducerTable.check)
         self._durable = ProducerTable()  # confirmed batches only (what snapshots record)
         self._waiters: set[asyncio.Future[None]] = set()
         self._deposed = False
@@ -172,6 +177,8 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._state = state
         self._producers = producers
         self._durable = ProducerTable(producers.snapshot())
+        if original.ledgers:  # taken over (or reopened) with data: clients may be mid-retry of refused batches
+            self._settle_until = time.monotonic() + SETTLE_S
         self._next_offset = self._hw = max(state.end_offset, state.log_start_offset)
         self._writer = None
         self._failed = self._broken = None
@@ -250,8 +257,9 @@ class PartitionLog(LedgerWriting, TieredLog):
 
     def _check_producers(self, headers: list[BatchHeader]) -> int | None:
         duplicate: int | None = None
+        settling = time.monotonic() < self._settle_until
         for head in headers:
-            found = self._producers.check(head)
+            found = self._producers.check(head, settling=settling)
             if found is not None and duplicate is None:
                 duplicate = found
         return duplicate

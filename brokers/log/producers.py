@@ -55,10 +55,17 @@ class ProducerTable:
                 entry.epoch, deque(entry.batches, maxlen=MAX_CACHED_BATCHES)
             )
 
-    def check(self, head: BatchHeader) -> int | None:
+    def check(self, head: BatchHeader, *, settling: bool = False) -> int | None:
         """None if ``head`` may be appended; its original first offset if it is a retried duplicate.
 
-        Raises ProducerStateError for stale epochs and out-of-order sequences.
+        Raises ProducerStateError for stale epochs and out-of-order sequences. ``settling``: the partition was
+        just taken over here (its producer state restored from the log); a batch *ahead* of the expected
+        sequence then gets NOT_LEADER_OR_FOLLOWER (retriable) instead of OUT_OF_ORDER_SEQUENCE_NUMBER. Right
+        after a takeover the missing batch is almost always one refused with NOT_LEADER_OR_FOLLOWER while the
+        partition was loading and not yet retried, while the client's next requests already arrive; librdkafka
+        answers an out-of-order refusal of a later batch by bumping its epoch and renumbering every message
+        not yet acknowledged — including ones the previous owner wrote before it died, which the new epoch
+        then writes a second time (a duplicate the nemesis found). A retriable refusal makes it retry in order.
         """
         if head.producer_id < 0 or head.base_sequence < 0:
             return None
@@ -88,6 +95,13 @@ class ProducerTable:
                 return first_offset
         if state.batches:
             expected = (state.batches[-1][1] + 1) % _SEQ_MOD
+            ahead = (head.base_sequence - expected) % _SEQ_MOD
+            if settling and 0 < ahead < _SEQ_MOD // 2:
+                raise ProducerStateError(
+                    ErrorCode.not_leader_or_follower,
+                    f"producer {head.producer_id}: sequence {head.base_sequence} is ahead of {expected}, whose batch "
+                    "has not arrived since this broker took the partition; retry in order",
+                )
             if head.base_sequence != expected:
                 log.warning(
                     "producer %d epoch %d: batch of sequences %d..%d refused (out of order): expected %d; "

@@ -478,3 +478,26 @@ async def test_segment_read_failures_are_retriable_storage_errors(store: Embedde
     assert batch.iter_headers(b"".join((await plog.read(0, 1000)).batches))[0].base_offset == 0
     await plog.close()
     await tiering.offloader.close()
+
+
+@pytest.mark.asyncio
+async def test_a_sequence_gap_right_after_a_takeover_is_retriable(store: EmbeddedMetadataStore) -> None:
+    """After a load that found data (a takeover), a batch ahead of the expected sequence gets
+    NOT_LEADER_OR_FOLLOWER, so the client retries in order instead of bumping its epoch (librdkafka renumbers
+    unacknowledged messages on an out-of-order refusal, and wrote ones the old owner had persisted again);
+    the in-order batch is accepted, and once the partition has settled a gap is OUT_OF_ORDER as in Kafka."""
+    ledgers = MemoryLedgerClient()
+    first = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig())
+    await first.load()
+    assert await _append(first, make_batch(3, producer_id=5, base_seq=0)) == 0
+    taken = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig())  # the next owner, while the first is gone
+    await taken.load()
+    with pytest.raises(LogError) as info:
+        await _append(taken, make_batch(1, producer_id=5, base_seq=4))
+    assert info.value.code == ErrorCode.not_leader_or_follower
+    assert await _append(taken, make_batch(1, producer_id=5, base_seq=3)) == 3
+    assert await _append(taken, make_batch(3, producer_id=5, base_seq=0)) == 0  # still a duplicate
+    taken._settle_until = 0.0  # the window has passed
+    with pytest.raises(LogError) as info:
+        await _append(taken, make_batch(1, producer_id=5, base_seq=9))
+    assert info.value.code == ErrorCode.out_of_order_sequence_number
