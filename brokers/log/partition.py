@@ -28,7 +28,7 @@ from brokers.log.producers import ActiveProducer, ProducerStateError, ProducerTa
 from brokers.log.tiered import TieredLog, Tiering
 from brokers.log.types import AppendResult, LogConfig, LogError, NotLeader, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
-from metadata.api import MetadataStore, VersionConflict
+from metadata.api import MetadataError, MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import LedgerRef, PartitionState
 from storage import log_entry
@@ -40,8 +40,9 @@ __all__ = ["AppendResult", "LogConfig", "LogError", "NotLeader", "PartitionLog",
 log = logging.getLogger(__name__)
 
 SETTLE_S = 10.0
-"""After a load that found data (a takeover, a restart), how long a batch ahead of its producer's expected
-sequence is refused as retriable rather than out of order (brokers/log/producers.py ``check``)."""
+"""After a load that found data (a takeover, a restart) or an append refused before it was recorded, how long
+a batch ahead of its producer's expected sequence is refused as retriable rather than out of order
+(brokers/log/producers.py ``check``)."""
 
 
 class PartitionLog(LedgerWriting, TieredLog):
@@ -216,14 +217,25 @@ class PartitionLog(LedgerWriting, TieredLog):
         """
         if self._deposed:
             raise LogError(ErrorCode.not_leader_or_follower, "this broker no longer owns the partition")
-        self._check_backpressure()
+        try:
+            self._check_backpressure()
+        except LogError:
+            self._refused_retriably()
+            raise
         result: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         async with self._lock:
             if self._deposed:
                 raise LogError(ErrorCode.not_leader_or_follower, "this broker no longer owns the partition")
-            if self._failed is not None:
-                await self._repair_for_append()
-            writer = await self._writer_for_append()
+            try:
+                if self._failed is not None:
+                    await self._repair_for_append()
+                writer = await self._writer_for_append()
+            except LogError:
+                self._refused_retriably()
+                raise
+            except MetadataError as e:  # a ledger roll could not record itself (etcd unreachable): retriable
+                self._refused_retriably()
+                raise LogError(ErrorCode.not_enough_replicas, f"metadata store unavailable: {e}") from None
             try:
                 duplicate = self._check_producers(headers)
             except ProducerStateError as e:
@@ -254,6 +266,12 @@ class PartitionLog(LedgerWriting, TieredLog):
             if self._failed is None:  # else a failure was noticed meanwhile: the repair writes it
                 self._write(writer, pending)
         return result
+
+    def _refused_retriably(self) -> None:
+        """An append was refused before its batches were recorded: the producer's next requests, already on
+        the way, would find a sequence gap; for SETTLE_S they are refused retriably too (ProducerTable.check),
+        so the client retries them in order after the refused one instead of bumping its epoch."""
+        self._settle_until = max(self._settle_until, time.monotonic() + SETTLE_S)
 
     def _check_producers(self, headers: list[BatchHeader]) -> int | None:
         duplicate: int | None = None

@@ -379,10 +379,13 @@ class LedgerWriting:
             return
         while (front := self._inflight.front()) is not None and front.ledger_id == writer.ledger_id:
             self._confirm(front)  # confirmed (the close waited for them); their callbacks may not have run yet
-        self._writer = None
         ledgers = list(self._state.ledgers)
         index = self._lookup.indexes[writer.ledger_id]
         ledgers[-1] = replace(ledgers[-1], last_offset=self._hw - 1, max_timestamp=index.max_timestamp, closed=True)
+        # Recorded before the writer is dropped: if the store is unreachable, the next roll closes the same
+        # (already closed, so at once) writer and records it again, rather than opening a ledger after one
+        # the state still shows open.
         await self._commit_state(replace(self._state, ledgers=tuple(ledgers), producers=self._durable.snapshot()))
+        self._writer = None
         self._ledger_closed(writer.ledger_id, writer.length)
 

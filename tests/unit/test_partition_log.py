@@ -501,3 +501,37 @@ async def test_a_sequence_gap_right_after_a_takeover_is_retriable(store: Embedde
     with pytest.raises(LogError) as info:
         await _append(taken, make_batch(1, producer_id=5, base_seq=9))
     assert info.value.code == ErrorCode.out_of_order_sequence_number
+
+
+@pytest.mark.asyncio
+async def test_a_roll_the_metadata_store_refuses_is_a_retriable_error(store: EmbeddedMetadataStore) -> None:
+    """A ledger roll whose metadata write fails (etcd unreachable) answers the append NOT_ENOUGH_REPLICAS —
+    not an exception that closes the client's connection — and the next append rolls and records it properly:
+    the state never shows an open ledger before another; the producer's next batch, arriving before its
+    refused one is retried, is refused retriably too (no out-of-order answer to bump its epoch)."""
+    from metadata.api import StoreUnavailable
+
+    plog = PartitionLog(store, KEYS, MemoryLedgerClient(), "tid", 0, LogConfig(rollover_bytes=1))
+    await plog.load()
+    assert await _append(plog, make_batch(2, producer_id=7, base_seq=0)) == 0
+    real_put = store.put
+
+    async def unavailable(*args: object, **kwargs: object) -> int:
+        raise StoreUnavailable("etcd: UNAVAILABLE")
+
+    store.put = unavailable  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LogError) as info:
+            await _append(plog, make_batch(2, producer_id=7, base_seq=2))
+        assert info.value.code == ErrorCode.not_enough_replicas
+    finally:
+        store.put = real_put  # type: ignore[method-assign]
+    with pytest.raises(LogError) as info:  # the next one, sent before the refused one came back
+        await _append(plog, make_batch(2, producer_id=7, base_seq=4))
+    assert info.value.code == ErrorCode.not_leader_or_follower
+    assert await _append(plog, make_batch(2, producer_id=7, base_seq=2)) == 2
+    assert await _append(plog, make_batch(2, producer_id=7, base_seq=4)) == 4
+    stored = await store.get(KEYS.partition("tid", 0))
+    assert stored is not None
+    ledgers = PartitionState.decode(stored.value).ledgers
+    assert all(r.closed for r in ledgers[:-1]) and len(ledgers) >= 2
