@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from kio.schema.errors import ErrorCode
 
+from brokers.observability import topic_names
 from metadata.api import MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import PartitionState, TopicRecord
@@ -150,6 +151,7 @@ class TopicRegistry:
         self._partitions += topic.partitions - (old.partitions if old is not None else 0)
         self._by_name[topic.name] = topic
         self._by_id[topic.topic_id] = topic
+        topic_names.remember(topic.topic_id, topic.name)  # log lines say the name (brokers/observability)
         self._versions[topic.name] = version
         self._collisions.setdefault(collision_key(topic.name), set()).add(topic.name)
         self.generation += 1

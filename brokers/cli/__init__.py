@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from importlib import metadata
 from types import ModuleType
 
+from brokers.observability import topic_names
+
 # Long-running server commands: only these get the garbage collector tuned (client commands are short).
 SERVERS = frozenset({"run", "broker", "bookie", "dev-cluster"})
 
@@ -55,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    topic_names.install()  # log lines name topics, not their ids
     if args.command in SERVERS:
         _tune_gc()
     from brokers.config import ConfigError
