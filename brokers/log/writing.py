@@ -325,7 +325,13 @@ class LedgerWriting:
     async def _roll(self, prepared: LedgerWriter | None = None) -> None:
         """Close the current ledger (if any) and start a new one (``prepared``, or one created now on the
         live bookies), recording both by compare-and-swap."""
-        await self._close_writer()
+        try:
+            await self._close_writer()
+        except BaseException:
+            if prepared is not None:  # not to be used now: close it rather than leave an open ledger behind
+                with contextlib.suppress(Exception):
+                    await prepared.close()
+            raise
         if self._failed is not None:  # an entry failed while the ledger closed: replace it as after any failure
             if prepared is not None:
                 with contextlib.suppress(LedgerError):
