@@ -43,12 +43,11 @@ class ClusterRouting:
         self._alive = alive
         self._generation = 0
         self._endpoints: tuple[Endpoint, ...] | None = None
-        self._ids: frozenset[int] | None = None
         live.add_listener(self._brokers_changed)
         owners.add_listener(self._changed)
 
     def _brokers_changed(self, _keys: frozenset[str]) -> None:
-        self._endpoints = self._ids = None
+        self._endpoints = None
         self._generation += 1
 
     def _changed(self, _keys: frozenset[str] = frozenset()) -> None:
@@ -78,12 +77,6 @@ class ClusterRouting:
             self._endpoints = endpoints
         return endpoints
 
-    def _live_ids(self) -> frozenset[int]:
-        ids = self._ids
-        if ids is None:
-            ids = self._ids = frozenset(e.node_id for e in self.brokers())
-        return ids
-
     def endpoint(self, node_id: int) -> Endpoint | None:
         for endpoint in self.brokers():
             if endpoint.node_id == node_id:
@@ -96,7 +89,7 @@ class ClusterRouting:
 
     def leader(self, topic_id: str, partition: int) -> Leader | None:
         owner = self._owners.owner_of(topic_id, partition)
-        if owner is None or owner.node_id not in self._live_ids():
+        if owner is None or owner.node_id not in self._live.brokers:  # memoized per change (CacheView)
             # An owner not (or no longer) among the live brokers: its registration and owner keys go with the
             # same lease but arrive by separate watches. Naming a leader missing from the broker list is what
             # Kafka never does (librdkafka: "new leader not found in cache"); no leader, retriable, until both agree.
