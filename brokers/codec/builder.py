@@ -60,14 +60,23 @@ def _record(offset_delta: int, key: bytes | None, value: bytes | None) -> bytes:
     return varint(len(body)) + bytes(body)
 
 
-def build_batch(records: Sequence[tuple[bytes | None, bytes | None]], timestamp_ms: int) -> bytes:
-    """One uncompressed v2 batch holding ``records`` (key, value) in order, all stamped ``timestamp_ms``."""
+def build_batch(
+    records: Sequence[tuple[bytes | None, bytes | None]], timestamp_ms: int,
+    producer_id: int = -1, producer_epoch: int = -1, attributes: int = 0,
+) -> bytes:
+    """One uncompressed v2 batch holding ``records`` (key, value) in order, all stamped ``timestamp_ms``.
+
+    ``producer_id``/``producer_epoch`` and ``attributes`` (e.g. the transactional flag) are for the batches a
+    coordinator writes on a producer's behalf (TxnOffsetCommit): base sequence -1, as Kafka writes them.
+    """
     if not records:
         raise ValueError("a record batch needs at least one record")
     if len(records) > MAX_RECORDS_PER_BATCH:
         raise ValueError(f"{len(records)} records in one batch; at most {MAX_RECORDS_PER_BATCH}")
     body = b"".join(_record(i, k, v) for i, (k, v) in enumerate(records))
-    after_crc = _AFTER_CRC.pack(0, len(records) - 1, timestamp_ms, timestamp_ms, -1, -1, -1, len(records)) + body
+    after_crc = _AFTER_CRC.pack(
+        attributes, len(records) - 1, timestamp_ms, timestamp_ms, producer_id, producer_epoch, -1, len(records)
+    ) + body
     crc = crc32c.crc32c(after_crc)
     head = _BEFORE_CRC.pack(0, len(after_crc) + 9, -1, 2, crc)  # length counts epoch, magic, crc too
     return head + after_crc
