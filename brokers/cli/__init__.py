@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import gc
 import logging
 import os
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     topic_names.install()  # log lines name topics, not their ids
     if args.command in SERVERS:
         _tune_gc()
+        faulthandler.enable()  # a crash in native code (grpc, uvloop) leaves the threads' stacks in the log
     from brokers.config import ConfigError
 
     try:

@@ -15,13 +15,10 @@ import sys
 import uuid
 from typing import Any
 
-from confluent_kafka import KafkaException
-
 from brokers.devcluster import DevClusterError
 from brokers.verify.checker import DEFAULT_EXAMPLES, check
 from brokers.verify.history import HistoryWriter, read_history
 from brokers.verify.nemesis import FAULT_TYPES, NemesisRun, run_nemesis
-from brokers.verify.workload import Workload, WorkloadConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -68,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.partitions < 1 or args.producers < 1 or args.duration < 0 or args.rate <= 0:
         print("tidelog verify: error: --partitions, --producers and --rate must be positive", file=sys.stderr)
         return 2
+    from confluent_kafka import KafkaException  # librdkafka is loaded only by the subcommands that use it
+
+    from brokers.verify.workload import Workload, WorkloadConfig
+
     config = WorkloadConfig(
         bootstrap=args.bootstrap, topic=args.topic or f"verify-{uuid.uuid4().hex[:10]}",
         partitions=args.partitions, duration=args.duration, producers=args.producers, rate=args.rate,
@@ -101,6 +102,8 @@ def _nemesis(args: argparse.Namespace) -> int:
         print(f"tidelog verify: error: --faults from {','.join(FAULT_TYPES)}, --duration > 0, --brokers >= 2",
               file=sys.stderr)  # fmt: skip
         return 2
+    from confluent_kafka import KafkaException
+
     spec = NemesisRun(directory=args.dir, duration=args.duration, seed=args.seed, brokers=args.brokers,
                       bookies=args.bookies, etcd_members=args.etcd, faults=faults,
                       session_timeout_ms=args.session_timeout_ms)  # fmt: skip

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from brokers.devcluster import DevCluster
 from metadata.api import MetadataStore
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.etcd import EtcdMetadataStore
@@ -91,3 +92,19 @@ async def cluster_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         yield env
     finally:
         await env.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """A failed test that used a dev cluster says which of its processes had exited, with what code and the
+    tail of their logs (a broker gone without a Python traceback otherwise leaves only "connection refused")."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    funcargs = getattr(item, "funcargs", {})
+    dev = funcargs.get("cluster")
+    if report.failed and isinstance(dev, DevCluster):
+        from .harness import dead_processes
+
+        dead = dead_processes(dev)
+        if dead:
+            report.sections.append(("dead cluster processes", dead))

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
@@ -118,3 +119,21 @@ def balanced(owner: dict[int, int], partitions: int, brokers: set[int]) -> bool:
     """Every partition led by one of exactly ``brokers``, each holding its share (max - min <= 1)."""
     counts = spread(owner)
     return len(owner) == partitions and set(counts) == brokers and max(counts.values()) - min(counts.values()) <= 1
+
+
+def dead_processes(dev: DevCluster, chars: int = 2000) -> str:
+    """Every broker, bookie and etcd of ``dev`` that has exited: its exit code and the tail of its log ("" if
+    all run). A negative code is the signal that ended it (-9: SIGKILL, -11: SIGSEGV, -6: SIGABRT)."""
+    parts = []
+    for p in [*dev.brokers, *dev.bookies, *dev.etcds]:
+        if p.popen is not None and not p.alive():
+            parts.append(f"{p.name} exited with {p.popen.returncode} ({p.log_path}):\n{p.log_tail(chars)}")
+    return "\n".join(parts)
+
+
+def assert_all_alive(dev: DevCluster) -> None:
+    """Fail at once, in one line first, if a process of a cluster that no test stops has exited."""
+    dead = dead_processes(dev)
+    if dead:
+        first = dead.splitlines()[0]
+        pytest.fail(f"cluster process died: {first}\n{dead}", pytrace=False)

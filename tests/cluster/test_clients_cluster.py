@@ -40,7 +40,7 @@ from tests.e2e.helpers import (
 )
 from tests.etcd_server import etcd_available
 
-from .harness import OFFSETS_TOPIC, leaders, running_cluster, spread, wait_balanced
+from .harness import OFFSETS_TOPIC, assert_all_alive, leaders, running_cluster, spread, wait_balanced
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
 
@@ -53,6 +53,14 @@ NODES = (1, 2, 3)
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     with running_cluster(tmp_path_factory.mktemp("clients-cluster")) as c:
         yield c
+
+
+@pytest.fixture(autouse=True)
+def _alive(cluster: DevCluster) -> Iterator[None]:
+    """No test here stops a process: one that died fails the next test at once, saying how it ended."""
+    assert_all_alive(cluster)
+    yield
+    assert_all_alive(cluster)
 
 
 def _topic(cluster: DevCluster, client: str, via: int) -> str:
