@@ -21,6 +21,7 @@ from brokers.log.types import LogError, NotLeader
 from brokers.routing import Routing
 from brokers.single_routing import SingleBroker
 from brokers.topics import TopicError, TopicLimits, TopicRegistry
+from brokers.transactions.coordinator import TransactionCoordinator
 from metadata.api import Lease, MetadataError, MetadataStore, VersionConflict
 from metadata.keys import Keys
 from metadata.models import BrokerRecord, PartitionState, TopicRecord, decode_int, encode_int
@@ -84,6 +85,8 @@ class Broker:
         """Who leads what, which brokers are live, who the controller is (a cluster broker replaces it)."""
         self.groups = GroupCoordinator.for_broker(self)
         self.groups.extensions.append(consumer_extension(self))  # KIP-848 consumer groups
+        self.transactions = TransactionCoordinator.for_broker(self)
+        """Transactional ids on ``__transaction_state`` (brokers/transactions/), following ownership like groups."""
         self.cluster_id = ""
         self._lease: Lease | None = None
         self._pid_next = 0
@@ -101,6 +104,7 @@ class Broker:
         await self.dynamic.start()
         await self.topics.load()
         await self.groups.start()
+        await self.transactions.start()
         self._spawn(self.logs.run_age_rollover())
         if self.tiering is not None:
             self._spawn(self._run_retention())
@@ -139,6 +143,7 @@ class Broker:
         """Close every owned log cleanly, then leave the cluster."""
         for task in list(self._background):
             task.cancel()
+        await self.transactions.stop()
         await self.groups.stop()
         await self.dynamic.stop()
         await self.logs.close()

@@ -63,7 +63,8 @@ class ClusterStartError(RuntimeError):
 
 
 class _Partitions:
-    """The follower's PartitionHost: the broker's logs plus the group shards of ``__consumer_offsets``."""
+    """The follower's PartitionHost: the broker's logs plus the group shards of ``__consumer_offsets`` and the
+    transaction coordinator's shards of ``__transaction_state``."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
@@ -72,10 +73,14 @@ class _Partitions:
         await self._broker.logs.adopt(taken.topic_id, taken.partition, taken.epoch, taken.state_version)
         if taken.topic_id == self._broker.groups.topic_id:
             self._broker.groups.on_taken(taken.partition)
+        if taken.topic_id == self._broker.transactions.topic_id:
+            self._broker.transactions.on_taken(taken.partition)
 
     async def release(self, topic_id: str, partition: int) -> None:
         if topic_id == self._broker.groups.topic_id:
             await self._broker.groups.on_released(partition)
+        if topic_id == self._broker.transactions.topic_id:
+            await self._broker.transactions.on_released(partition)
         await self._broker.logs.release(topic_id, partition)
 
     def depose_all(self, reason: str) -> None:
@@ -190,6 +195,7 @@ async def _serve(
     controller.assignments.add_listener(follower.kick)
     broker.routing = routing
     broker.groups.routing = routing
+    broker.transactions.routing = routing
     server = KafkaServer(broker)
     admin = admin_server(broker, server, lambda: session.alive)
     membership = BrokerMembership(store, keys, session, host=config.advertised[0], port=config.advertised[1],

@@ -267,6 +267,20 @@ class BrokerConfig:
     consumer_migration_policy: str = field(
         default="bidirectional", metadata={"key": "group.consumer.migration.policy", "parse": _migration_policy}
     )  # KIP-848 online conversion of non-empty groups between the classic and the consumer protocol
+    # The transaction coordinator (brokers/transactions/): Kafka's names and defaults.
+    transaction_state_log_num_partitions: int = field(
+        default=50, metadata={"key": "transaction.state.log.num.partitions", "parse": _positive}
+    )
+    transaction_max_timeout_ms: int = field(
+        default=900_000, metadata={"key": "transaction.max.timeout.ms", "parse": _positive}
+    )
+    transactional_id_expiration_ms: int = field(
+        default=604_800_000, metadata={"key": "transactional.id.expiration.ms", "parse": _positive}
+    )
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: int = field(
+        default=10_000,
+        metadata={"key": "transaction.abort.timed.out.transaction.cleanup.interval.ms", "parse": _positive},
+    )
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
 
     @property

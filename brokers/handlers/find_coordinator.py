@@ -2,7 +2,7 @@
 ``broker.routing`` knows it: any broker answers for every group, with the leader's advertised endpoint.
 
 librdkafka also reads this API's presence as "the broker supports LZ4", so it is advertised from v0.
-Transaction coordinators do not exist yet: those lookups get COORDINATOR_NOT_AVAILABLE.
+Key type 1 (a transactional id): the owner of the id's ``__transaction_state`` partition, the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups.coordinator import OFFSETS_TOPIC
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.transactions.coordinator import TXN_TOPIC
 
 API_KEY = 10
 MIN_VERSION = 0
@@ -35,7 +36,16 @@ def _answer(ctx: RequestContext, key_type: int, key: str) -> tuple[ErrorCode, st
                     -1, "", -1)
         return ErrorCode.none, None, endpoint.node_id, endpoint.host, endpoint.port
     if key_type == TRANSACTION:
-        return ErrorCode.coordinator_not_available, "transactions are not supported yet", -1, "", -1
+        txns = ctx.broker.transactions
+        if not key:
+            return ErrorCode.invalid_request, "a transactional id must not be empty", -1, "", -1
+        if txns.partitions == 0:
+            return ErrorCode.coordinator_not_available, "the transaction coordinator is not available yet", -1, "", -1
+        endpoint = txns.coordinator_for(key)
+        if endpoint is None:
+            return (ErrorCode.coordinator_not_available,
+                    f"{TXN_TOPIC} partition {txns.partition_for(key)} has no live leader", -1, "", -1)
+        return ErrorCode.none, None, endpoint.node_id, endpoint.host, endpoint.port
     return ErrorCode.invalid_request, f"unknown coordinator key type {key_type}", -1, "", -1
 
 

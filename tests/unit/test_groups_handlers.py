@@ -80,8 +80,10 @@ async def test_find_coordinator_batched_keys_and_transactions(broker: Broker) ->
     assert [(c.key, c.error_code, c.node_id, c.host, c.port) for c in res.coordinators] == [
         ("a", ErrorCode.none, NODE, HOST, PORT), ("b", ErrorCode.none, NODE, HOST, PORT)
     ]
-    res = await _call(broker, find_coordinator, 6, "FindCoordinatorRequest", key_type=1, coordinator_keys=("tx",))
-    assert res.coordinators[0].error_code is ErrorCode.coordinator_not_available
+    res = await _call(broker, find_coordinator, 6, "FindCoordinatorRequest", key_type=1, coordinator_keys=("tx", ""))
+    assert [(c.key, c.error_code, c.node_id, c.port) for c in res.coordinators] == [
+        ("tx", ErrorCode.none, NODE, PORT), ("", ErrorCode.invalid_request, -1, -1)
+    ]  # the transaction coordinator (brokers/transactions/); an empty transactional id is refused
     res = await _call(broker, find_coordinator, 0, "FindCoordinatorRequest", key="g")
     assert (res.error_code, res.node_id, res.port) == (ErrorCode.none, NODE, PORT)
 

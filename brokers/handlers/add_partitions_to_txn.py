@@ -1,0 +1,63 @@
+"""AddPartitionsToTxn (24): partitions join a producer's transaction at its coordinator (v0-v3, as clients send
+it), and v4+'s batched form brokers send: several transactions at once, each either added or, with
+``verify_only``, only checked (KIP-890 part 1: the partition leader asks whether a transactional write's
+partition is in the open transaction before appending it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.transactions.coordinator import TP, TransactionCoordinator
+
+API_KEY = 24
+MIN_VERSION = 0
+MAX_VERSION = 5
+BATCHED_SINCE = 4
+FENCED_SINCE = 2
+"""PRODUCER_FENCED is answered from v2 (KIP-588); older clients get INVALID_PRODUCER_EPOCH."""
+
+
+def _partitions(topics: Any) -> list[TP]:
+    return [(t.name, int(p)) for t in topics for p in t.partitions]
+
+
+def _topic_results(mod: Any, errors: dict[TP, ErrorCode]) -> tuple[Any, ...]:
+    by_topic: dict[str, list[Any]] = {}
+    for (topic, partition), code in errors.items():
+        by_topic.setdefault(topic, []).append(
+            make(mod.AddPartitionsToTxnPartitionResult, partition_index=partition, partition_error_code=code)
+        )
+    return tuple(make(mod.AddPartitionsToTxnTopicResult, name=t, results_by_partition=tuple(ps))
+                 for t, ps in by_topic.items())
+
+
+async def _one(coordinator: TransactionCoordinator, txn: Any, tps: list[TP], verify_only: bool
+               ) -> dict[TP, ErrorCode]:
+    pid, epoch = int(txn.producer_id), int(txn.producer_epoch)
+    if verify_only:
+        return {tp: coordinator.verify_local(txn.transactional_id, pid, epoch, tp) for tp in tps}
+    return await coordinator.add_partitions(txn.transactional_id, pid, epoch, tps)
+
+
+async def handle(ctx: RequestContext, request: Any) -> Any:
+    mod = response_module(API_KEY, ctx.api_version)
+    coordinator = ctx.broker.transactions
+    if ctx.api_version < BATCHED_SINCE:
+        tps = _partitions(request.v3_and_below_topics)
+        pid, epoch = int(request.v3_and_below_producer_id), int(request.v3_and_below_producer_epoch)
+        errors = await coordinator.add_partitions(request.v3_and_below_transactional_id, pid, epoch, tps)
+        if ctx.api_version < FENCED_SINCE:
+            errors = {tp: ErrorCode.invalid_producer_epoch if c == ErrorCode.producer_fenced else c
+                      for tp, c in errors.items()}
+        return make(mod.AddPartitionsToTxnResponse, throttle_time=NO_THROTTLE,
+                    results_by_topic_v3_and_below=_topic_results(mod, errors))
+    results = []
+    for txn in request.transactions:
+        errors = await _one(coordinator, txn, _partitions(txn.topics), bool(txn.verify_only))
+        results.append(make(mod.AddPartitionsToTxnResult, transactional_id=txn.transactional_id,
+                            topic_results=_topic_results(mod, errors)))
+    return make(mod.AddPartitionsToTxnResponse, throttle_time=NO_THROTTLE, error_code=ErrorCode.none,
+                results_by_transaction=tuple(results))
