@@ -107,6 +107,13 @@ class PartitionState:
     """Leader epoch history, oldest first: (epoch, the first offset written in it) — Kafka's leader-epoch
     checkpoint, what OffsetForLeaderEpoch answers from. Stored states written before it existed have none;
     the next load starts it."""
+    txn_ongoing: tuple[tuple[int, int], ...] = ()
+    """Transactions open at the same point as ``producers``: (producer_id, first offset of the transaction on
+    this partition) — what holds the last stable offset back, carried across rollover, restart and takeover."""
+    txn_aborted: tuple[tuple[int, int, int], ...] = ()
+    """Aborted transactions whose ABORT marker is in a ledger not yet offloaded, in marker order: (producer_id,
+    first offset, marker offset). Those of offloaded ledgers live in their segments (storage/segment/format.py),
+    so this stays as small as the ledger tail. States written before transactions existed have neither."""
 
     def encode(self) -> bytes:
         value: dict[str, Any] = {
@@ -117,6 +124,10 @@ class PartitionState:
         }
         if self.epochs:
             value["epochs"] = [list(e) for e in self.epochs]
+        if self.txn_ongoing:
+            value["txns"] = [list(t) for t in self.txn_ongoing]
+        if self.txn_aborted:
+            value["aborted"] = [list(t) for t in self.txn_aborted]
         return _pack(value)
 
     @classmethod
@@ -128,6 +139,8 @@ class PartitionState:
             tuple(LedgerRef.from_list(v) for v in d.get("ledgers", [])),
             tuple(ProducerSnapshotEntry.from_list(v) for v in d.get("producers", [])),
             tuple((int(e[0]), int(e[1])) for e in d.get("epochs", [])),
+            tuple((int(t[0]), int(t[1])) for t in d.get("txns", [])),
+            tuple((int(t[0]), int(t[1]), int(t[2])) for t in d.get("aborted", [])),
         )
 
     def with_epoch_start(self, epoch: int, start: int) -> PartitionState:
@@ -170,6 +183,19 @@ class PartitionState:
     def with_ledgers(self, ledgers: tuple[LedgerRef, ...]) -> PartitionState:
         return replace(self, ledgers=ledgers)
 
+    @property
+    def txn_floor(self) -> int:
+        """The first offset whose aborted transactions this state indexes: below the first ledger not offloaded
+        (their segments index them) and below the log start (gone) they are not kept."""
+        live = next((r.first_offset for r in self.ledgers if not r.offloaded), self.end_offset)
+        return max(live, self.log_start_offset)
+
+    def with_txns_trimmed(self) -> PartitionState:
+        """The state without the aborted transactions whose marker is below ``txn_floor``."""
+        floor = self.txn_floor
+        kept = tuple(t for t in self.txn_aborted if t[2] >= floor)
+        return self if len(kept) == len(self.txn_aborted) else replace(self, txn_aborted=kept)
+
 
 @dataclass(frozen=True, slots=True)
 class SegmentRecord:
@@ -188,21 +214,28 @@ class SegmentRecord:
     max_timestamp: int
     checksum: int
     created_ms: int = 0
+    aborted: int = 0
+    """How many aborted transactions the segment's index lists (their ABORT markers are in the segment)."""
+    aborted_first: int = -1
+    """The lowest first offset among them (-1: none): a read_committed fetch of offsets below it needs none
+    of them, so it reads no segment tail for them."""
 
     def encode(self) -> bytes:
-        return _pack(
-            {
-                "base": self.base_offset,
-                "last": self.last_offset,
-                "ledger": self.ledger_id,
-                "key": self.object_key,
-                "size": self.size,
-                "data": self.data_length,
-                "max_ts": self.max_timestamp,
-                "xxh64": self.checksum,
-                "created": self.created_ms,
-            }
-        )
+        value: dict[str, Any] = {
+            "base": self.base_offset,
+            "last": self.last_offset,
+            "ledger": self.ledger_id,
+            "key": self.object_key,
+            "size": self.size,
+            "data": self.data_length,
+            "max_ts": self.max_timestamp,
+            "xxh64": self.checksum,
+            "created": self.created_ms,
+        }
+        if self.aborted:
+            value["aborted"] = self.aborted
+            value["aborted_first"] = self.aborted_first
+        return _pack(value)
 
     @classmethod
     def decode(cls, data: bytes) -> SegmentRecord:
@@ -217,6 +250,8 @@ class SegmentRecord:
             int(d["max_ts"]),
             int(d["xxh64"]),
             int(d.get("created", 0)),
+            int(d.get("aborted", 0)),
+            int(d.get("aborted_first", -1)),
         )
 
 

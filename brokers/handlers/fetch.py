@@ -8,6 +8,10 @@ The bytes read come out of the broker-wide fetch response budget (brokers/respon
 no more than it was granted (its first batch when the budget is spent) and holds what it read until the
 server has written the response.
 
+``isolation_level=read_committed`` (KIP-98): only batches below the partition's last stable offset, with the
+aborted transactions overlapping what is returned (from the ledger tail's index and the segments' indexes), so
+the consumer drops their records; every answer reports the last stable offset.
+
 Sessions (KIP-227) are not kept: every answer carries session id 0, which tells clients to send
 full fetch requests. v13+ name topics by id.
 """
@@ -21,6 +25,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers import response_memory
+from brokers.codec.batch import iter_headers
 from brokers.codec.chain import Chunks
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.handlers.leadership import HINTED, Hints, current_leader, epoch_error
@@ -32,8 +37,11 @@ MIN_VERSION = 4
 MAX_VERSION = 16
 
 
+READ_COMMITTED = 1
+
+
 class _Part:
-    __slots__ = ("error", "hw", "index", "log", "max_bytes", "offset", "records", "start", "topic_id")
+    __slots__ = ("aborted", "error", "hw", "index", "log", "lso", "max_bytes", "offset", "records", "start", "topic_id")
 
     def __init__(self, index: int, offset: int, max_bytes: int) -> None:
         self.index = index
@@ -44,6 +52,8 @@ class _Part:
         self.records: list[memoryview] = []
         self.hw = -1
         self.start = -1
+        self.lso = -1
+        self.aborted: list[tuple[int, int]] = []
         self.topic_id = ""
 
 
@@ -76,11 +86,12 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     deadline = loop.time() + request.max_wait.total_seconds()
     memory = response_memory.current.get()
     lease = memory.reserve(0) if memory is not None else None
+    committed = getattr(request, "isolation_level", 0) == READ_COMMITTED
     while True:
         waiter: asyncio.Future[None] = loop.create_future()
         # Reserve before reading (the first batch is read even when the budget is spent); hold what was read.
         limit = max_total if lease is None else lease.grow_to(max_total)
-        total = await _read_all(plan, limit, waiter)
+        total = await _read_all(plan, limit, waiter, committed)
         if lease is not None:
             lease.settle(total)
         remaining = deadline - loop.time()
@@ -95,7 +106,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         finally:
             _discard(plan, waiter)
     _count_out(ctx, plan)
-    return _response(ctx, plan)
+    return _response(ctx, plan, committed)
 
 
 def _count_out(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> None:
@@ -119,7 +130,9 @@ def _discard(plan: list[tuple[Any, list[_Part]]], waiter: asyncio.Future[None]) 
                 p.log.discard_waiter(waiter)
 
 
-async def _read_all(plan: list[tuple[Any, list[_Part]]], max_total: int, waiter: asyncio.Future[None]) -> int:
+async def _read_all(
+    plan: list[tuple[Any, list[_Part]]], max_total: int, waiter: asyncio.Future[None], committed: bool = False
+) -> int:
     """Read every partition in request order within the limits (Kafka's ReplicaManager.readFromLog): each
     partition at most ``partition_max_bytes`` and all together at most ``max_total``, in whole batches,
     except that the first partition returning anything gets its first batch whole whatever its size; a
@@ -132,14 +145,20 @@ async def _read_all(plan: list[tuple[Any, list[_Part]]], max_total: int, waiter:
             if plog is None:
                 continue
             budget = max(0, min(part.max_bytes, max_total - total))
+            part.lso = plog.last_stable_offset
             if budget <= 0 and not first:
                 part.records = []
                 part.hw, part.start = plog.high_watermark, plog.log_start_offset
                 continue
             try:
-                result = await plog.read(part.offset, budget, min_one=first)
+                result = await plog.read(part.offset, budget, min_one=first, committed=committed)
+                part.aborted = []
+                if committed and result.batches:
+                    end = iter_headers(result.batches[-1])[-1].last_offset + 1
+                    part.aborted = await plog.aborted_transactions(part.offset, end)
             except LogError as e:
                 part.error = e.code
+                part.records = []
                 part.hw, part.start = plog.high_watermark, plog.log_start_offset
                 continue
             part.records = result.batches
@@ -153,7 +172,7 @@ async def _read_all(plan: list[tuple[Any, list[_Part]]], max_total: int, waiter:
     return total
 
 
-def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> Any:
+def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]], committed: bool = False) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     by_id = ctx.api_version >= 13
     hints = Hints()
@@ -173,9 +192,11 @@ def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]]) -> Any:
                     partition_index=p.index,
                     error_code=p.error,
                     high_watermark=p.hw,
-                    last_stable_offset=p.hw,
+                    last_stable_offset=p.lso if p.lso >= 0 else p.hw,
                     log_start_offset=p.start,
-                    aborted_transactions=None,
+                    aborted_transactions=tuple(
+                        make(mod.AbortedTransaction, producer_id=pid, first_offset=first) for pid, first in p.aborted
+                    ) if committed else None,
                     preferred_read_replica=-1,
                     records=records if records is not None else b"",
                     **extra,

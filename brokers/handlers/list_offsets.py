@@ -27,12 +27,14 @@ EARLIEST = -2
 MAX_TIMESTAMP = -3
 EARLIEST_LOCAL = -4
 LATEST_TIERED = -5
+READ_COMMITTED = 1
 
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
     broker = ctx.broker
     mod = response_module(API_KEY, ctx.api_version)
     topics = []
+    committed = getattr(request, "isolation_level", 0) == READ_COMMITTED
     for t in request.topics:
         topic = broker.topics.get(t.name)
         parts = []
@@ -45,7 +47,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                     plog = await broker.serving_log(topic.topic_id, p.partition_index)
                     code = epoch_error(getattr(p, "current_leader_epoch", -1), plog.epoch)
                     if code == ErrorCode.none:
-                        ts, offset = await lookup(plog, p.timestamp)
+                        ts, offset = await lookup(plog, p.timestamp, committed=committed)
                         epoch = plog.epoch
                 except LogError as e:
                     code = e.code
@@ -63,10 +65,14 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     return make(mod.ListOffsetsResponse, throttle_time=NO_THROTTLE, topics=tuple(topics))
 
 
-async def lookup(plog: PartitionLog, timestamp: int) -> tuple[int, int]:
-    """(timestamp, offset) for a ListOffsets query; (-1, -1) when no record qualifies."""
+async def lookup(plog: PartitionLog, timestamp: int, *, committed: bool = False) -> tuple[int, int]:
+    """(timestamp, offset) for a ListOffsets query; (-1, -1) when no record qualifies. ``committed``
+    (read_committed): LATEST is the last stable offset, and a timestamp lookup finds no record at or above it."""
     if timestamp == LATEST:
-        return -1, plog.high_watermark
+        return -1, plog.last_stable_offset if committed else plog.high_watermark
+    if committed and timestamp >= 0:
+        hit = await lookup(plog, timestamp)
+        return hit if hit[1] < plog.last_stable_offset else (-1, -1)
     if timestamp == EARLIEST:
         return -1, plog.log_start_offset
     if timestamp == EARLIEST_LOCAL:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import time
 from typing import Any
 
@@ -26,9 +27,12 @@ from brokers.codec.validate import (
 from brokers.config import BrokerConfig
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.handlers.leadership import Hints, current_leader
-from brokers.log.partition import AppendResult, LogError
+from brokers.log.partition import OPEN_TXN, AppendResult, LogError, PartitionLog
 from brokers.observability import traffic
 from brokers.topics import INTERNAL_TOPICS
+from brokers.txn_markers import verifier_of
+
+log = logging.getLogger(__name__)
 
 API_KEY = 0
 MIN_VERSION = 3
@@ -89,7 +93,10 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 out.topic_id = topic.topic_id
                 try:
                     plog = await broker.serving_log(topic.topic_id, pdata.index)
-                    out.pending = await plog.append(records, headers)
+                    guard = None
+                    if headers[0].is_transactional:
+                        guard = await _verified(ctx, plog, request.transactional_id, headers[0], name, pdata.index)
+                    out.pending = await plog.append(records, headers, guard=guard)
                     traffic.produced(name, len(records), sum(h.records_count for h in headers))
                 except LogError as e:
                     out.fail(e.code, str(e))
@@ -204,13 +211,10 @@ def _check(
     except BatchError as e:
         out.fail(ErrorCode.corrupt_message, str(e))
         return None
-    if head.is_transactional:
-        # No transaction coordinator here: Kafka refuses transactional records sent without a
-        # transactional id this way, and with one no transaction can be open on this broker.
-        if transactional_id is None:
-            out.fail(ErrorCode.transactional_id_authorization_failed, "transactional records need a transactional id")
-        else:
-            out.fail(ErrorCode.invalid_txn_state, "this broker has no transactions: none is open")
+    if head.is_transactional and transactional_id is None:
+        # As Kafka's KafkaApis: transactional records are authorized by their transactional id; without one
+        # they cannot be.
+        out.fail(ErrorCode.transactional_id_authorization_failed, "transactional records need a transactional id")
         return None
     if rules.log_append_time:
         buf = bytearray(records)
@@ -222,6 +226,37 @@ def _check(
         head = restamp(buf, head, head.attributes, checked.max_timestamp)
         return bytes(buf), [head]
     return records, headers
+
+
+RETRIABLE_VERIFY = frozenset({
+    ErrorCode.coordinator_not_available, ErrorCode.not_coordinator, ErrorCode.coordinator_load_in_progress,
+    ErrorCode.concurrent_transactions, ErrorCode.request_timed_out, ErrorCode.network_exception,
+})  # fmt: skip
+"""Coordinator answers a producer would not retry on a Produce: mapped to NOT_ENOUGH_REPLICAS, as Kafka does."""
+
+
+async def _verified(
+    ctx: RequestContext, plog: PartitionLog, transactional_id: str | None, head: BatchHeader, topic: str, index: int
+) -> object | None:
+    """KIP-890 part 1: the guard to append a transactional batch with. A producer whose transaction is already
+    open on the partition needs no verification; otherwise the coordinator must confirm the partition was added
+    to its open transaction (else the batch is refused: it could start a transaction no marker ever ends)."""
+    verifier = verifier_of(ctx.broker)
+    if verifier is None or transactional_id is None:
+        return None  # no transaction coordinator on this broker: appended unverified
+    guard = plog.verification_guard(head.producer_id)
+    if guard is OPEN_TXN:
+        return guard
+    try:
+        code = await verifier.verify_partition(transactional_id, head.producer_id, head.producer_epoch, topic, index)
+    except Exception as e:
+        log.warning("verifying %s/%d for transactional id %r failed: %r", topic, index, transactional_id, e)
+        code = ErrorCode.coordinator_not_available
+    if code == ErrorCode.none:
+        return guard
+    if code in RETRIABLE_VERIFY:
+        raise LogError(ErrorCode.not_enough_replicas, f"cannot verify the transaction now ({code.name}); retry")
+    raise LogError(code, f"{topic}/{index} is not part of producer {head.producer_id}'s open transaction")
 
 
 def _append_time(ms: int) -> datetime.datetime | None:

@@ -20,12 +20,14 @@ from kio.schema.errors import ErrorCode
 
 from brokers.codec.batch import BatchHeader, assign_offsets, iter_headers
 from brokers.codec.batch_limits import take_batches
+from brokers.codec.control import build_marker
 from brokers.log.cache import TailCache
 from brokers.log.index import LedgerIndex
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup, scan_ledger
 from brokers.log.producers import ActiveProducer, ProducerStateError, ProducerTable
 from brokers.log.tiered import TieredLog, Tiering
+from brokers.log.txn_state import TxnState
 from brokers.log.types import AppendResult, LogConfig, LogError, NotLeader, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
 from metadata.api import MetadataError, MetadataStore, VersionConflict
@@ -38,6 +40,11 @@ from storage.segment.catalog import PartitionSegments
 __all__ = ["AppendResult", "LogConfig", "LogError", "NotLeader", "PartitionLog", "ReadResult", "Tiering"]
 
 log = logging.getLogger(__name__)
+
+OPEN_TXN = object()
+"""``verification_guard``'s answer when the producer's transaction is already open on the partition."""
+MAX_GUARDS = 10_000
+"""Verifications outstanding per partition (a guard not used by an append is dropped, oldest first)."""
 
 SETTLE_S = 10.0
 """After a load that found data (a takeover, a restart) or an append refused before it was recorded, how long
@@ -90,6 +97,9 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._producers = ProducerTable()  # every appended batch (sequence checks)
         self._settle_until = 0.0  # time.monotonic() until which a sequence gap is retriable (ProducerTable.check)
         self._durable = ProducerTable()  # confirmed batches only (what snapshots record)
+        self._txns = TxnState(index=False)  # transactions as of every appended batch (is one open here?)
+        self._durable_txns = TxnState()  # as of confirmed batches: LSO, aborted index, snapshots
+        self._guards: dict[int, object] = {}  # KIP-890: producer id -> the verification its next append needs
         self._waiters: set[asyncio.Future[None]] = set()
         self._deposed = False
         self.ledger_switches = 0
@@ -156,17 +166,22 @@ class PartitionLog(LedgerWriting, TieredLog):
                 f"taken at epoch {taken[0]} version {taken[1]})",
             )
         producers = ProducerTable(state.producers)
+        txns = TxnState(state.txn_ongoing, state.txn_aborted)
         ledgers: list[LedgerRef] = []
         for ref in state.ledgers:
             if ref.closed:
                 ledgers.append(ref)
                 continue
             try:
-                ledgers.append(await self._recover_ledger(ref, producers))
+                ledgers.append(await self._recover_ledger(ref, producers, txns))
             except LedgerError as e:
                 raise LogError(unavailable_code(e), f"cannot recover ledger {ref.ledger_id}: {e}") from e
         epoch = state.epoch if taken is not None else state.epoch + 1
-        state = replace(state, epoch=epoch, ledgers=tuple(ledgers), producers=producers.snapshot())
+        ongoing, aborted = txns.snapshot()
+        state = replace(
+            state, epoch=epoch, ledgers=tuple(ledgers), producers=producers.snapshot(), txn_ongoing=ongoing,
+            txn_aborted=aborted,
+        ).with_txns_trimmed()
         state = state.with_epoch_start(epoch, max(state.end_offset, state.log_start_offset))  # OffsetForLeaderEpoch
         try:
             if taken is not None and state == original:
@@ -178,6 +193,10 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._state = state
         self._producers = producers
         self._durable = ProducerTable(producers.snapshot())
+        txns.trim(state.txn_floor)
+        self._durable_txns = txns
+        self._txns = txns.copy(index=False)
+        self._guards.clear()
         if original.ledgers:  # taken over (or reopened) with data: clients may be mid-retry of refused batches
             self._settle_until = time.monotonic() + SETTLE_S
         self._next_offset = self._hw = max(state.end_offset, state.log_start_offset)
@@ -188,8 +207,9 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._cache.clear()
         self._wake()
 
-    async def _recover_ledger(self, ref: LedgerRef, producers: ProducerTable) -> LedgerRef:
-        """Fence and close a ledger left open by a dead writer; index it and replay producer state."""
+    async def _recover_ledger(self, ref: LedgerRef, producers: ProducerTable, txns: TxnState) -> LedgerRef:
+        """Fence and close a ledger left open by a dead writer; index it and replay producer and transaction
+        state (open transactions, aborted ones) from it."""
         reader = await self._ledgers.open_ledger(ref.ledger_id, recover=True)
         last_entry = reader.info.last_entry_id
         index = LedgerIndex()
@@ -198,8 +218,12 @@ class PartitionLog(LedgerWriting, TieredLog):
             head = log_entry.decode_header(entry)
             index.add(head.first_offset, head.last_offset, head.max_timestamp)
             last_offset, max_ts = head.last_offset, max(max_ts, head.max_timestamp)
-            for batch in iter_headers(log_entry.batches_of(entry)):
+            batches = log_entry.batches_of(entry)
+            heads = iter_headers(batches)
+            for batch in heads:
                 producers.record(batch, batch.base_offset, batch.last_offset)
+            if heads:
+                txns.apply(batches, heads, heads[0].base_offset)
         await reader.close()
         self._lookup.indexes[ref.ledger_id] = index
         log.info(
@@ -209,11 +233,18 @@ class PartitionLog(LedgerWriting, TieredLog):
         return replace(ref, last_offset=last_offset, max_timestamp=max_ts, closed=True)
 
     # --- append --------------------------------------------------------------------------------
-    async def append(self, records: bytes, headers: list[BatchHeader]) -> asyncio.Future[AppendResult]:
+    async def append(
+        self, records: bytes, headers: list[BatchHeader], *, guard: object | None = None
+    ) -> asyncio.Future[AppendResult]:
         """Assign offsets to validated batches and hand them to the ledger writer.
 
         Returns once the entry is queued (so callers can keep arrival order); the returned future
         resolves when the entry is durable on an ack quorum of bookies, or fails with LogError.
+
+        ``guard``: a client's write (Produce), from ``verification_guard``. A transactional batch of a producer
+        with no transaction open here is then taken only if that guard is still the producer's current one
+        (KIP-890 part 1: verified with the coordinator, and no marker written since). Writes the broker makes
+        itself (markers, TxnOffsetCommit) pass None.
         """
         if self._deposed:
             raise LogError(ErrorCode.not_leader_or_follower, "this broker no longer owns the partition")
@@ -243,6 +274,8 @@ class PartitionLog(LedgerWriting, TieredLog):
             if duplicate is not None:
                 self._answer_duplicate(duplicate, result)
                 return result
+            if guard is not None:
+                self._check_guard(headers, guard)
             base = self._next_offset
             entry = log_entry.allocate(records)
             end = assign_offsets(entry, headers, base, self._state.epoch, log_entry.HEADER_SIZE)
@@ -263,9 +296,72 @@ class PartitionLog(LedgerWriting, TieredLog):
             for head in headers:
                 self._producers.record(head, offset, offset + head.last_offset_delta)
                 offset += head.record_span
+                if head.is_transactional and self._guards:
+                    self._guards.pop(head.producer_id, None)  # open now (or ended by a marker): guard used up
+            self._txns.apply(records, headers, base)
             if self._failed is None:  # else a failure was noticed meanwhile: the repair writes it
                 self._write(writer, pending)
         return result
+
+    def _check_guard(self, headers: list[BatchHeader], guard: object) -> None:
+        """KIP-890 part 1: refuse a client's transactional batch that would open a transaction here unless the
+        coordinator verified this partition is in the producer's transaction and no marker ended it since."""
+        for head in headers:
+            if not head.is_transactional or head.is_control or head.producer_id in self._txns.ongoing:
+                continue
+            if guard is OPEN_TXN or self._guards.get(head.producer_id) is not guard:
+                raise LogError(
+                    ErrorCode.invalid_txn_state,
+                    f"producer {head.producer_id}: the partition is not part of an ongoing transaction (ended "
+                    "since it was verified, or never added)",
+                )
+
+    # --- transactions --------------------------------------------------------------------------
+    def verification_guard(self, producer_id: int) -> object:
+        """KIP-890 part 1, before a client's transactional write: ``OPEN_TXN`` when ``producer_id`` has a
+        transaction open on this partition (no verification needed); else a fresh guard to pass to ``append``
+        once the coordinator has confirmed the partition is in the transaction — a marker written meanwhile
+        voids it, so a write verified against a transaction that then ended cannot start a hanging one."""
+        if producer_id in self._txns.ongoing:
+            return OPEN_TXN
+        guard = object()
+        self._guards.pop(producer_id, None)
+        if len(self._guards) >= MAX_GUARDS:
+            self._guards.pop(next(iter(self._guards)))
+        self._guards[producer_id] = guard
+        return guard
+
+    @property
+    def last_stable_offset(self) -> int:
+        """The LSO: the first offset of the oldest transaction open here (as of durable data), or the high
+        watermark when none is; read_committed consumers read below it."""
+        first = self._durable_txns.first_unstable()
+        return self._hw if first is None else min(first, self._hw)
+
+    def ongoing_transactions(self) -> dict[int, int]:
+        """producer_id -> first offset of its transaction open on this partition (as of appended data)."""
+        return dict(self._txns.ongoing)
+
+    async def aborted_transactions(self, start: int, end: int) -> list[tuple[int, int]]:
+        """(producer_id, first_offset) of every aborted transaction overlapping [start, end), by first offset:
+        from the index of data in ledgers and from the segments' indexes for offloaded data."""
+        found = set(self._durable_txns.aborted_between(start, end))
+        found.update(await self._segment_aborted(start, end))
+        return sorted(found, key=lambda t: (t[1], t[0]))
+
+    async def write_marker(
+        self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int
+    ) -> asyncio.Future[AppendResult]:
+        """Append one COMMIT or ABORT control batch for ``producer_id``'s transaction; the future resolves when
+        it is durable. A producer epoch older than this partition knows for the producer: INVALID_PRODUCER_EPOCH.
+        Written whether or not a transaction is open here (the coordinator retries markers), as Kafka does."""
+        batch = build_marker(producer_id, producer_epoch, commit, coordinator_epoch, int(time.time() * 1000))
+        self._guards.pop(producer_id, None)
+        return await self.append(batch, iter_headers(batch))
+
+    def _txns_moved(self, floor: int) -> None:
+        """The state no longer indexes aborted transactions below ``floor`` (offloaded: segments have them)."""
+        self._durable_txns.trim(floor)
 
     def _refused_retriably(self) -> None:
         """An append was refused before its batches were recorded: the producer's next requests, already on
@@ -356,19 +452,24 @@ class PartitionLog(LedgerWriting, TieredLog):
     def discard_waiter(self, fut: asyncio.Future[None]) -> None:
         self._waiters.discard(fut)
 
-    async def read(self, offset: int, max_bytes: int, min_one: bool = True) -> ReadResult:
+    async def read(
+        self, offset: int, max_bytes: int, min_one: bool = True, *, committed: bool = False
+    ) -> ReadResult:
         """Whole batches from the one holding ``offset`` on, at most ``max_bytes`` of them; with ``min_one``
-        the first batch even if it alone is larger (Kafka's rule for the first partition a fetch returns)."""
+        the first batch even if it alone is larger (Kafka's rule for the first partition a fetch returns).
+        ``committed`` (read_committed): only batches below the last stable offset."""
         hw, start = self._hw, self._state.log_start_offset
         if offset < start or offset > hw:
             raise LogError(ErrorCode.offset_out_of_range, f"offset {offset} outside {start}..{hw}")
-        if offset == hw:
+        limit = self.last_stable_offset if committed else hw
+        if offset >= limit:
             return ReadResult([], hw, start)
         want = max(max_bytes, 1)  # the stores return at least one entry; take_batches trims to the limit
         chunks = self._cache.read(offset, want, hw)
         if chunks is None:
             chunks = await self._read_tiers(offset, want, hw)
-        return ReadResult(take_batches(chunks, offset, max_bytes, min_one), hw, start)
+        batches = take_batches(chunks, offset, max_bytes, min_one)
+        return ReadResult(_below(batches, limit) if limit < hw else batches, hw, start)
 
     async def entries_from(self, offset: int) -> tuple[int, list[bytes]] | None:
         """The entry holding ``offset`` and the rest of its ledger's entries (for timestamp scans)."""
@@ -381,3 +482,16 @@ class PartitionLog(LedgerWriting, TieredLog):
     async def max_timestamp_entry(self) -> memoryview | None:
         """The entry batches holding the record with the largest timestamp (the first such)."""
         return await self._max_timestamp_tiers(self._hw)
+
+
+def _below(batches: list[memoryview], limit: int) -> list[memoryview]:
+    """The batches starting below ``limit`` (the LSO: a transaction's first batch, so never inside one)."""
+    out: list[memoryview] = []
+    for chunk in batches:
+        for head in iter_headers(chunk):
+            if head.base_offset >= limit:
+                if head.position:
+                    out.append(chunk[: head.position])
+                return out
+        out.append(chunk)
+    return out

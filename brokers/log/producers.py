@@ -67,6 +67,14 @@ class ProducerTable:
         not yet acknowledged — including ones the previous owner wrote before it died, which the new epoch
         then writes a second time (a duplicate the nemesis found). A retriable refusal makes it retry in order.
         """
+        if head.producer_id >= 0 and head.is_control:
+            marker_of = self._producers.get(head.producer_id)
+            if marker_of is not None and head.producer_epoch < marker_of.epoch:
+                raise ProducerStateError(
+                    ErrorCode.invalid_producer_epoch,
+                    f"marker for producer {head.producer_id} epoch {head.producer_epoch}: it is at {marker_of.epoch}",
+                )
+            return None
         if head.producer_id < 0 or head.base_sequence < 0:
             return None
         state = self._producers.get(head.producer_id)

@@ -117,6 +117,8 @@ class TieredLog:
 
         async def advance_start(self, offset: int) -> list[int]: ...  # partition.py
 
+        def _txns_moved(self, floor: int) -> None: ...  # partition.py: forget aborted txns below ``floor``
+
     # --- wiring --------------------------------------------------------------------------------
     async def _attach_tiers(self) -> None:
         """After a load: list the partition's segments and hand the partition to the offloader."""
@@ -225,6 +227,7 @@ class TieredLog:
             new = change(old)
             if new is None:
                 return None
+            new = new.with_txns_trimmed()  # aborted transactions of a ledger just offloaded: its segment has them
             try:
                 self._version = await self._store.commit(
                     [*checks, Check(self._key, self._version)], [*puts, Put(self._key, new.encode())], deletes
@@ -236,6 +239,7 @@ class TieredLog:
                     raise PartitionMoved(f"{self.topic_id}/{self.partition} was taken over") from None
                 raise
             self._state = new
+            self._txns_moved(new.txn_floor)
             self._sync_held()
             kept = {r.ledger_id for r in new.ledgers}
             for ref in old.ledgers:
@@ -358,6 +362,28 @@ class TieredLog:
                     raise LogError(ErrorCode.kafka_storage_error, f"object store read failed: {error}") from None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, SEGMENT_RETRY_MAX_S)
+
+    async def _segment_aborted(self, start: int, end: int) -> list[tuple[int, int]]:
+        """(producer_id, first offset) of the aborted transactions overlapping [start, end) that segments index
+        (markers at or after ``start``, first offsets below ``end``); only the tails of segments whose record
+        says they index one that may qualify are read. Object store trouble: KAFKA_STORAGE_ERROR (retriable)."""
+        segments = self._segments
+        if segments is None:
+            return []
+        out: list[tuple[int, int]] = []
+        for record in segments.records:
+            if not record.aborted or record.last_offset < start or record.aborted_first >= end:
+                continue
+            try:
+                async with asyncio.timeout(SEGMENT_READ_BOUND_S):
+                    entries = await segments.reader(record).aborted_transactions()
+            except (ObjectStoreError, CorruptSegment, TimeoutError) as e:
+                self._read_failed(start, repr(e))
+                raise LogError(
+                    ErrorCode.kafka_storage_error, f"aborted-transaction index of a segment unreadable: {e!r}"
+                ) from None
+            out.extend((pid, first) for pid, first, last in entries if last >= start and first < end)
+        return out
 
     def _read_failed(self, offset: int, error: str) -> None:
         """Count a segment read that failed for the client; one warning when a run of failures starts."""

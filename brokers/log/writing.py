@@ -33,6 +33,7 @@ from brokers.log.index import LedgerIndex
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup
 from brokers.log.producers import ProducerTable
+from brokers.log.txn_state import TxnState
 from brokers.log.types import LogConfig, LogError
 from metadata.api import MetadataError, MetadataStore, VersionConflict
 from metadata.models import LedgerRef, PartitionState
@@ -81,6 +82,7 @@ class LedgerWriting:
     _cache: TailCache
     _lookup: LedgerLookup
     _durable: ProducerTable  # confirmed batches only (what snapshots record)
+    _durable_txns: TxnState  # transactions as of the confirmed batches (LSO, aborted index, snapshots)
     _waiters: set[asyncio.Future[None]]
     _deposed: bool
     ledger_switches: int
@@ -89,13 +91,21 @@ class LedgerWriting:
 
         def _ledger_closed(self, ledger_id: int, length: int) -> None: ...  # tiered.py: offload it
 
+    def _snapshot(self, state: PartitionState) -> PartitionState:
+        """``state`` with the durable producer and transaction state as of now: written whenever a ledger is
+        closed or opened, so a load replays only the ledgers after it (idempotence and transactions alike)."""
+        ongoing, aborted = self._durable_txns.snapshot()
+        return replace(state, producers=self._durable.snapshot(), txn_ongoing=ongoing, txn_aborted=aborted)
+
     async def _commit_state(self, state: PartitionState) -> None:
+        state = state.with_txns_trimmed()
         try:
             self._version = await self._store.put(self._key, state.encode(), expected_version=self._version)
         except VersionConflict:
             self._depose("partition state changed under us")
             raise LogError(ErrorCode.not_leader_or_follower, "partition state changed under us") from None
         self._state = state
+        self._durable_txns.trim(state.txn_floor)
 
     def _depose(self, reason: str) -> None:
         """This broker no longer owns the partition: fail every waiting append, take no more."""
@@ -153,6 +163,7 @@ class LedgerWriting:
         for head in pending.headers:
             self._durable.record(head, offset, offset + head.last_offset_delta)
             offset += head.record_span
+        self._durable_txns.apply(log_entry.batches_of(pending.entry), pending.headers, pending.first)
         self._cache.add(pending.first, pending.last, log_entry.batches_of(pending.entry))
         self._hw = pending.last + 1
         pending.answer(self._state.log_start_offset)
@@ -285,7 +296,7 @@ class LedgerWriting:
         index = await self._lookup.index_of(ref)
         ledgers = list(self._state.ledgers)
         ledgers[-1] = replace(ref, last_offset=durable_last, max_timestamp=index.max_timestamp, closed=True)
-        await self._commit_state(replace(self._state, ledgers=tuple(ledgers), producers=self._durable.snapshot()))
+        await self._commit_state(self._snapshot(replace(self._state, ledgers=tuple(ledgers))))
         self._ledger_closed(ledger_id, length)
         log.info(
             "%s/%d: closed ledger %d by recovery at entry %d (offset %d)",
@@ -357,7 +368,7 @@ class LedgerWriting:
         front = self._inflight.front()
         first = front.first if front is not None else self._next_offset
         ledgers = (*self._state.ledgers, LedgerRef(writer.ledger_id, first))
-        await self._commit_state(replace(self._state, ledgers=ledgers, producers=self._durable.snapshot()))
+        await self._commit_state(self._snapshot(replace(self._state, ledgers=ledgers)))
         self._lookup.indexes[writer.ledger_id] = LedgerIndex()
         self._writer = writer
         self._writer_opened = time.monotonic()
@@ -391,7 +402,7 @@ class LedgerWriting:
         # Recorded before the writer is dropped: if the store is unreachable, the next roll closes the same
         # (already closed, so at once) writer and records it again, rather than opening a ledger after one
         # the state still shows open.
-        await self._commit_state(replace(self._state, ledgers=tuple(ledgers), producers=self._durable.snapshot()))
+        await self._commit_state(self._snapshot(replace(self._state, ledgers=tuple(ledgers))))
         self._writer = None
         self._ledger_closed(writer.ledger_id, writer.length)
 

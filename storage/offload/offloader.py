@@ -269,7 +269,8 @@ class Offloader:
 
     async def _offload_once(self, topic_id: str, partition: int, ref: LedgerRef) -> SegmentRecord | None:
         access = self.access(topic_id, partition)
-        current = _find(await access.current(), ref.ledger_id)
+        state = await access.current()
+        current = _find(state, ref.ledger_id)
         intent_key = self._keys.offload_intent(topic_id, partition, ref.ledger_id)
         if current is None:
             await self._abandon(topic_id, partition, ref.ledger_id)
@@ -301,7 +302,7 @@ class Offloader:
 
         async with self._slots:
             arena = self._arenas.pop() if self._arenas else bytearray()
-            data, writer = await self._build(topic_id, partition, current, arena)
+            data, writer = await self._build(topic_id, partition, current, arena, _aborted_in(state, current))
             self._step("built")
             try:
                 footer = await self._upload(intent.object_key, data, current)
@@ -313,7 +314,8 @@ class Offloader:
 
         record = SegmentRecord(
             footer.base_offset, footer.last_offset, current.ledger_id, intent.object_key, footer.object_size,
-            footer.data_length, footer.max_timestamp, footer.checksum, self._clock_ms(),
+            footer.data_length, footer.max_timestamp, footer.checksum, self._clock_ms(), len(writer.aborted),
+            min((t[1] for t in writer.aborted), default=-1),
         )  # fmt: skip
         committed = await access.update(
             lambda s: _mark_offloaded(s, current.ledger_id),
@@ -357,9 +359,15 @@ class Offloader:
         await self._finish(topic_id, partition, ref)
 
     async def _build(
-        self, topic_id: str, partition: int, ref: LedgerRef, arena: bytearray
+        self,
+        topic_id: str,
+        partition: int,
+        ref: LedgerRef,
+        arena: bytearray,
+        aborted: tuple[tuple[int, int, int], ...] = (),
     ) -> tuple[memoryview, SegmentWriter]:
-        """The segment object of a closed ledger (its entries checked against its ref), built in ``arena``."""
+        """The segment object of a closed ledger (its entries checked against its ref), built in ``arena``, with
+        ``aborted`` as its aborted-transaction index."""
         reader = await self._ledgers.open_ledger(ref.ledger_id, recover=False)
         try:
             info = reader.info
@@ -370,8 +378,8 @@ class Offloader:
                                    f"{ref.first_offset}..{ref.last_offset}")  # fmt: skip
             producers = await self._base_snapshot(topic_id, partition, ref.first_offset)
             writer = SegmentWriter(
-                ref.first_offset, ref.ledger_id, producers=producers, index_interval=self._config.index_interval,
-                buffer=arena,
+                ref.first_offset, ref.ledger_id, producers=producers, aborted=aborted,
+                index_interval=self._config.index_interval, buffer=arena,
             )  # fmt: skip
             run = max(1, self._config.read_entries)
             for first in range(0, info.last_entry_id + 1, run):
@@ -484,6 +492,12 @@ def _resizable(arena: bytearray) -> bool:
 def _append_all(writer: SegmentWriter, entries: list[bytes]) -> None:
     for entry in entries:
         writer.append_entry(entry)
+
+
+def _aborted_in(state: PartitionState, ref: LedgerRef) -> tuple[tuple[int, int, int], ...]:
+    """The aborted transactions whose ABORT marker is in ``ref``'s offsets: the partition state indexes them
+    until the ledger is offloaded (it recorded them when the ledger closed), its segment from then on."""
+    return tuple(t for t in state.txn_aborted if ref.first_offset <= t[2] <= ref.last_offset)
 
 
 def _find(state: PartitionState, ledger_id: int) -> LedgerRef | None:

@@ -4,7 +4,10 @@ Layout (big-endian; documented in docs/data-formats.md, "Segment object")::
 
     [0, data_length)                 the batches of every entry of the ledger, in offset order
     [data_length, +24 * count)       index: (base_offset i64, position u64, max_ts_before i64) per sample
-    [snapshot_pos, +snapshot_len)    producer snapshot: msgpack list of ProducerSnapshotEntry.to_list()
+    [snapshot_pos, +snapshot_len)    producer snapshot: msgpack list of ProducerSnapshotEntry.to_list(); with
+                                     footer flag TXN_INDEX, a msgpack map {"producers": that list, "aborted":
+                                     [[producer_id, first_offset, marker_offset], ...]}: the aborted-transaction
+                                     index of the segment (transactions whose ABORT marker it holds)
     [size - 88, size)                footer (FOOTER below)
 
 An index sample is taken at the first batch and then at the first batch starting at least
@@ -37,6 +40,9 @@ FOOTER_SIZE = FOOTER.size
 INDEX_ENTRY = struct.Struct(">qQq")
 DEFAULT_INDEX_INTERVAL = 64 * 1024
 SUFFIX = ".seg"
+TXN_INDEX = 0x1
+"""Footer flag: the snapshot section is a map carrying the aborted-transaction index too. Segments written
+before transactions existed have no flag (and no aborted transactions)."""
 
 
 class CorruptSegment(ValueError):
@@ -69,6 +75,7 @@ class SegmentFooter:
     meta_checksum: int
     checksum: int
     version: int = FORMAT_VERSION
+    flags: int = 0
 
     @property
     def object_size(self) -> int:
@@ -76,7 +83,7 @@ class SegmentFooter:
 
     def pack_without_checksum(self) -> bytes:
         return FOOTER.pack(
-            MAGIC, self.version, 0, self.index_count, self.base_offset, self.last_offset, self.max_timestamp,
+            MAGIC, self.version, self.flags, self.index_count, self.base_offset, self.last_offset, self.max_timestamp,
             self.data_length, self.snapshot_position, self.snapshot_length, self.batch_count, self.ledger_id,
             self.meta_checksum, 0,
         )[: FOOTER_SIZE - 8]  # fmt: skip
@@ -87,13 +94,13 @@ class SegmentFooter:
         if len(buf) < FOOTER_SIZE:
             raise CorruptSegment(f"segment tail of {len(buf)} bytes is shorter than the footer")
         fields = FOOTER.unpack_from(buf, len(buf) - FOOTER_SIZE)
-        magic, version, _flags, count, base, last, max_ts, data_len, snap_pos, snap_len, batches, ledger = fields[:12]
+        magic, version, flags, count, base, last, max_ts, data_len, snap_pos, snap_len, batches, ledger = fields[:12]
         if magic != MAGIC:
             raise CorruptSegment(f"bad segment magic {magic!r}")
         if version != FORMAT_VERSION:
             raise CorruptSegment(f"segment format version {version} is not {FORMAT_VERSION}")
         footer = cls(base, last, max_ts, data_len, count, snap_pos, snap_len, batches, ledger, fields[12],
-                     fields[13], version)  # fmt: skip
+                     fields[13], version, flags)  # fmt: skip
         if snap_pos != data_len + count * INDEX_ENTRY.size or (count == 0) != (data_len == 0) or last < base - 1:
             raise CorruptSegment("segment footer sections do not line up")
         if object_size is not None and footer.object_size != object_size:
@@ -151,13 +158,34 @@ def _parse_index(buf: memoryview, data_length: int) -> SegmentIndex:
     return SegmentIndex(tuple(bases), tuple(positions), tuple(max_ts), data_length)
 
 
-def parse_snapshot(tail: bytes | memoryview, footer: SegmentFooter) -> tuple[ProducerSnapshotEntry, ...]:
-    """The producer snapshot inside ``tail`` (the object's bytes from ``footer.data_length``)."""
+def _snapshot_section(tail: bytes | memoryview, footer: SegmentFooter) -> tuple[list[Any], list[Any]]:
     start = footer.snapshot_position - footer.data_length
     raw: Any = msgpack.unpackb(bytes(memoryview(tail)[start : start + footer.snapshot_length]), raw=False)
-    if not isinstance(raw, list):
+    if footer.flags & TXN_INDEX:
+        if not isinstance(raw, dict):
+            raise CorruptSegment("segment snapshot section is not a map")
+        raw, aborted = raw.get("producers", []), raw.get("aborted", [])
+    else:
+        aborted = []
+    if not isinstance(raw, list) or not isinstance(aborted, list):
         raise CorruptSegment("segment producer snapshot is not a list")
-    return tuple(ProducerSnapshotEntry.from_list(v) for v in raw)
+    return raw, aborted
+
+
+def parse_snapshot(tail: bytes | memoryview, footer: SegmentFooter) -> tuple[ProducerSnapshotEntry, ...]:
+    """The producer snapshot inside ``tail`` (the object's bytes from ``footer.data_length``)."""
+    try:
+        return tuple(ProducerSnapshotEntry.from_list(v) for v in _snapshot_section(tail, footer)[0])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise CorruptSegment(f"segment producer snapshot: {exc}") from exc
+
+
+def parse_aborted(tail: bytes | memoryview, footer: SegmentFooter) -> tuple[tuple[int, int, int], ...]:
+    """The segment's aborted-transaction index: (producer_id, first offset, marker offset), in marker order."""
+    try:
+        return tuple((int(a), int(b), int(c)) for a, b, c in _snapshot_section(tail, footer)[1])
+    except (TypeError, ValueError) as exc:
+        raise CorruptSegment(f"segment aborted-transaction index: {exc}") from exc
 
 
 def verify_object(data: bytes | memoryview) -> SegmentFooter:
@@ -186,6 +214,7 @@ class SegmentWriter:
         ledger_id: int,
         *,
         producers: Iterable[ProducerSnapshotEntry] = (),
+        aborted: Iterable[tuple[int, int, int]] = (),
         index_interval: int = DEFAULT_INDEX_INTERVAL,
         size_hint: int = 0,
         buffer: bytearray | None = None,
@@ -204,6 +233,7 @@ class SegmentWriter:
         self._max_ts = -1
         self._batches = 0
         self._producers = ProducerStateBuilder(producers)
+        self._aborted = tuple(aborted)
         self._finished = False
 
     @property
@@ -227,6 +257,12 @@ class SegmentWriter:
     @property
     def batch_count(self) -> int:
         return self._batches
+
+    @property
+    def aborted(self) -> tuple[tuple[int, int, int], ...]:
+        """The aborted-transaction index written into the segment (given by the offloader, which has it from
+        the partition state: transactions whose ABORT marker falls in the ledger)."""
+        return self._aborted
 
     def append_entry(self, entry: bytes | memoryview) -> None:
         """Append one ledger entry's batches after checking its CRC-32C, header and batch framing."""
@@ -293,12 +329,15 @@ class SegmentWriter:
             raise RuntimeError("segment already finished")
         self._finished = True
         buf, pos = self._buf, self._pos
-        snapshot = msgpack.packb([e.to_list() for e in self._producers.snapshot()], use_bin_type=True)
+        producers = [e.to_list() for e in self._producers.snapshot()]
+        flags = TXN_INDEX if self._aborted else 0  # without aborted transactions: the layout older readers know
+        section: Any = {"producers": producers, "aborted": [list(t) for t in self._aborted]} if flags else producers
+        snapshot = msgpack.packb(section, use_bin_type=True)
         meta = bytes(self._index) + snapshot
         footer = SegmentFooter(
             self._base, self._last_offset, self._max_ts, pos, self._index_count,
             pos + len(self._index), len(snapshot), self._batches, self._ledger_id,
-            xxhash.xxh64_intdigest(meta), 0,
+            xxhash.xxh64_intdigest(meta), 0, FORMAT_VERSION, flags,
         )  # fmt: skip
         tail = meta + footer.pack_without_checksum()
         size = pos + len(tail) + 8

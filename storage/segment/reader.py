@@ -26,7 +26,14 @@ from metadata.models import ProducerSnapshotEntry, SegmentRecord
 from storage.objectstore.api import ObjectStore
 from storage.segment.batches import BadBatch, BatchFrame, frame_at
 from storage.segment.cache import Block, BlockCache
-from storage.segment.format import CorruptSegment, SegmentFooter, SegmentIndex, parse_snapshot, parse_tail
+from storage.segment.format import (
+    CorruptSegment,
+    SegmentFooter,
+    SegmentIndex,
+    parse_aborted,
+    parse_snapshot,
+    parse_tail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +111,12 @@ class SegmentReader:
         """The idempotent-producer state as of the end of this segment."""
         footer, _, tail = await self._load_tail()
         return parse_snapshot(tail, footer)
+
+    async def aborted_transactions(self) -> tuple[tuple[int, int, int], ...]:
+        """The segment's aborted-transaction index: (producer_id, first offset, ABORT marker offset) of every
+        aborted transaction whose marker it holds (read_committed fetches of offloaded data)."""
+        footer, _, tail = await self._load_tail()
+        return parse_aborted(tail, footer)
 
     async def _load_tail(self) -> tuple[SegmentFooter, SegmentIndex, bytes]:
         if self._closed:

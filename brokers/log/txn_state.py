@@ -1,0 +1,92 @@
+"""Transaction state of one partition: the open transactions (what holds the last stable offset back) and the
+aborted-transaction index of the data still in ledgers.
+
+Fed batches in offset order (``apply``), as the producer table is: a transactional data batch opens its
+producer's transaction at its first offset (if none is open); a COMMIT or ABORT control batch closes it, and an
+ABORT adds (producer_id, first offset, marker offset) to the index. The partition log keeps two: one fed on
+append (what KIP-890 verification and DescribeProducers ask: is a transaction open here) and one fed on
+confirmation (what the last stable offset, read_committed reads and snapshots come from: only durable data).
+
+The index is bounded by the data in ledgers: ``trim`` drops the entries whose marker is below the first offset
+still read from ledgers (their segments carry them, storage/segment/format.py) or below the log start.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+
+from brokers.codec.batch import BatchHeader
+from brokers.codec.control import ABORT, COMMIT, marker_type
+
+AbortedTxn = tuple[int, int, int]
+"""(producer_id, first offset of the transaction, offset of its ABORT marker)."""
+
+
+class TxnState:
+    """Open transactions by producer, and aborted ones in marker order (when ``index`` is kept)."""
+
+    __slots__ = ("_index", "_lasts", "_max_span", "aborted", "ongoing")
+
+    def __init__(
+        self, ongoing: Iterable[tuple[int, int]] = (), aborted: Iterable[AbortedTxn] = (), *, index: bool = True
+    ) -> None:
+        self.ongoing: dict[int, int] = dict(ongoing)
+        """producer_id -> first offset of its open transaction on this partition."""
+        self._index = index
+        self.aborted: list[AbortedTxn] = sorted(aborted, key=lambda t: t[2]) if index else []
+        self._lasts = [t[2] for t in self.aborted]  # marker offsets, ascending (bisect)
+        self._max_span = max((t[2] - t[1] for t in self.aborted), default=0)
+
+    def copy(self, *, index: bool | None = None) -> TxnState:
+        return TxnState(self.ongoing.items(), self.aborted, index=self._index if index is None else index)
+
+    def apply(self, buf: bytes | bytearray | memoryview, headers: Sequence[BatchHeader], first_offset: int) -> None:
+        """Account for ``headers`` (batches in ``buf``, their base offsets possibly not yet patched), the first
+        of them at ``first_offset``, the rest following it."""
+        offset = first_offset
+        for head in headers:
+            if head.producer_id >= 0 and head.is_transactional:
+                if head.is_control:
+                    self.end(head.producer_id, marker_type(buf, head), offset)
+                else:
+                    self.ongoing.setdefault(head.producer_id, offset)
+            offset += head.record_span
+
+    def end(self, producer_id: int, kind: int | None, marker_offset: int) -> None:
+        """A control batch of ``producer_id`` at ``marker_offset``: COMMIT or ABORT closes its transaction."""
+        if kind not in (ABORT, COMMIT):
+            return
+        first = self.ongoing.pop(producer_id, None)
+        if kind == ABORT and first is not None and self._index:
+            self.aborted.append((producer_id, first, marker_offset))
+            self._lasts.append(marker_offset)
+            self._max_span = max(self._max_span, marker_offset - first)
+
+    def first_unstable(self) -> int | None:
+        """The first offset of the oldest open transaction (None: none is open)."""
+        return min(self.ongoing.values()) if self.ongoing else None
+
+    def aborted_between(self, start: int, end: int) -> list[tuple[int, int]]:
+        """(producer_id, first offset) of every indexed aborted transaction overlapping [start, end): its marker
+        at or after ``start`` and its first offset before ``end``."""
+        out: list[tuple[int, int]] = []
+        for i in range(bisect.bisect_left(self._lasts, start), len(self.aborted)):
+            pid, first, last = self.aborted[i]
+            if last - self._max_span >= end:
+                break  # every later one starts at or after end
+            if first < end:
+                out.append((pid, first))
+        return out
+
+    def trim(self, below: int) -> None:
+        """Drop the indexed aborted transactions whose marker is below ``below``."""
+        cut = bisect.bisect_left(self._lasts, below)
+        if cut:
+            del self.aborted[:cut]
+            del self._lasts[:cut]
+            self._max_span = max((t[2] - t[1] for t in self.aborted), default=0)
+
+    def snapshot(self) -> tuple[tuple[tuple[int, int], ...], tuple[AbortedTxn, ...]]:
+        """(open transactions, indexed aborted transactions) for PartitionState."""
+        return tuple(sorted(self.ongoing.items())), tuple(self.aborted)
