@@ -66,6 +66,7 @@ API_MODULES = (
     "offset_for_leader_epoch",
     "produce",
     "sync_group",
+    "write_txn_markers",
 )
 MODULES: tuple[ModuleType, ...] = tuple(import_module(f"brokers.handlers.{name}") for name in API_MODULES)
 
