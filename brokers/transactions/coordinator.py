@@ -87,7 +87,8 @@ class TransactionCoordinator:
         self._loading: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.peers = Peers()
-        self.markers = MarkerSender(broker, self.peers, local_markers)
+        self.markers = MarkerSender(broker, self.peers) if local_markers is None else MarkerSender(
+            broker, self.peers, local_markers)
         self.routing: Routing | None = None
         """Cluster mode: shards follow ownership (on_taken/on_released); None: this broker owns them all."""
 

@@ -13,7 +13,6 @@ open transaction there any more.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from brokers.cli.client import ClientError, UnsupportedVersion
 from brokers.handlers.base import make
 from brokers.routing import Endpoint
 from brokers.transactions.peers import Peers
+from brokers.txn_markers import write_markers
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
@@ -46,25 +46,14 @@ class CoordinatorFenced(Exception):
     """A partition saw markers from a newer coordinator epoch: this broker no longer coordinates the id."""
 
 
-def _default_local_markers() -> LocalMarkers:
-    module = importlib.import_module("brokers.txn_markers")
-    writer: LocalMarkers = module.write_markers
-    return writer
-
-
 class MarkerSender:
     """Sends one transaction's markers until every one is durable."""
 
-    def __init__(self, broker: Broker, peers: Peers, local: LocalMarkers | None = None) -> None:
+    def __init__(self, broker: Broker, peers: Peers, local: LocalMarkers = write_markers) -> None:
         self._broker = broker
         self._peers = peers
-        self._local = local
-
-    @property
-    def local(self) -> LocalMarkers:
-        if self._local is None:
-            self._local = _default_local_markers()
-        return self._local
+        self.local = local
+        """The partition side for partitions led here (``brokers.txn_markers.write_markers``; tests replace it)."""
 
     async def send(
         self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int, partitions: Sequence[TP]

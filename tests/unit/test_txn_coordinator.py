@@ -55,7 +55,7 @@ async def env() -> AsyncIterator[tuple[Broker, Markers]]:
     )
     b = Broker(config, store, MemoryLedgerClient())
     markers = Markers()
-    b.transactions.markers._local = markers
+    b.transactions.markers.local = markers
     await b.start()
     await b.transactions.wait_loaded()
     await b.topics.create("t", 3, 1, {})
