@@ -114,6 +114,9 @@ class PartitionState:
     """Aborted transactions whose ABORT marker is in a ledger not yet offloaded, in marker order: (producer_id,
     first offset, marker offset). Those of offloaded ledgers live in their segments (storage/segment/format.py),
     so this stays as small as the ledger tail. States written before transactions existed have neither."""
+    txn_coordinators: tuple[tuple[int, int], ...] = ()
+    """(producer_id, coordinator epoch of the last transaction marker written for it): a marker from an older
+    coordinator epoch is refused (TRANSACTION_COORDINATOR_FENCED), also after a takeover."""
 
     def encode(self) -> bytes:
         value: dict[str, Any] = {
@@ -128,6 +131,8 @@ class PartitionState:
             value["txns"] = [list(t) for t in self.txn_ongoing]
         if self.txn_aborted:
             value["aborted"] = [list(t) for t in self.txn_aborted]
+        if self.txn_coordinators:
+            value["txn_coordinators"] = [list(t) for t in self.txn_coordinators]
         return _pack(value)
 
     @classmethod
@@ -141,6 +146,7 @@ class PartitionState:
             tuple((int(e[0]), int(e[1])) for e in d.get("epochs", [])),
             tuple((int(t[0]), int(t[1])) for t in d.get("txns", [])),
             tuple((int(t[0]), int(t[1]), int(t[2])) for t in d.get("aborted", [])),
+            tuple((int(t[0]), int(t[1])) for t in d.get("txn_coordinators", [])),
         )
 
     def with_epoch_start(self, epoch: int, start: int) -> PartitionState:

@@ -3,7 +3,7 @@
 Answered by the partition's leader from its producer state, as Kafka's ``Partition.activeProducerState``: the
 producers the log remembers (the last five batches' sequences each; ``brokers/log/producers.py``), with
 their epoch, last sequence and the last batch's max timestamp, and the first offset of the transaction each has
-open on the partition (-1: none). The coordinator epoch is not kept per producer: -1. A partition this broker does not
+open on the partition (-1: none), and the coordinator epoch of the last marker written for it (-1: none). A partition this broker does not
 lead answers NOT_LEADER_OR_FOLLOWER (``kafka-transactions describe-producers`` and the admin clients ask
 the leader); an unknown topic or partition UNKNOWN_TOPIC_OR_PARTITION. The embedded broker loads a
 partition on first use here as ListOffsets does, so a partition written before a restart reports the
@@ -49,7 +49,7 @@ async def _partition(ctx: RequestContext, mod: Any, topic_id: str | None, count:
             producer_epoch=p.epoch,
             last_sequence=p.last_sequence,
             last_timestamp=p.last_timestamp,
-            coordinator_epoch=NO_TRANSACTION,
+            coordinator_epoch=plog.coordinator_epoch(p.producer_id),
             current_txn_start_offset=ongoing.get(p.producer_id, NO_TRANSACTION),
         )
         for p in plog.active_producers()

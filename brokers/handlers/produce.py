@@ -256,6 +256,8 @@ async def _verified(
         return guard
     if code in RETRIABLE_VERIFY:
         raise LogError(ErrorCode.not_enough_replicas, f"cannot verify the transaction now ({code.name}); retry")
+    if code == ErrorCode.producer_fenced:  # Produce's own word for a fenced producer epoch
+        raise LogError(ErrorCode.invalid_producer_epoch, f"producer {head.producer_id} is fenced by a newer epoch")
     raise LogError(code, f"{topic}/{index} is not part of producer {head.producer_id}'s open transaction")
 
 

@@ -27,7 +27,7 @@ from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup, scan_ledger
 from brokers.log.producers import ActiveProducer, ProducerStateError, ProducerTable
 from brokers.log.tiered import TieredLog, Tiering
-from brokers.log.txn_state import TxnState
+from brokers.log.txn_state import MarkerFenced, TxnState
 from brokers.log.types import AppendResult, LogConfig, LogError, NotLeader, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
 from metadata.api import MetadataError, MetadataStore, VersionConflict
@@ -166,7 +166,7 @@ class PartitionLog(LedgerWriting, TieredLog):
                 f"taken at epoch {taken[0]} version {taken[1]})",
             )
         producers = ProducerTable(state.producers)
-        txns = TxnState(state.txn_ongoing, state.txn_aborted)
+        txns = TxnState(state.txn_ongoing, state.txn_aborted, state.txn_coordinators)
         ledgers: list[LedgerRef] = []
         for ref in state.ledgers:
             if ref.closed:
@@ -177,10 +177,10 @@ class PartitionLog(LedgerWriting, TieredLog):
             except LedgerError as e:
                 raise LogError(unavailable_code(e), f"cannot recover ledger {ref.ledger_id}: {e}") from e
         epoch = state.epoch if taken is not None else state.epoch + 1
-        ongoing, aborted = txns.snapshot()
+        ongoing, aborted, coordinators = txns.snapshot()
         state = replace(
             state, epoch=epoch, ledgers=tuple(ledgers), producers=producers.snapshot(), txn_ongoing=ongoing,
-            txn_aborted=aborted,
+            txn_aborted=aborted, txn_coordinators=coordinators,
         ).with_txns_trimmed()
         state = state.with_epoch_start(epoch, max(state.end_offset, state.log_start_offset))  # OffsetForLeaderEpoch
         try:
@@ -269,7 +269,8 @@ class PartitionLog(LedgerWriting, TieredLog):
                 raise LogError(ErrorCode.not_enough_replicas, f"metadata store unavailable: {e}") from None
             try:
                 duplicate = self._check_producers(headers)
-            except ProducerStateError as e:
+                self._txns.check_markers(records, headers)
+            except (ProducerStateError, MarkerFenced) as e:
                 raise LogError(e.code, str(e)) from None
             if duplicate is not None:
                 self._answer_duplicate(duplicate, result)
@@ -342,6 +343,10 @@ class PartitionLog(LedgerWriting, TieredLog):
         """producer_id -> first offset of its transaction open on this partition (as of appended data)."""
         return dict(self._txns.ongoing)
 
+    def coordinator_epoch(self, producer_id: int) -> int:
+        """The coordinator epoch of the last marker written for ``producer_id`` here (-1: none)."""
+        return self._txns.coordinator_epochs.get(producer_id, -1)
+
     async def aborted_transactions(self, start: int, end: int) -> list[tuple[int, int]]:
         """(producer_id, first_offset) of every aborted transaction overlapping [start, end), by first offset:
         from the index of data in ledgers and from the segments' indexes for offloaded data."""
@@ -353,7 +358,8 @@ class PartitionLog(LedgerWriting, TieredLog):
         self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int
     ) -> asyncio.Future[AppendResult]:
         """Append one COMMIT or ABORT control batch for ``producer_id``'s transaction; the future resolves when
-        it is durable. A producer epoch older than this partition knows for the producer: INVALID_PRODUCER_EPOCH.
+        it is durable. A producer epoch older than this partition knows for the producer: INVALID_PRODUCER_EPOCH;
+        a coordinator epoch older than the last marker's for the producer: TRANSACTION_COORDINATOR_FENCED.
         Written whether or not a transaction is open here (the coordinator retries markers), as Kafka does."""
         batch = build_marker(producer_id, producer_epoch, commit, coordinator_epoch, int(time.time() * 1000))
         self._guards.pop(producer_id, None)

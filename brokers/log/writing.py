@@ -94,8 +94,11 @@ class LedgerWriting:
     def _snapshot(self, state: PartitionState) -> PartitionState:
         """``state`` with the durable producer and transaction state as of now: written whenever a ledger is
         closed or opened, so a load replays only the ledgers after it (idempotence and transactions alike)."""
-        ongoing, aborted = self._durable_txns.snapshot()
-        return replace(state, producers=self._durable.snapshot(), txn_ongoing=ongoing, txn_aborted=aborted)
+        ongoing, aborted, coordinators = self._durable_txns.snapshot()
+        return replace(
+            state, producers=self._durable.snapshot(), txn_ongoing=ongoing, txn_aborted=aborted,
+            txn_coordinators=coordinators,
+        )  # fmt: skip
 
     async def _commit_state(self, state: PartitionState) -> None:
         state = state.with_txns_trimmed()

@@ -60,7 +60,7 @@ def _visible(plog_aborted: list[tuple[int, int]], heads: list[batch.BatchHeader]
     """Offsets of the data records a read_committed consumer keeps (as clients filter with the aborted list)."""
     aborted = dict(plog_aborted)
     dropping: set[int] = set()
-    out = []
+    out: list[int] = []
     for h in heads:
         if h.is_control:
             dropping.discard(h.producer_id)
@@ -112,7 +112,18 @@ async def test_markers_check_the_producer_epoch_and_fence_older_writes(store: Em
         await plog.append(txn_batch(10, epoch=3, seq=2), batch.validate(txn_batch(10, epoch=3, seq=2)))
     assert err.value.code == ErrorCode.invalid_producer_epoch  # the zombie's later write is refused
     assert await _append(plog, txn_batch(10, epoch=4, seq=0)) == 3  # the new epoch starts again at sequence 0
+    # a coordinator that lost the transactional id (an older coordinator epoch) cannot end the transaction
+    assert plog.coordinator_epoch(10) == 5
+    with pytest.raises(LogError) as err:
+        await plog.write_marker(10, 4, True, 4)
+    assert err.value.code == ErrorCode.transaction_coordinator_fenced
+    assert plog.ongoing_transactions() == {10: 3}
+    assert await (await plog.write_marker(10, 4, True, 6))
+    assert plog.coordinator_epoch(10) == 6 and plog.ongoing_transactions() == {}
     await plog.close()
+    again = PartitionLog(store, KEYS, MemoryLedgerClient(), "tid", 0, LogConfig())
+    await again.load()  # the coordinator epochs are in the snapshot (the ledgers here are gone: state only)
+    assert again.coordinator_epoch(10) == 6
 
 
 async def test_transactions_survive_rollover_crash_and_takeover(store: EmbeddedMetadataStore) -> None:
