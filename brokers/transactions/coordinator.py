@@ -201,6 +201,8 @@ class TransactionCoordinator:
         partition = self.partition_for(transactional_id)
         shard = self.shards.get(partition)
         if shard is not None and shard.active:
+            if self.routing is not None and not self.routing.serving(self._topic_id, partition):
+                raise TxnError(ErrorCode.not_coordinator, f"{TXN_TOPIC} partition {partition} is being released")
             return shard
         if partition in self._loading:
             raise TxnError(ErrorCode.coordinator_load_in_progress, f"{TXN_TOPIC} partition {partition} is loading")
