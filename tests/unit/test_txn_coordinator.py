@@ -9,6 +9,7 @@ the real path in a broker process.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -18,6 +19,8 @@ from kio.schema.errors import ErrorCode
 
 from brokers.broker import Broker
 from brokers.config import BrokerConfig
+from brokers.routing import Endpoint, Leader
+from brokers.server import KafkaServer
 from brokers.transactions import records as rec
 from brokers.transactions import state as sm
 from brokers.transactions.state import TxnMetadata, TxnState
@@ -296,3 +299,71 @@ async def test_list_transactions_filters(env: tuple[Broker, Markers]) -> None:
     assert [t.transactional_id for t in listed] == ["list-a"]
     _, _, listed = txns.list_transactions(min_duration_ms=3_600_000)
     assert listed == []
+
+
+# --- broker to broker: verification and markers for a coordinator or leader elsewhere --------------
+
+
+@dataclass
+class ElsewhereRouting:
+    """A routing that names another broker (``remote``) the leader of everything, this one being node 2."""
+
+    remote: Endpoint
+    node_id: int = 2
+    generation: int = 0
+
+    def brokers(self) -> Sequence[Endpoint]:
+        return (self.remote,)
+
+    def endpoint(self, node_id: int) -> Endpoint | None:
+        return self.remote if node_id == self.remote.node_id else None
+
+    def controller_id(self) -> int:
+        return self.remote.node_id
+
+    def leader(self, topic_id: str, partition: int) -> Leader | None:
+        return Leader(self.remote.node_id, 0)
+
+    def serving(self, topic_id: str, partition: int) -> bool:
+        return False
+
+
+@pytest.mark.asyncio
+async def test_verification_and_markers_go_over_the_wire_to_the_broker_that_owns_them(
+    env: tuple[Broker, Markers],
+) -> None:
+    remote, _ = env  # the coordinator of every id and the leader of every partition, behind a real listener
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = KafkaServer(remote)
+    await server.start("127.0.0.1", port)
+    store = await EmbeddedMetadataStore.open(None)
+    here = Broker(BrokerConfig(node_id=2, transaction_state_log_num_partitions=3), store, MemoryLedgerClient())
+    try:
+        await here.start()
+        await here.topics.create("t", 3, 1, {})
+        here.routing = ElsewhereRouting(Endpoint(1, "127.0.0.1", port))
+        init = await remote.transactions.init_producer_id("far", 60_000)
+        pid = init.producer_id
+        await remote.transactions.add_partitions("far", pid, 0, [("t", 1)])
+        # KIP-890 part 1 from a partition leader that is not the coordinator: AddPartitionsToTxn v4 verify_only
+        assert await here.transactions.verify_partition("far", pid, 0, "t", 1) == ErrorCode.none
+        assert await here.transactions.verify_partition("far", pid, 0, "t", 2) == ErrorCode.invalid_txn_state
+        assert await here.transactions.verify_partition("far", pid, 7, "t", 1) == ErrorCode.producer_fenced
+        # markers for partitions led elsewhere: one WriteTxnMarkers to the leader, answered per partition
+        await here.transactions.markers.send(pid, 0, False, 5, [("t", 1)])
+        plog = await remote.logs.get(remote.topics.get("t").topic_id, 1)  # type: ignore[union-attr]
+        assert plog.log_end_offset == 1  # the ABORT marker, written by the remote broker's partition
+        here.routing = ElsewhereRouting(Endpoint(1, "127.0.0.1", 1))  # nobody listens: retried, not lost
+        sending = asyncio.ensure_future(here.transactions.markers.send(pid, 0, False, 5, [("t", 1)]))
+        await asyncio.sleep(0.3)
+        assert not sending.done()
+        here.routing = ElsewhereRouting(Endpoint(1, "127.0.0.1", port))
+        async with asyncio.timeout(WAIT_S):
+            await sending
+        assert plog.log_end_offset == 2
+    finally:
+        await here.stop()
+        await store.close()
+        await server.stop()
