@@ -1,12 +1,12 @@
 """DescribeProducers (API 61, KIP-664): the active idempotent producers of each partition.
 
 Answered by the partition's leader from its producer state, as Kafka's ``Partition.activeProducerState``: the
-producers the log remembers (the last five batches' sequences each; ``brokers/log/producers.py``), with
-their epoch, last sequence and the last batch's max timestamp, and the first offset of the transaction each has
-open on the partition (-1: none), and the coordinator epoch of the last marker written for it (-1: none). A partition this broker does not
-lead answers NOT_LEADER_OR_FOLLOWER (``kafka-transactions describe-producers`` and the admin clients ask
-the leader); an unknown topic or partition UNKNOWN_TOPIC_OR_PARTITION. The embedded broker loads a
-partition on first use here as ListOffsets does, so a partition written before a restart reports the
+producers the log remembers (the last five batches' sequences each; ``brokers/log/producers.py``), with their
+epoch, last sequence and the last batch's max timestamp, the first offset of the transaction each has open on
+the partition (-1: none) and the coordinator epoch of the last marker written for it (-1: none). A partition
+this broker does not lead answers NOT_LEADER_OR_FOLLOWER (``kafka-transactions describe-producers`` and the
+admin clients ask the leader); an unknown topic or partition UNKNOWN_TOPIC_OR_PARTITION. The embedded broker
+loads a partition on first use here as ListOffsets does, so a partition written before a restart reports the
 producers replayed from its snapshot and its last ledger (their last timestamp is -1 until they write
 again: snapshots carry sequences, not timestamps).
 """

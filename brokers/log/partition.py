@@ -335,9 +335,10 @@ class PartitionLog(LedgerWriting, TieredLog):
     @property
     def last_stable_offset(self) -> int:
         """The LSO: the first offset of the oldest transaction open here (as of durable data), or the high
-        watermark when none is; read_committed consumers read below it."""
+        watermark when none is; read_committed consumers read below it. Never below the log start offset (as
+        Kafka: records deleted below it cannot hold a consumer back)."""
         first = self._durable_txns.first_unstable()
-        return self._hw if first is None else min(first, self._hw)
+        return self._hw if first is None else max(min(first, self._hw), self._state.log_start_offset)
 
     def ongoing_transactions(self) -> dict[int, int]:
         """producer_id -> first offset of its transaction open on this partition (as of appended data)."""
