@@ -254,6 +254,7 @@ async def _verified(
         code = ErrorCode.coordinator_not_available
     if code == ErrorCode.none:
         return guard
+    plog.forget_guard(head.producer_id, guard)
     if code in RETRIABLE_VERIFY:
         raise LogError(ErrorCode.not_enough_replicas, f"cannot verify the transaction now ({code.name}); retry")
     if code == ErrorCode.producer_fenced:  # Produce's own word for a fenced producer epoch

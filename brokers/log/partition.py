@@ -332,6 +332,11 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._guards[producer_id] = guard
         return guard
 
+    def forget_guard(self, producer_id: int, guard: object) -> None:
+        """A verification that failed: its guard will not be used."""
+        if self._guards.get(producer_id) is guard:
+            del self._guards[producer_id]
+
     @property
     def last_stable_offset(self) -> int:
         """The LSO: the first offset of the oldest transaction open here (as of durable data), or the high

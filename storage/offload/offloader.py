@@ -508,7 +508,8 @@ def _mark_offloaded(state: PartitionState, ledger_id: int) -> PartitionState | N
     ref = _find(state, ledger_id)
     if ref is None or ref.offloaded:
         return None
-    return state.with_ledgers(tuple(replace(r, offloaded=True) if r is ref else r for r in state.ledgers))
+    marked = state.with_ledgers(tuple(replace(r, offloaded=True) if r is ref else r for r in state.ledgers))
+    return marked.with_txns_trimmed()  # the segment indexes the ledger's aborted transactions from now on
 
 
 def _drop_offloaded(state: PartitionState, ledger_id: int) -> PartitionState | None:
