@@ -78,9 +78,14 @@ class Group(Protocol):
         ...
 
     def validate_offset_commit(
-        self, member_id: str, group_instance_id: str | None, generation_or_epoch: int, api_version: int
+        self, member_id: str, group_instance_id: str | None, generation_or_epoch: int, api_version: int,
+        transactional: bool = False,
     ) -> None:
-        """Raise GroupError unless this member may commit offsets now."""
+        """Raise GroupError unless this member may commit offsets now.
+
+        ``transactional`` (TxnOffsetCommit): v0-v2 carry no member, so a commit without one is accepted in
+        any state, and a rebalance in progress does not refuse it (Kafka's rules).
+        """
         ...
 
     def validate_offset_fetch(self, member_id: str | None, member_epoch: int) -> None:

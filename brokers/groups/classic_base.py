@@ -118,7 +118,8 @@ class ClassicGroupBase:
         return self.state is GroupState.EMPTY
 
     def validate_offset_commit(
-        self, member_id: str, group_instance_id: str | None, generation_or_epoch: int, api_version: int
+        self, member_id: str, group_instance_id: str | None, generation_or_epoch: int, api_version: int,
+        transactional: bool = False,
     ) -> None:
         if self.state is GroupState.DEAD:
             raise GroupError(ErrorCode.coordinator_not_available, "group is being deleted")
@@ -131,9 +132,9 @@ class ClassicGroupBase:
                     ErrorCode.illegal_generation,
                     f"generation {generation_or_epoch} is not the group's generation {self.generation}",
                 )
-        elif self.state is not GroupState.EMPTY:
+        elif self.state is not GroupState.EMPTY and not transactional:
             raise GroupError(ErrorCode.unknown_member_id, "the group has members: commit as one of them")
-        if self.state is GroupState.COMPLETING_REBALANCE:
+        if self.state is GroupState.COMPLETING_REBALANCE and not transactional:
             raise GroupError(ErrorCode.rebalance_in_progress, "the group is completing a rebalance")
 
     def validate_offset_fetch(self, member_id: str | None, member_epoch: int) -> None:

@@ -437,7 +437,8 @@ class ConsumerGroup:
 
     # --- offsets (called by the offset commit/fetch handlers for groups of this type) ----------------
     def validate_offset_commit(
-        self, member_id: str, group_instance_id: str | None, member_epoch: int, api_version: int
+        self, member_id: str, group_instance_id: str | None, member_epoch: int, api_version: int,
+        transactional: bool = False,
     ) -> None:
         """OffsetCommit by a member: the member epoch stands in for the generation (KIP-848).
 
@@ -447,10 +448,12 @@ class ConsumerGroup:
         """
         if member_epoch < 0 and not self.members:
             return
+        if transactional and member_epoch < 0 and not member_id and group_instance_id is None:
+            return  # TxnOffsetCommit v0-v2 name no member
         member = self.members.get(member_id)
         if member is None:
             raise GroupError(ErrorCode.unknown_member_id, f"member {member_id!r} is not in group {self.group_id!r}")
-        if api_version < 9 and not member.uses_classic:
+        if api_version < 9 and not member.uses_classic and not transactional:
             raise GroupError(
                 ErrorCode.unsupported_version, "members of a consumer-protocol group must use OffsetCommit v9+"
             )

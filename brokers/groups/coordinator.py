@@ -381,10 +381,43 @@ class GroupCoordinator:
 
     async def fetch_offsets(
         self, group_id: str, topics: Sequence[tuple[str, Sequence[int]]] | None,
-        member_id: str | None = None, member_epoch: int = -1,
+        member_id: str | None = None, member_epoch: int = -1, require_stable: bool = False,
     ) -> list[offsets.FetchedOffset]:
         """Raises GroupError for the whole group."""
-        return await offsets.fetch(self.shard_for(group_id), group_id, topics, member_id, member_epoch)
+        return await offsets.fetch(
+            self.shard_for(group_id), group_id, topics, member_id, member_epoch, require_stable
+        )
+
+    async def commit_txn_offsets(
+        self, group_id: str, member_id: str, instance_id: str | None, generation: int,
+        producer: tuple[int, int], partitions: Sequence[offsets.CommitRequest], api_version: int,
+    ) -> list[ErrorCode]:
+        """TxnOffsetCommit: offsets pending in ``producer``'s (id, epoch) transaction; one error per partition."""
+        try:
+            shard = self.shard_for(group_id)
+        except GroupError as e:
+            return [e.code] * len(partitions)
+        return await offsets.txn_commit(
+            shard, group_id, member_id, instance_id, generation, producer, partitions, self.partition_exists,
+            api_version,
+        )
+
+    async def complete_transaction(self, partition: int, producer_id: int, commit: bool) -> None:
+        """A transaction marker of ``producer_id`` is durable on offsets partition ``partition``: apply (commit)
+        or drop (abort) that producer's pending offsets there (brokers/txn_markers.py calls this).
+
+        A shard still loading is waited for: its replay may have stopped short of the marker, and completing
+        an already-completed transaction does nothing. A partition not served here has nothing to do — its
+        owner's replay reads the marker.
+        """
+        task = self._loading.get(partition)
+        if task is not None:
+            await asyncio.wait([task])
+        shard = self.shards.get(partition)
+        if shard is None:
+            log.debug("offsets partition %d is not loaded here: transaction marker left to replay", partition)
+            return
+        shard.complete_transaction(producer_id, commit)
 
     async def delete_offsets(self, group_id: str, partitions: Sequence[tuple[str, int]]) -> list[ErrorCode]:
         """Raises GroupError for the whole group."""

@@ -1,4 +1,5 @@
-"""Committed offsets: OffsetCommit, OffsetFetch and OffsetDelete against one shard, as Kafka validates them."""
+"""Committed offsets: OffsetCommit, TxnOffsetCommit, OffsetFetch and OffsetDelete against one shard, as Kafka
+validates them."""
 
 from __future__ import annotations
 
@@ -101,6 +102,62 @@ async def commit(
     return results
 
 
+async def txn_commit(
+    shard: GroupShard,
+    group_id: str,
+    member_id: str,
+    group_instance_id: str | None,
+    generation: int,
+    producer: tuple[int, int],
+    partitions: Sequence[CommitRequest],
+    exists: PartitionExists,
+    api_version: int,
+) -> list[ErrorCode]:
+    """TxnOffsetCommit: the offsets written as ``producer``'s (id, epoch) transactional batch, pending until
+    its transaction ends (txn_offsets.py); one error per partition, answered once durable.
+
+    A group that does not exist is created as a simple group when the generation is -1 (admin tools, assign()
+    consumers), else ILLEGAL_GENERATION; a stale KIP-848 member epoch is ILLEGAL_GENERATION too (Kafka's codes).
+    """
+    group = shard.groups.get(group_id)
+    created = False
+    try:
+        if group is None:
+            if generation >= 0:
+                raise GroupError(ErrorCode.illegal_generation, f"group {group_id!r} does not exist")
+            group = ClassicGroup(group_id, shard)
+            shard.groups[group_id] = group
+            created = True
+        group.validate_offset_commit(member_id, group_instance_id, generation, api_version, transactional=True)
+    except GroupError as e:
+        code = ErrorCode.illegal_generation if e.code is ErrorCode.stale_member_epoch else e.code
+        return [code] * len(partitions)
+    results: list[ErrorCode] = []
+    records: list[tuple[bytes, bytes | None]] = []
+    written: list[int] = []
+    ts = now_ms()
+    limit = shard.config.offset_metadata_max_bytes
+    for i, p in enumerate(partitions):
+        if not exists(p.topic, p.partition):
+            results.append(ErrorCode.unknown_topic_or_partition)
+        elif p.metadata is not None and len(p.metadata.encode()) > limit:
+            results.append(ErrorCode.offset_metadata_too_large)
+        else:
+            results.append(ErrorCode.none)
+            value = rec.OffsetValue(p.offset, p.leader_epoch, p.metadata or "", ts)
+            records.append((rec.encode_offset_key(group_id, p.topic, p.partition), rec.encode_offset_value(value)))
+            written.append(i)
+    if records:
+        try:
+            await shard.write_transactional(producer[0], producer[1], records)
+        except GroupError as e:
+            for i in written:
+                results[i] = e.code
+    if created and group_id not in shard.offsets and shard.groups.get(group_id) is group:
+        del shard.groups[group_id]  # nothing committed yet: the commit marker creates it
+    return results
+
+
 def _done(shard: GroupShard, group_id: str, write: asyncio.Future[int]) -> None:
     pending = shard.pending_commits.get(group_id)
     if pending is not None:
@@ -117,11 +174,14 @@ async def fetch(
     topics: Sequence[tuple[str, Sequence[int]]] | None,
     member_id: str | None = None,
     member_epoch: int = -1,
+    require_stable: bool = False,
 ) -> list[FetchedOffset]:
     """Committed offsets of ``topics`` (None: all of the group's); raises GroupError for the whole group.
 
     Waits for the group's commits already accepted but not yet durable, so a member that takes over a
-    partition always sees the offset its previous owner committed before leaving.
+    partition always sees the offset its previous owner committed before leaving. Offsets of open
+    transactions are never returned; with ``require_stable`` (KIP-447) a partition that has one answers
+    UNSTABLE_OFFSET_COMMIT (offset -1), which the client retries until the transaction ends.
     """
     pending = shard.pending_commits.get(group_id)
     if pending:
@@ -130,19 +190,29 @@ async def fetch(
     if group is not None:
         group.validate_offset_fetch(member_id, member_epoch)
     committed = shard.offsets.get(group_id, {})
+    unstable = shard.pending_txn.is_pending if require_stable else _never
     out: list[FetchedOffset] = []
     if topics is None:
         for (topic, partition), found in sorted(committed.items()):
-            out.append(FetchedOffset(topic, partition, found.offset, found.leader_epoch, found.metadata))
+            if unstable(group_id, topic, partition):
+                out.append(FetchedOffset(topic, partition, -1, -1, "", ErrorCode.unstable_offset_commit))
+            else:
+                out.append(FetchedOffset(topic, partition, found.offset, found.leader_epoch, found.metadata))
         return out
     for topic, partitions in topics:
         for partition in partitions:
             c = committed.get((topic, partition))
-            if c is None:
+            if unstable(group_id, topic, partition):
+                out.append(FetchedOffset(topic, partition, -1, -1, "", ErrorCode.unstable_offset_commit))
+            elif c is None:
                 out.append(FetchedOffset(topic, partition, -1, -1, ""))
             else:
                 out.append(FetchedOffset(topic, partition, c.offset, c.leader_epoch, c.metadata))
     return out
+
+
+def _never(_group: str, _topic: str, _partition: int) -> bool:
+    return False
 
 
 async def delete(

@@ -22,11 +22,12 @@ from typing import Any, Protocol
 
 from kio.schema.errors import ErrorCode
 
-from brokers.codec.batch import BatchError, iter_headers
+from brokers.codec.batch import TRANSACTIONAL_FLAG, BatchError, BatchHeader, iter_headers
 from brokers.codec.builder import build_batch, build_batches, iter_records
 from brokers.groups import records as rec
 from brokers.groups.base import Group, GroupConfig, GroupError, now_ms
 from brokers.groups.classic import ClassicGroup
+from brokers.groups.txn_offsets import COMMIT, ControlRecordError, PendingOffset, PendingTxnOffsets, control_type
 from brokers.log.partition import AppendResult, LogError, PartitionLog
 from metadata.api import MetadataError
 
@@ -64,6 +65,8 @@ class CommittedOffset:
     metadata: str
     commit_timestamp: int
     expire_timestamp: int = -1
+    log_offset: int = -1
+    """Where the record that set it sits (ordering against transactional offsets); -1: unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +95,19 @@ def _answer(applied: asyncio.Future[int], *, items: list[tuple[Records, asyncio.
         base += len(records)
 
 
+_PRODUCER_ERRORS = frozenset(
+    {ErrorCode.invalid_producer_epoch, ErrorCode.producer_fenced, ErrorCode.invalid_txn_state,
+     ErrorCode.invalid_producer_id_mapping, ErrorCode.transactional_id_authorization_failed}
+)
+"""Append refusals of a transactional batch a TxnOffsetCommit passes on as they are (as Kafka does)."""
+
+
 def _write_error(e: BaseException) -> GroupError:
     """Kafka's mapping of an offsets-topic append failure to a group error."""
     if isinstance(e, LogError) and e.code == ErrorCode.not_leader_or_follower:
         return GroupError(ErrorCode.not_coordinator, f"offsets partition moved: {e}")
+    if isinstance(e, LogError) and e.code in _PRODUCER_ERRORS:
+        return GroupError(e.code, str(e))
     return GroupError(ErrorCode.coordinator_not_available, f"offsets partition write failed: {e}")
 
 
@@ -121,6 +133,8 @@ class GroupShard:
         """Durable classic group metadata (what a snapshot writes)."""
         self.pending_commits: dict[str, set[asyncio.Future[int]]] = {}
         """Offset commits of a group written but not yet durable: OffsetFetch waits for them."""
+        self.pending_txn = PendingTxnOffsets()
+        """TxnOffsetCommit offsets waiting for their transaction's marker (txn_offsets.py)."""
         self.extensions = [make(self) for make in extensions]
         self.active = False
         self.snapshots = 0
@@ -155,13 +169,17 @@ class GroupShard:
                     offset += 1
                     continue
                 for head in headers:
-                    if head.last_offset < offset or head.is_control:
-                        offset = max(offset, head.last_offset + 1)
+                    if head.last_offset < offset:
                         continue
                     try:
+                        if head.is_control:
+                            self._replay_control(chunk, head)
+                            offset = head.last_offset + 1
+                            continue
+                        txn = (head.producer_id, head.producer_epoch) if head.is_transactional else None
                         for kv in iter_records(chunk, head):
                             if kv.offset >= offset:
-                                self._apply(kv.key, kv.value, kv.offset)
+                                self._apply(kv.key, kv.value, kv.offset, txn)
                                 count += 1
                     except BatchError as e:
                         log.error("offsets partition %d: corrupt batch at %d skipped: %s", self.partition, offset, e)
@@ -180,14 +198,39 @@ class GroupShard:
         self._maybe_snapshot()
         return stats
 
-    def _apply(self, key: bytes | None, value: bytes | None, log_offset: int) -> None:
-        """Apply one durable record: replay and completed writes both come here, in log order."""
+    def _replay_control(self, chunk: bytes | memoryview, head: BatchHeader) -> None:
+        """A transaction marker met in replay: the end of that producer's pending offsets, as live."""
+        for kv in iter_records(chunk, head):
+            try:
+                kind = control_type(kv.key)
+            except ControlRecordError as e:
+                log.error("offsets partition %d: control record at %d skipped: %s", self.partition, kv.offset, e)
+                continue
+            self.pending_txn.note_epoch(head.producer_id, head.producer_epoch)
+            if kind in (0, 1):
+                self.complete_transaction(head.producer_id, kind == COMMIT)
+
+    def _apply(
+        self, key: bytes | None, value: bytes | None, log_offset: int, txn: tuple[int, int] | None = None
+    ) -> None:
+        """Apply one durable record: replay and completed writes both come here, in log order.
+
+        ``txn``: (producer id, epoch) of a transactional batch; its offset records become pending offsets.
+        """
         if key is None:
             return
         try:
             parsed = rec.decode_key(key)
-            if isinstance(parsed, rec.OffsetKey):
-                self._apply_offset(parsed, value)
+            if txn is not None:
+                if isinstance(parsed, rec.OffsetKey) and value is not None:
+                    v = rec.decode_offset_value(value)
+                    pending = PendingOffset(v.offset, v.leader_epoch, v.metadata, v.commit_timestamp, log_offset)
+                    self.pending_txn.add(txn[0], txn[1], (parsed.group, parsed.topic, parsed.partition), pending)
+                else:
+                    log.warning("offsets partition %d: transactional record at %d is not an offset commit",
+                                self.partition, log_offset)
+            elif isinstance(parsed, rec.OffsetKey):
+                self._apply_offset(parsed, value, log_offset)
             elif isinstance(parsed, rec.GroupKey):
                 if value is None:
                     self.classic_values.pop(parsed.group, None)
@@ -204,7 +247,7 @@ class GroupShard:
         except rec.RecordFormatError as e:
             log.error("offsets partition %d: record at %d skipped: %s", self.partition, log_offset, e)
 
-    def _apply_offset(self, key: rec.OffsetKey, value: bytes | None) -> None:
+    def _apply_offset(self, key: rec.OffsetKey, value: bytes | None, log_offset: int = -1) -> None:
         tp = (key.topic, key.partition)
         if value is None:
             by_group = self.offsets.get(key.group)
@@ -215,8 +258,44 @@ class GroupShard:
             return
         v = rec.decode_offset_value(value)
         self.offsets.setdefault(key.group, {})[tp] = CommittedOffset(
-            v.offset, v.leader_epoch, v.metadata, v.commit_timestamp, v.expire_timestamp
+            v.offset, v.leader_epoch, v.metadata, v.commit_timestamp, v.expire_timestamp, log_offset
         )
+
+    # --- transactional offsets -----------------------------------------------------------------
+    def complete_transaction(self, producer_id: int, commit: bool) -> None:
+        """The producer's transaction ended (its marker is durable here): apply or drop its pending offsets.
+
+        A pending offset replaces the committed one only if written after it (Kafka's rule). Idempotent: a
+        marker replayed and then reported live (or the reverse) finds nothing pending the second time.
+        """
+        ended = self.pending_txn.end(producer_id)
+        if commit:
+            for (group_id, topic, partition), p in ended.items():
+                by_tp = self.offsets.setdefault(group_id, {})
+                current = by_tp.get((topic, partition))
+                if current is None or current.log_offset < p.log_offset:
+                    by_tp[(topic, partition)] = CommittedOffset(
+                        p.offset, p.leader_epoch, p.metadata, p.commit_timestamp, -1, p.log_offset
+                    )
+                if self.active and group_id not in self.groups:  # a simple group (as a plain commit makes)
+                    self.groups[group_id] = ClassicGroup(group_id, self)
+        if ended and self.active:
+            self._maybe_snapshot()
+
+    async def write_transactional(self, producer_id: int, producer_epoch: int, records: Records) -> int:
+        """Append offset records as the producer's transactional batch; once durable they are pending.
+
+        Raises GroupError (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, INVALID_PRODUCER_EPOCH, ...).
+        """
+        if not self.active:
+            raise GroupError(ErrorCode.not_coordinator, f"offsets partition {self.partition} is not active here")
+        if self.pending_txn.fenced(producer_id, producer_epoch):
+            raise GroupError(ErrorCode.invalid_producer_epoch, f"producer {producer_id} epoch {producer_epoch} is old")
+        batch = build_batch(records, now_ms(), producer_id, producer_epoch, TRANSACTIONAL_FLAG)
+        async with self._append_lock:
+            applied = await self._append(batch, records, (producer_id, producer_epoch))
+        self._since_snapshot += len(records)
+        return await asyncio.shield(applied)
 
     def _restore_groups(self) -> None:
         for group in self.groups.values():
@@ -283,19 +362,22 @@ class GroupShard:
             self._in_flight.append(applied)
             applied.add_done_callback(functools.partial(_answer, items=items))
 
-    async def _append(self, batch: bytes, records: Records) -> asyncio.Future[int]:
+    async def _append(
+        self, batch: bytes, records: Records, txn: tuple[int, int] | None = None
+    ) -> asyncio.Future[int]:
         """Hand one batch to the log (caller holds the append lock); the future resolves once applied."""
         try:
             durable = await self.plog.append(batch, iter_headers(batch))
         except LogError as e:
             raise _write_error(e) from None
         applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        durable.add_done_callback(lambda f: self._on_durable(f, records, applied))
+        durable.add_done_callback(lambda f: self._on_durable(f, records, applied, txn))
         self._last_applied = applied
         return applied
 
     def _on_durable(
-        self, durable: asyncio.Future[AppendResult], records: Records, applied: asyncio.Future[int]
+        self, durable: asyncio.Future[AppendResult], records: Records, applied: asyncio.Future[int],
+        txn: tuple[int, int] | None = None,
     ) -> None:
         error = durable.exception() if not durable.cancelled() else asyncio.CancelledError()
         if error is not None:
@@ -304,24 +386,35 @@ class GroupShard:
             return
         base = durable.result().base_offset
         for i, (key, value) in enumerate(records):
-            self._apply(key, value, base + i)
+            self._apply(key, value, base + i, txn)
         applied.set_result(base)
 
     # --- snapshots -----------------------------------------------------------------------------
     def _maybe_snapshot(self) -> None:
         if (
             self.active
+            and not self.pending_txn
             and self._since_snapshot > self.config.snapshot_records
             and (self._snapshot_task is None or self._snapshot_task.done())
         ):
             self._snapshot_task = self.spawn(self.snapshot())
 
     async def snapshot(self) -> None:
-        """Write the whole live state at the log end, then drop everything before it."""
+        """Write the whole live state at the log end, then drop everything before it.
+
+        Not while transactional offsets are pending: their markers are written by the transaction
+        coordinator outside this shard's append order, so a marker could land before the snapshot while its
+        effect is missing from it (replay would then end with the stale value), and the log start could not
+        move past their records anyway. The snapshot waits for the moment nothing is pending
+        (``complete_transaction`` retries it); a hanging transaction is aborted by its timeout.
+        """
         async with self._append_lock:
             last = self._last_applied
             if last is not None:
                 await asyncio.wait([last])  # every earlier write is applied (or failed) too
+            if self.pending_txn:
+                return
+            self.pending_txn.forget_idle()
             records = self._snapshot_records()
             self._since_snapshot = 0
             # The state is already applied, so the snapshot's records are written but not re-applied.

@@ -1,7 +1,9 @@
 """OffsetFetch (9), v1-v10: committed offsets of one group (v8+: several groups; v10: topics by id).
 
-Nothing is ever pending (no transactions yet), so ``require_stable`` needs no waiting. A partition with
-no committed offset answers offset -1.
+Offsets of an open transaction (TxnOffsetCommit) are never returned; with ``require_stable`` (v7+, KIP-447:
+what a read_committed consumer sends) a partition that has some answers UNSTABLE_OFFSET_COMMIT with offset -1,
+and the client retries until the transaction's marker lands. A partition with no committed offset answers
+offset -1.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ MAX_VERSION = 10
 
 async def _fetch(
     ctx: RequestContext, group_id: str, topics: Sequence[tuple[str, Sequence[int]]] | None,
-    member_id: str | None, member_epoch: int,
+    member_id: str | None, member_epoch: int, require_stable: bool = False,
 ) -> tuple[ErrorCode, list[FetchedOffset]]:
     try:
-        return ErrorCode.none, await ctx.broker.groups.fetch_offsets(group_id, topics, member_id, member_epoch)
+        return ErrorCode.none, await ctx.broker.groups.fetch_offsets(
+            group_id, topics, member_id, member_epoch, require_stable
+        )
     except GroupError as e:
         return e.code, []
 
@@ -43,7 +47,9 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, version)
     if version < 8:
         requested = None if request.topics is None else [(t.name, t.partition_indexes) for t in request.topics]
-        code, fetched = await _fetch(ctx, request.group_id, requested, None, -1)
+        code, fetched = await _fetch(
+            ctx, request.group_id, requested, None, -1, bool(getattr(request, "require_stable", False))
+        )
         if version < 2 and code is not ErrorCode.none:  # v1 has no group-level error: repeat it per partition
             fetched = [FetchedOffset(t, p, -1, -1, "", code) for t, parts in requested or [] for p in parts]
         topics = tuple(
@@ -61,11 +67,11 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
             for name, parts in _by_topic(fetched).items()
         )
         return make(mod.OffsetFetchResponse, throttle_time=NO_THROTTLE, topics=topics, error_code=code)
-    groups = [await _group(ctx, mod, g) for g in request.groups]
+    groups = [await _group(ctx, mod, g, bool(request.require_stable)) for g in request.groups]
     return make(mod.OffsetFetchResponse, throttle_time=NO_THROTTLE, groups=tuple(groups))
 
 
-async def _group(ctx: RequestContext, mod: Any, g: Any) -> Any:
+async def _group(ctx: RequestContext, mod: Any, g: Any, require_stable: bool) -> Any:
     by_id = ctx.api_version >= 10
     unknown_ids: list[Any] = []
     requested: list[tuple[str, Sequence[int]]] | None = None
@@ -81,7 +87,7 @@ async def _group(ctx: RequestContext, mod: Any, g: Any) -> Any:
             else:
                 requested.append((t.name, t.partition_indexes))
     code, fetched = await _fetch(
-        ctx, g.group_id, requested, getattr(g, "member_id", None), getattr(g, "member_epoch", -1)
+        ctx, g.group_id, requested, getattr(g, "member_id", None), getattr(g, "member_epoch", -1), require_stable
     )
     topics = []
     for name, parts in _by_topic(fetched).items():

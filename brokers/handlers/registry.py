@@ -67,6 +67,7 @@ API_MODULES = (
     "produce",
     "sync_group",
     "write_txn_markers",
+    "txn_offset_commit",
 )
 MODULES: tuple[ModuleType, ...] = tuple(import_module(f"brokers.handlers.{name}") for name in API_MODULES)
 
