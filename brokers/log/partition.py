@@ -349,6 +349,12 @@ class PartitionLog(LedgerWriting, TieredLog):
         """producer_id -> first offset of its transaction open on this partition (as of appended data)."""
         return dict(self._txns.ongoing)
 
+    @property
+    def indexed_aborted(self) -> int:
+        """How many aborted transactions the log indexes itself (those of data in ledgers; segments index the
+        rest): what bounds the index's memory."""
+        return len(self._durable_txns.aborted)
+
     def coordinator_epoch(self, producer_id: int) -> int:
         """The coordinator epoch of the last marker written for ``producer_id`` here (-1: none)."""
         return self._txns.coordinator_epochs.get(producer_id, -1)

@@ -141,6 +141,9 @@ class TieredLog:
     def _segment_added(self, record: SegmentRecord) -> None:
         if self._segments is not None:
             self._segments.add(record)
+        # Only now that reads see the segment (not at the commit: update() still awaits after it) do the
+        # aborted transactions it indexes leave the log's own index.
+        self._txns_moved(min(self._state.txn_floor, record.last_offset + 1))
 
     def _ledger_closed(self, ledger_id: int, length: int) -> None:
         """A ledger closed: count its bytes as waiting for offload and offload it in the background."""
@@ -239,7 +242,6 @@ class TieredLog:
                     raise PartitionMoved(f"{self.topic_id}/{self.partition} was taken over") from None
                 raise
             self._state = new
-            self._txns_moved(new.txn_floor)
             self._sync_held()
             kept = {r.ledger_id for r in new.ledgers}
             for ref in old.ledgers:

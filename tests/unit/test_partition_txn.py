@@ -186,6 +186,7 @@ async def test_aborted_index_moves_to_segments_and_serves_a_new_owner(store: Emb
     state = PartitionState.decode(stored.value)
     assert all(t[2] >= state.txn_floor for t in state.txn_aborted)  # only what is still in ledgers
     assert len(state.txn_aborted) < len(expected_aborted)
+    assert plog.indexed_aborted < len(expected_aborted)  # in memory too: only the ledger tail's
     assert await plog.aborted_transactions(0, lso) == expected_aborted
     heads = await _committed(plog, 0)
     visible = _visible(await plog.aborted_transactions(0, lso), heads)
