@@ -95,6 +95,8 @@ INT32_CONFIGS = frozenset({
     "group.max.session.timeout.ms", "group.max.size", "offset.metadata.max.bytes", "offsets.retention.minutes",
     "offsets.snapshot.records", "bookie.restart.ms",
     "max.partitions.per.topic", "max.partitions.per.broker", "max.topics",
+    "transaction.state.log.num.partitions", "transaction.max.timeout.ms", "transactional.id.expiration.ms",
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms",
 })
 """Integer settings that are int32 (Kafka's INT type); every other integer setting must fit an int64."""
 

@@ -2,7 +2,8 @@
 ``broker.routing`` knows it: any broker answers for every group, with the leader's advertised endpoint.
 
 librdkafka also reads this API's presence as "the broker supports LZ4", so it is advertised from v0.
-Key type 1 (a transactional id): the owner of the id's ``__transaction_state`` partition, the same way.
+Key type 1 (a transactional id): the owner of the id's ``__transaction_state`` partition, the same way; the
+first such lookup creates the topic, as Kafka does.
 """
 
 from __future__ import annotations
@@ -39,12 +40,10 @@ def _answer(ctx: RequestContext, key_type: int, key: str) -> tuple[ErrorCode, st
         txns = ctx.broker.transactions
         if not key:
             return ErrorCode.invalid_request, "a transactional id must not be empty", -1, "", -1
-        if txns.partitions == 0:
-            return ErrorCode.coordinator_not_available, "the transaction coordinator is not available yet", -1, "", -1
         endpoint = txns.coordinator_for(key)
         if endpoint is None:
-            return (ErrorCode.coordinator_not_available,
-                    f"{TXN_TOPIC} partition {txns.partition_for(key)} has no live leader", -1, "", -1)
+            where = f"{TXN_TOPIC} partition {txns.partition_for(key)}" if txns.partitions else TXN_TOPIC
+            return ErrorCode.coordinator_not_available, f"{where} has no live leader yet", -1, "", -1
         return ErrorCode.none, None, endpoint.node_id, endpoint.host, endpoint.port
     return ErrorCode.invalid_request, f"unknown coordinator key type {key_type}", -1, "", -1
 
@@ -52,6 +51,8 @@ def _answer(ctx: RequestContext, key_type: int, key: str) -> tuple[ErrorCode, st
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     key_type = getattr(request, "key_type", GROUP)
+    if key_type == TRANSACTION:
+        await ctx.broker.transactions.ensure_topic()  # created on first use, as Kafka does
     if ctx.api_version < 4:
         code, message, node, host, port = _answer(ctx, key_type, request.key)
         return make(

@@ -104,29 +104,47 @@ class TransactionCoordinator:
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Create ``__transaction_state`` if missing and (embedded) load every partition of it."""
-        topics = self._broker.topics
-        topic = topics.get(TXN_TOPIC)
+        """Start serving the transactional ids of ``__transaction_state`` if it exists (embedded: load every
+        partition of it). The topic is created on first use, as Kafka creates it: a broker whose clients never
+        use transactions carries no partitions (and no topic) for them."""
+        self._known()
+        self._spawn(self._run_timeouts())
+
+    def _known(self) -> bool:
+        """Whether ``__transaction_state`` exists (adopting it the first time the registry shows it: created here,
+        by another broker, or before a restart)."""
+        if self.partitions:
+            return True
+        topic = self._broker.topics.get(TXN_TOPIC)
         if topic is None:
-            try:
-                topic = await topics.create(
-                    TXN_TOPIC, self._wanted_partitions, self._broker.config.default_replication_factor,
-                    dict(TXN_TOPIC_CONFIGS),
-                )
-                log.info("created %s with %d partitions", TXN_TOPIC, topic.partitions)
-            except TopicError:
-                topic = topics.get(TXN_TOPIC)
-                if topic is None:
-                    raise
+            return False
         self.partitions = topic.partitions
         self._topic_id = topic.topic_id
         if self.routing is None:
             for p in range(self.partitions):
                 self._loading[p] = self._spawn(self._load(p))
-        self._spawn(self._run_timeouts())
+        return True
+
+    async def ensure_topic(self) -> bool:
+        """Create ``__transaction_state`` if it does not exist yet (FindCoordinator and InitProducerId for a
+        transactional id call this); False when it could not be created (the client retries)."""
+        if self._known():
+            return True
+        try:
+            topic = await self._broker.topics.create(
+                TXN_TOPIC, self._wanted_partitions, self._broker.config.default_replication_factor,
+                dict(TXN_TOPIC_CONFIGS),
+            )
+            log.info("created %s with %d partitions", TXN_TOPIC, topic.partitions)
+        except (TopicError, MetadataError) as e:
+            if self._broker.topics.get(TXN_TOPIC) is None:  # not a concurrent creation: say why, retry later
+                log.warning("could not create %s: %s", TXN_TOPIC, e)
+        return self._known()
 
     @property
     def topic_id(self) -> str:
+        """The topic's id ("" while it does not exist); cluster wiring compares taken partitions with it."""
+        self._known()
         return self._topic_id
 
     def on_taken(self, partition: int) -> None:
@@ -192,12 +210,13 @@ class TransactionCoordinator:
 
     # --- routing -------------------------------------------------------------------------------
     def partition_for(self, transactional_id: str) -> int:
+        """The id's ``__transaction_state`` partition (the topic must exist: ``ensure_topic``)."""
         return partition_for(transactional_id, self.partitions)
 
     def shard_for(self, transactional_id: str) -> TxnShard:
         """The loaded shard of the id; raises TxnError (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, ...)."""
-        if self.partitions == 0:
-            raise TxnError(ErrorCode.coordinator_not_available, "the transaction coordinator is starting")
+        if not self._known():
+            raise TxnError(ErrorCode.coordinator_not_available, f"{TXN_TOPIC} does not exist yet")
         partition = self.partition_for(transactional_id)
         shard = self.shards.get(partition)
         if shard is not None and shard.active:
@@ -210,7 +229,7 @@ class TransactionCoordinator:
 
     def coordinator_for(self, transactional_id: str) -> Endpoint | None:
         """The endpoint of the id's coordinator (the owner of its partition), None while there is none."""
-        if self.partitions == 0:
+        if not self._known():
             return None
         partition = self.partition_for(transactional_id)
         leader = self._broker.routing.leader(self._topic_id, partition)
@@ -242,6 +261,8 @@ class TransactionCoordinator:
         """InitProducerId with a transactional id: a producer id and a bumped epoch (fencing older producers)."""
         if not 0 < timeout_ms <= self.config.max_timeout_ms:
             return InitResult(ErrorCode.invalid_transaction_timeout)
+        if not await self.ensure_topic():
+            return InitResult(ErrorCode.coordinator_not_available)
         try:
             shard = self.shard_for(transactional_id)
         except TxnError as e:
@@ -312,7 +333,7 @@ class TransactionCoordinator:
         yes; otherwise the coordinator's error (INVALID_TXN_STATE, PRODUCER_FENCED, INVALID_PRODUCER_ID_MAPPING,
         CONCURRENT_TRANSACTIONS, NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, ...)."""
         tp = (topic, partition)
-        if self.partitions == 0:
+        if not self._known():
             return ErrorCode.coordinator_not_available
         endpoint = self.coordinator_for(transactional_id)
         if endpoint is None:

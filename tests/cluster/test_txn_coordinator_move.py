@@ -54,8 +54,20 @@ def test_coordinator_moves_and_the_next_owner_completes_a_prepared_commit(tmp_pa
         create_topic(bootstrap, TOPIC, 3)
         brokers = {b.node_id for b in dev.brokers}
         data_leaders = wait_balanced(bootstrap, TOPIC, 3, brokers)
+        coordinator: list[int] = []
+
+        async def find(conn: Connection) -> None:  # the first lookup creates __transaction_state
+            found = await tw.until(
+                lambda: tw.send(conn, tw.FIND_COORDINATOR, 4, "FindCoordinatorRequest", key_type=1,
+                                coordinator_keys=(TXN_ID,)),
+                lambda r: r.coordinators[0].error_code == ErrorCode.none,
+            )
+            coordinator.append(int(found.coordinators[0].node_id))
+
+        tw.run(dev.brokers[0].address, find)
+        first = coordinator[0]
         txn_partition = partition_for(TXN_ID, len(leaders(bootstrap, TXN_TOPIC)))
-        first = leaders(bootstrap, TXN_TOPIC)[txn_partition]
+        assert leaders(bootstrap, TXN_TOPIC)[txn_partition] == first
         second = min(brokers - {first})
         by_node = {b.node_id: b for b in dev.brokers}
 

@@ -60,6 +60,8 @@ async def env() -> AsyncIterator[tuple[Broker, Markers]]:
     markers = Markers()
     b.transactions.markers.local = markers
     await b.start()
+    assert b.transactions.partitions == 0  # created on first use
+    assert (await b.transactions.init_producer_id("first", 60_000)).error == ErrorCode.coordinator_load_in_progress
     await b.transactions.wait_loaded()
     await b.topics.create("t", 3, 1, {})
     try:
@@ -342,6 +344,7 @@ async def test_verification_and_markers_go_over_the_wire_to_the_broker_that_owns
     here = Broker(BrokerConfig(node_id=2, transaction_state_log_num_partitions=3), store, MemoryLedgerClient())
     try:
         await here.start()
+        await here.transactions.ensure_topic()
         await here.topics.create("t", 3, 1, {})
         here.routing = ElsewhereRouting(Endpoint(1, "127.0.0.1", port))
         init = await remote.transactions.init_producer_id("far", 60_000)
