@@ -250,7 +250,7 @@ class TransactionCoordinator:
             return e.code
         finally:
             shard.pending.discard(txn_id)
-        if decision.markers:
+        if decision.markers and shard.active:  # a shard released meanwhile leaves them to the next owner
             shard.spawn(self._complete(shard, txn_id, decision.write))
         return decision.error
 

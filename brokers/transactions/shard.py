@@ -202,8 +202,11 @@ class TxnShard:
 
     # --- housekeeping --------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` for as long as the shard lives (cancelled when the partition goes)."""
+        """Run ``coro`` for as long as the shard lives (cancelled when the partition goes; a shard already closed
+        runs nothing: the next owner does the work from its replay)."""
         task = asyncio.ensure_future(coro)
+        if not self.active:
+            task.cancel()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
