@@ -19,12 +19,15 @@ from kio.schema.errors import ErrorCode
 
 from brokers.broker import Broker
 from brokers.config import BrokerConfig
+from brokers.log.partition import LogConfig, PartitionLog
 from brokers.routing import Endpoint, Leader
 from brokers.server import KafkaServer
 from brokers.transactions import records as rec
 from brokers.transactions import state as sm
+from brokers.transactions.shard import TxnShard
 from brokers.transactions.state import TxnMetadata, TxnState
 from metadata.embedded import EmbeddedMetadataStore
+from metadata.keys import Keys
 from tests.memory_ledgers import MemoryLedgerClient
 
 TP = tuple[str, int]
@@ -370,3 +373,37 @@ async def test_verification_and_markers_go_over_the_wire_to_the_broker_that_owns
         await here.stop()
         await store.close()
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_snapshots_bound_the_replay_and_keep_the_state() -> None:
+    store = await EmbeddedMetadataStore.open(None)
+    ledgers = MemoryLedgerClient()
+    try:
+        plog = PartitionLog(store, Keys("snap"), ledgers, "txn-state", 0, LogConfig(rollover_bytes=4096))
+        await plog.load()
+        shard = TxnShard(0, plog, snapshot_records=20)
+        await shard.load()
+        for i in range(100):  # ten ids, each written ten times; one expires
+            meta = TxnMetadata(f"id-{i % 10}", i % 10, i // 10, 60_000, TxnState.EMPTY, update_ms=i)
+            await shard.write(meta, meta.transactional_id)
+        await shard.write(None, "id-3")
+        async with asyncio.timeout(WAIT_S):
+            while shard.snapshots == 0 or shard._tasks:
+                await asyncio.sleep(0.01)
+        assert plog.log_start_offset > 0
+        expected = {t: (m.producer_id, m.producer_epoch, m.update_ms) for t, m in shard.txns.items()}
+        assert len(expected) == 9 and expected["id-9"] == (9, 9, 99)
+        await shard.close()
+        await plog.close()
+        again = PartitionLog(store, Keys("snap"), ledgers, "txn-state", 0, LogConfig(rollover_bytes=4096))
+        await again.load()
+        replayed = TxnShard(0, again, snapshot_records=20)
+        records = await replayed.load()
+        assert records < 101  # read from the snapshot on, not every write ever made
+        assert {t: (m.producer_id, m.producer_epoch, m.update_ms) for t, m in replayed.txns.items()} == expected
+        assert replayed.coordinator_epoch == shard.coordinator_epoch + 1
+        await replayed.close()
+        await again.close()
+    finally:
+        await store.close()
