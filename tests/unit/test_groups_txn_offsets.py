@@ -48,6 +48,11 @@ def _req(topic: str, partition: int, offset: int) -> offsets.CommitRequest:
     return offsets.CommitRequest(topic, partition, offset, -1, f"m{offset}")
 
 
+def _plain(group: str, topic: str, partition: int, offset: int) -> tuple[bytes, bytes]:
+    value = rec.OffsetValue(offset, -1, "", offset)
+    return rec.encode_offset_key(group, topic, partition), rec.encode_offset_value(value)
+
+
 def _exists(_topic: str, _partition: int) -> bool:
     return True
 
@@ -85,7 +90,7 @@ def _shutdown(*shards: GroupShard) -> None:
 @pytest.mark.asyncio
 async def test_pending_offsets_are_invisible_until_commit_and_dropped_on_abort(env: Env) -> None:
     shard = await env.shard()
-    await shard.write([(rec.encode_offset_key("g", "t", 0), rec.encode_offset_value(rec.OffsetValue(1, -1, "", 1)))])
+    await shard.write([_plain("g", "t", 0, 1)])
     assert await _txn_commit(shard, "g", [_req("t", 0, 10), _req("t", 1, 11)]) == [ErrorCode.none] * 2
     assert _offsets(shard, "g") == {("t", 0): 1}
     assert await _fetch(shard, "g", stable=False) == {
@@ -172,13 +177,13 @@ async def test_group_membership_is_checked_as_offset_commit_checks_it(env: Env) 
 async def test_snapshot_waits_until_nothing_is_pending(env: Env) -> None:
     shard = await env.shard(snapshot_records=5)
     for i in range(10):
-        await shard.write([(rec.encode_offset_key("g", "t", 0), rec.encode_offset_value(rec.OffsetValue(i, -1, "", i)))])
+        await shard.write([_plain("g", "t", 0, i)])
     if shard._snapshot_task is not None:
         await shard._snapshot_task
     done = shard.snapshots
     await _txn_commit(shard, "g", [_req("t", 1, 100)])
     for i in range(10):
-        await shard.write([(rec.encode_offset_key("g", "t", 0), rec.encode_offset_value(rec.OffsetValue(i, -1, "", i)))])
+        await shard.write([_plain("g", "t", 0, i)])
     await shard.snapshot()
     assert shard.snapshots == done, "no snapshot while a transaction's offsets are pending"
     start = shard.plog.log_start_offset
