@@ -102,8 +102,25 @@ def vals(prefix: str, n: int) -> list[bytes]:
     return [f"{prefix}-{i:04d}".encode() for i in range(n)]
 
 
+def settle(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> dict[int, int]:
+    """Until read_committed ListOffsets equals the high watermark on every partition (hang guard ``timeout``);
+    the high watermarks. EndTxn answers once the outcome is decided, and the coordinator writes the markers
+    after that (as Kafka does), so right after commit_transaction returns the LSO may still lag for a moment."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    while True:
+        hw = list_offsets(admin, topic, range(partitions), committed=False)
+        lso = list_offsets(admin, topic, range(partitions), committed=True)
+        if lso == hw:
+            return hw
+        assert time.monotonic() < deadline, f"{topic}: LSO {lso} never reached the high watermarks {hw}"
+        time.sleep(0.05)
+
+
 def read(bootstrap: str, topic: str, committed: bool, partitions: int = PARTS) -> list[Got]:
-    """Every record of ``topic`` from offset 0 up to each partition's end as the isolation level sees it."""
+    """Every record of ``topic`` from offset 0 up to each partition's end as the isolation level sees it, once
+    no transaction is open on it (see settle)."""
+    settle(bootstrap, topic, partitions)
     level = "read_committed" if committed else "read_uncommitted"
     return confluent_read(bootstrap, topic, range(partitions), start=OFFSET_BEGINNING, timeout=60.0,
                           **{"isolation.level": level})  # fmt: skip
@@ -372,6 +389,7 @@ def test_interleaved_transactions_one_aborted_one_committed(broker: BrokerProces
 def kafka_python_values(bootstrap: str, topic: str, partitions: int, isolation: str, expect: int) -> list[bytes]:
     """Values of ``topic`` (partition order, then offset) read by kafka-python at ``isolation``; reads until
     ``expect`` values arrived or 3 s pass without one (so a read that should stop short shows what it got)."""
+    settle(bootstrap, topic, partitions)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
                              enable_auto_commit=False, isolation_level=isolation,
                              consumer_timeout_ms=3000)  # fmt: skip
