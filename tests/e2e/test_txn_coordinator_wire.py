@@ -11,7 +11,7 @@ coordinator; DescribeTransactions / ListTransactions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -149,3 +149,45 @@ def test_a_transaction_past_its_timeout_is_aborted_by_the_coordinator(txn_broker
         assert [t.transactional_id for t in listed.transaction_states] == ["tx-slow"]
 
     tw.run(bootstrap, body)
+
+
+def test_transaction_state_survives_kill_9_and_the_timeout_still_fires(
+    broker_factory: Callable[..., BrokerProcess],
+) -> None:
+    """The coordinator's state is only what ``__transaction_state`` holds: after kill -9 and a restart the open
+    transaction is replayed (with its start time), served, and aborted when its timeout passes."""
+    b = broker_factory(CONFIGS)
+    topic = "txn-wire-restart"
+    create_topic(b.bootstrap, topic, 1)
+    begun: list[int] = []
+
+    async def before(conn: Connection) -> None:
+        committed = await tw.init(conn, "tx-restart-done")
+        assert await tw.add(conn, "tx-restart-done", int(committed.producer_id), 0, topic, (0,)) == {
+            0: ErrorCode.none}
+        assert await tw.end(conn, "tx-restart-done", int(committed.producer_id), 0, commit=True) == ErrorCode.none
+        await tw.settled(conn, "tx-restart-done", "CompleteCommit")
+        begun.append(int(committed.producer_id))
+        init = await tw.init(conn, "tx-restart", timeout_ms=4000)
+        pid = int(init.producer_id)
+        assert await tw.add(conn, "tx-restart", pid, 0, topic, (0,)) == {0: ErrorCode.none}
+        begun.append(pid)
+
+    tw.run(b.bootstrap, before)
+    b.restart(kill=True)
+    done_pid, pid = begun
+
+    async def after(conn: Connection) -> None:
+        state = await tw.until(lambda: tw.describe(conn, "tx-restart"),
+                               lambda s: s.error_code not in tw.RETRIABLE)
+        assert (state.error_code, state.producer_id, state.producer_epoch) == (ErrorCode.none, pid, 0)
+        assert state.transaction_state in ("Ongoing", "PrepareAbort", "CompleteAbort")
+        done = await tw.describe(conn, "tx-restart-done")
+        assert (done.transaction_state, done.producer_id) == ("CompleteCommit", done_pid)
+        aborted = await tw.settled(conn, "tx-restart", "CompleteAbort")
+        assert (aborted.transaction_state, aborted.producer_epoch) == ("CompleteAbort", 1)
+        assert await tw.end(conn, "tx-restart", pid, 0, commit=True) == ErrorCode.producer_fenced
+        assert [m[:3] for m in tw.control_markers(b.bootstrap, topic, 0)] == [
+            (done_pid, 0, tw.COMMIT), (pid, 1, tw.ABORT)]
+
+    tw.run(b.bootstrap, after)
