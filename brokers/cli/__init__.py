@@ -26,10 +26,25 @@ SERVERS = frozenset({"run", "broker", "bookie", "dev-cluster"})
 def commands() -> tuple[ModuleType, ...]:
     """Subcommand modules, in help order. A module adds its parser and returns an exit code from run()."""
     from brokers import devcluster
-    from brokers.cli import broker, cluster, configs, consume, groups, offload, produce, run, topics, verify
+    from brokers.cli import (
+        broker,
+        cluster,
+        configs,
+        consume,
+        groups,
+        offload,
+        produce,
+        run,
+        topics,
+        transactions,
+        verify,
+    )
     from storage.bookie import cli as bookie_cli
 
-    return (run, broker, topics, configs, produce, consume, groups, offload, cluster, bookie_cli, devcluster, verify)
+    return (
+        run, broker, topics, configs, produce, consume, groups, transactions, offload, cluster, bookie_cli, devcluster,
+        verify,
+    )
 
 
 def version() -> str:
