@@ -287,6 +287,8 @@ class TransactionCoordinator:
         self, transactional_id: str, producer_id: int, producer_epoch: int, partitions: Sequence[TP]
     ) -> dict[TP, ErrorCode]:
         """AddPartitionsToTxn: one error for every partition (Kafka answers them all alike)."""
+        if not partitions:
+            return {}  # nothing to add: no transaction is started by it
         missing = [tp for tp in partitions if not self._exists(tp)]
         if missing:
             return {tp: ErrorCode.unknown_topic_or_partition if tp in missing else ErrorCode.operation_not_attempted
