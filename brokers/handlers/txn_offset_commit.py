@@ -16,6 +16,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from brokers.groups.base import GroupError
 from brokers.groups.coordinator import OFFSETS_TOPIC
 from brokers.groups.offsets import CommitRequest
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
@@ -26,10 +27,15 @@ MAX_VERSION = 4
 
 
 async def _verify(ctx: RequestContext, request: Any) -> ErrorCode:
-    """KIP-890 part 1: the group's offsets partition must be in the producer's ongoing transaction."""
-    transactions = getattr(ctx.broker, "transactions", None)
+    """This broker must coordinate the group (NOT_COORDINATOR, ... first, so the client looks it up again), and
+    the group's offsets partition must be in the producer's ongoing transaction (KIP-890 part 1)."""
     groups = ctx.broker.groups
-    if transactions is None or groups.partitions == 0:
+    try:
+        groups.shard_for(request.group_id)
+    except GroupError as e:
+        return e.code
+    transactions = getattr(ctx.broker, "transactions", None)
+    if transactions is None:
         return ErrorCode.none
     code: ErrorCode = await transactions.verify_partition(
         request.transactional_id, request.producer_id, request.producer_epoch, OFFSETS_TOPIC,
