@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from kio.schema.errors import ErrorCode
 
+from brokers import txn_markers
 from brokers.codec import batch
 from brokers.handlers import produce
 from brokers.handlers.list_offsets import lookup
@@ -264,3 +265,53 @@ async def test_kip890_verification_before_a_transaction_opens(store: EmbeddedMet
     # no transaction coordinator on the broker: transactional writes go unverified
     assert await produce._verified(_ctx(None), plog, "tx", head, "topic", 0) is None
     await plog.close()
+
+
+class Groups:
+    """The group coordinator's ``complete_transaction`` as write_markers sees it (H3's is brokers/groups)."""
+
+    def __init__(self, plogs: dict[tuple[str, int], PartitionLog]) -> None:
+        self.plogs = plogs
+        self.completed: list[tuple[int, int, bool, bool]] = []
+
+    async def complete_transaction(self, partition: int, producer_id: int, commit: bool) -> None:
+        plog = self.plogs[("__consumer_offsets", partition)]
+        durable = plog.ongoing_transactions() == {} and plog.last_stable_offset == plog.high_watermark
+        self.completed.append((partition, producer_id, commit, durable))
+
+
+async def test_write_markers_on_owned_partitions_then_completes_offsets(store: EmbeddedMetadataStore) -> None:
+    ledgers = MemoryLedgerClient()
+    plogs = {
+        ("data", 0): PartitionLog(store, KEYS, ledgers, "data-id", 0, LogConfig()),
+        ("__consumer_offsets", 3): PartitionLog(store, KEYS, ledgers, "offsets-id", 3, LogConfig()),
+    }
+    for plog in plogs.values():
+        await plog.load()
+        await _append(plog, txn_batch(10, seq=0))
+    topics = {"data": types.SimpleNamespace(topic_id="data-id", partitions=1),
+              "__consumer_offsets": types.SimpleNamespace(topic_id="offsets-id", partitions=50)}  # fmt: skip
+    by_id = {(t.topic_id, i): plogs[(name, i)] for (name, i) in plogs for t in [topics[name]]}
+
+    async def serving_log(topic_id: str, partition: int) -> PartitionLog:
+        if (topic_id, partition) not in by_id:
+            raise LogError(ErrorCode.not_leader_or_follower, "led elsewhere")
+        return by_id[(topic_id, partition)]
+
+    groups = Groups(plogs)
+    broker: Any = types.SimpleNamespace(topics=types.SimpleNamespace(get=topics.get), serving_log=serving_log,
+                                        groups=groups)  # fmt: skip
+    wanted = [("data", 0), ("__consumer_offsets", 3), ("__consumer_offsets", 4), ("data", 7), ("nope", 0)]
+    errors = await txn_markers.write_markers(broker, 10, 0, True, 2, wanted)
+    assert errors == {
+        ("data", 0): ErrorCode.none, ("__consumer_offsets", 3): ErrorCode.none,
+        ("__consumer_offsets", 4): ErrorCode.not_leader_or_follower,
+        ("data", 7): ErrorCode.unknown_topic_or_partition, ("nope", 0): ErrorCode.unknown_topic_or_partition,
+    }  # fmt: skip
+    assert groups.completed == [(3, 10, True, True)]  # once the marker was durable, offsets partitions only
+    assert all(p.last_stable_offset == p.high_watermark == 3 for p in plogs.values())
+    stale = await txn_markers.write_markers(broker, 10, 0, False, 1, [("data", 0)])  # an older coordinator
+    assert stale == {("data", 0): ErrorCode.transaction_coordinator_fenced}
+    assert txn_markers.verifier_of(broker) is None  # no transaction coordinator: Produce appends unverified
+    for plog in plogs.values():
+        await plog.close()
