@@ -9,8 +9,10 @@ import pytest
 import pytest_asyncio
 from kio.schema.errors import ErrorCode
 
+from brokers.broker import Broker
 from brokers.codec.batch import CONTROL_FLAG, TRANSACTIONAL_FLAG, iter_headers
 from brokers.codec.builder import build_batch
+from brokers.config import BrokerConfig
 from brokers.groups import offsets
 from brokers.groups import records as rec
 from brokers.groups.base import GroupConfig, GroupError
@@ -63,13 +65,16 @@ async def _txn_commit(shard: GroupShard, group: str, reqs: list[offsets.CommitRe
 
 
 async def _marker(shard: GroupShard, pid: int, commit: bool, epoch: int = EPOCH) -> None:
-    """A transaction marker as the coordinator writes it (a stand-in for PartitionLog.write_marker), then the
-    call brokers/txn_markers.py makes once it is durable."""
-    key = struct.pack(">hh", 0, 1 if commit else 0)
-    value = struct.pack(">hi", 0, 7)
-    batch = build_batch([(key, value)], 1, pid, epoch, TRANSACTIONAL_FLAG | CONTROL_FLAG)
-    await (await shard.plog.append(batch, iter_headers(batch)))
+    """A transaction marker as brokers/txn_markers.py writes it, then the call it makes once it is durable."""
+    await (await shard.plog.write_marker(pid, epoch, commit, 7))
     shard.complete_transaction(pid, commit)
+
+
+async def _raw_marker(shard: GroupShard, pid: int, kind: int) -> None:
+    """A control batch built by hand (any control type), appended without telling the shard."""
+    key = struct.pack(">hh", 0, kind)
+    batch = build_batch([(key, struct.pack(">hi", 0, 7))], 1, pid, EPOCH, TRANSACTIONAL_FLAG | CONTROL_FLAG)
+    await (await shard.plog.append(batch, iter_headers(batch)))
 
 
 async def _fetch(shard: GroupShard, group: str, stable: bool) -> dict[tuple[str, int], tuple[int, ErrorCode]]:
@@ -121,6 +126,7 @@ async def test_replay_with_control_batches_rebuilds_committed_aborted_and_still_
     await _marker(shard, 2, commit=False)
     await _marker(shard, 1, commit=True)
     await _marker(shard, 99, commit=True)  # a producer with nothing here: no effect
+    await _raw_marker(shard, 3, kind=5)  # an unknown control type (not a transaction marker): ignored
     again = await env.shard()  # a new owner (coordinator move, restart) replays the partition
     for s in (shard, again):
         assert _offsets(s, "a") == {("t", 0): 5}
@@ -204,3 +210,38 @@ def test_control_record_key() -> None:
         control_type(b"\x00")
     with pytest.raises(ControlRecordError):
         control_type(None)
+
+
+@pytest.mark.asyncio
+async def test_coordinator_completes_on_the_offsets_partition_and_waits_for_a_loading_shard() -> None:
+    store = await EmbeddedMetadataStore.open(None)
+    b = Broker(BrokerConfig(node_id=1, offsets_topic_num_partitions=3, group_initial_rebalance_delay_ms=0), store,
+               MemoryLedgerClient())
+    await b.start()
+    try:
+        await b.groups.wait_loaded()
+        await b.topics.create("t", 3, 1, {})
+        groups = b.groups
+        partition = groups.partition_for("g")
+        assert await groups.commit_txn_offsets("g", "", None, -1, (PID, EPOCH), [_req("t", 0, 10)], 3) == [
+            ErrorCode.none
+        ]
+        fetched = await groups.fetch_offsets("g", [("t", [0])], require_stable=True)
+        assert [(f.offset, f.error) for f in fetched] == [(-1, ErrorCode.unstable_offset_commit)]
+        await groups.complete_transaction((partition + 1) % 3, PID, commit=True)  # another partition: no effect
+        assert [f.offset for f in await groups.fetch_offsets("g", [("t", [0])])] == [-1]
+        await groups.complete_transaction(partition, PID, commit=True)
+        assert [f.offset for f in await groups.fetch_offsets("g", [("t", [0])], require_stable=True)] == [10]
+
+        await groups.commit_txn_offsets("g", "", None, -1, (PID, EPOCH), [_req("t", 1, 11)], 3)
+        await groups.on_released(partition)  # the shard is reloaded (a move back, a retried load) ...
+        groups.on_taken(partition)
+        await groups.complete_transaction(partition, PID, commit=True)  # ... and the marker's call waits for it
+        fetched = await groups.fetch_offsets("g", [("t", [0, 1])], require_stable=True)
+        assert [(f.offset, f.error) for f in fetched] == [(10, ErrorCode.none), (11, ErrorCode.none)]
+        assert await groups.commit_txn_offsets("g", "", None, 3, (PID, EPOCH), [_req("t", 2, 1)], 3) == [
+            ErrorCode.unknown_member_id  # a generation names a member: a simple group has none
+        ]
+    finally:
+        await b.stop()
+        await store.close()
