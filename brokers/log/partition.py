@@ -27,7 +27,7 @@ from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup, scan_ledger
 from brokers.log.producers import ActiveProducer, ProducerStateError, ProducerTable
 from brokers.log.tiered import TieredLog, Tiering
-from brokers.log.txn_state import MarkerFenced, TxnState
+from brokers.log.txn_state import MAX_INDEXED_ABORTS, MarkerFenced, TxnState
 from brokers.log.types import AppendResult, LogConfig, LogError, NotLeader, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
 from metadata.api import MetadataError, MetadataStore, VersionConflict
@@ -100,6 +100,7 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._txns = TxnState(index=False)  # transactions as of every appended batch (is one open here?)
         self._durable_txns = TxnState()  # as of confirmed batches: LSO, aborted index, snapshots
         self._guards: dict[int, object] = {}  # KIP-890: producer id -> the verification its next append needs
+        self._aborts_at_roll = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._deposed = False
         self.ledger_switches = 0
@@ -196,6 +197,7 @@ class PartitionLog(LedgerWriting, TieredLog):
         txns.trim(state.txn_floor)
         self._durable_txns = txns
         self._txns = txns.copy(index=False)
+        self._aborts_at_roll = 0
         self._guards.clear()
         if original.ledgers:  # taken over (or reopened) with data: clients may be mid-retry of refused batches
             self._settle_until = time.monotonic() + SETTLE_S
@@ -277,6 +279,7 @@ class PartitionLog(LedgerWriting, TieredLog):
                 return result
             if guard is not None:
                 self._check_guard(headers, guard)
+            self._check_index_room(headers)
             base = self._next_offset
             entry = log_entry.allocate(records)
             end = assign_offsets(entry, headers, base, self._state.epoch, log_entry.HEADER_SIZE)
@@ -315,6 +318,20 @@ class PartitionLog(LedgerWriting, TieredLog):
                     ErrorCode.invalid_txn_state,
                     f"producer {head.producer_id}: the partition is not part of an ongoing transaction (ended "
                     "since it was verified, or never added)",
+                )
+
+    def _check_index_room(self, headers: list[BatchHeader]) -> None:
+        """Refuse (retriably) a batch that opens a transaction while the partition indexes MAX_INDEXED_ABORTS
+        aborted transactions itself: its state (in etcd) must stay small; offload moves them into segments."""
+        if len(self._durable_txns.aborted) < MAX_INDEXED_ABORTS:
+            return
+        for head in headers:
+            if head.is_transactional and not head.is_control and head.producer_id not in self._txns.ongoing:
+                self._refused_retriably()
+                raise LogError(
+                    ErrorCode.not_enough_replicas,
+                    f"{len(self._durable_txns.aborted)} aborted transactions wait for offload to their segments; "
+                    "retry",
                 )
 
     # --- transactions --------------------------------------------------------------------------

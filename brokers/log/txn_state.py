@@ -25,6 +25,11 @@ AbortedTxn = tuple[int, int, int]
 """(producer_id, first offset of the transaction, offset of its ABORT marker)."""
 MAX_COORDINATOR_EPOCHS = 10_000
 """Producers whose last marker's coordinator epoch is remembered (the oldest is forgotten first)."""
+ABORTS_PER_LEDGER = 5_000
+"""A ledger holding this many ABORT markers is rolled over, so offload can move their index into a segment."""
+MAX_INDEXED_ABORTS = 20_000
+"""Aborted transactions a partition indexes itself (in memory and in its state, which etcd stores: about 15
+bytes each); beyond it a new transaction is refused retriably until offload moves some into segments."""
 
 
 class MarkerFenced(Exception):
@@ -36,7 +41,7 @@ class MarkerFenced(Exception):
 class TxnState:
     """Open transactions by producer, and aborted ones in marker order (when ``index`` is kept)."""
 
-    __slots__ = ("_index", "_lasts", "_max_span", "aborted", "coordinator_epochs", "ongoing")
+    __slots__ = ("_index", "_lasts", "_max_span", "aborted", "aborts", "coordinator_epochs", "ongoing")
 
     def __init__(
         self,
@@ -51,6 +56,8 @@ class TxnState:
         self.coordinator_epochs: dict[int, int] = dict(coordinator_epochs)
         """producer_id -> coordinator epoch of the last marker written for it (Kafka's ProducerStateEntry)."""
         self._index = index
+        self.aborts = 0
+        """ABORT markers that ended a transaction since this state was made (a counter for rollover)."""
         self.aborted: list[AbortedTxn] = sorted(aborted, key=lambda t: t[2]) if index else []
         self._lasts = [t[2] for t in self.aborted]  # marker offsets, ascending (bisect)
         self._max_span = max((t[2] - t[1] for t in self.aborted), default=0)
@@ -97,6 +104,8 @@ class TxnState:
         if kind not in (ABORT, COMMIT):
             return
         first = self.ongoing.pop(producer_id, None)
+        if kind == ABORT and first is not None:
+            self.aborts += 1
         if kind == ABORT and first is not None and self._index:
             self.aborted.append((producer_id, first, marker_offset))
             self._lasts.append(marker_offset)

@@ -33,7 +33,7 @@ from brokers.log.index import LedgerIndex
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup
 from brokers.log.producers import ProducerTable
-from brokers.log.txn_state import TxnState
+from brokers.log.txn_state import ABORTS_PER_LEDGER, TxnState
 from brokers.log.types import LogConfig, LogError
 from metadata.api import MetadataError, MetadataStore, VersionConflict
 from metadata.models import LedgerRef, PartitionState
@@ -83,6 +83,8 @@ class LedgerWriting:
     _lookup: LedgerLookup
     _durable: ProducerTable  # confirmed batches only (what snapshots record)
     _durable_txns: TxnState  # transactions as of the confirmed batches (LSO, aborted index, snapshots)
+    _txns: TxnState  # transactions as of every appended batch
+    _aborts_at_roll: int  # ``_txns.aborts`` when the current ledger started
     _waiters: set[asyncio.Future[None]]
     _deposed: bool
     ledger_switches: int
@@ -314,7 +316,11 @@ class LedgerWriting:
         else:
             now = time.monotonic()
             config = self._config
-            if writer.length >= config.rollover_bytes or (now - self._writer_opened) * 1000 >= config.rollover_ms:
+            if (
+                writer.length >= config.rollover_bytes
+                or (now - self._writer_opened) * 1000 >= config.rollover_ms
+                or self._txns.aborts - self._aborts_at_roll >= ABORTS_PER_LEDGER  # their index moves on offload
+            ):
                 await self._roll()
             elif self._degraded and now >= self._upgrade_at:
                 self._upgrade_at = now + UPGRADE_CHECK_S
@@ -375,6 +381,7 @@ class LedgerWriting:
         self._lookup.indexes[writer.ledger_id] = LedgerIndex()
         self._writer = writer
         self._writer_opened = time.monotonic()
+        self._aborts_at_roll = self._txns.aborts
         self._sent = 0
         self._degraded = not full
         self._upgrade_at = self._writer_opened + UPGRADE_CHECK_S

@@ -315,3 +315,33 @@ async def test_write_markers_on_owned_partitions_then_completes_offsets(store: E
     assert txn_markers.verifier_of(broker) is None  # no transaction coordinator: Produce appends unverified
     for plog in plogs.values():
         await plog.close()
+
+
+async def test_many_aborts_roll_the_ledger_and_bound_the_index(
+    store: EmbeddedMetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("brokers.log.writing.ABORTS_PER_LEDGER", 3)
+    monkeypatch.setattr("brokers.log.partition.MAX_INDEXED_ABORTS", 5)
+    ledgers, objects = MemoryLedgerClient(), MemoryObjectStore()
+    tiering = Tiering(objects, BlockCache(1 << 20), Offloader(store, KEYS, ledgers, objects), offload=False)
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(), tiering)
+    await plog.load()
+    for pid in range(5):
+        await _append(plog, txn_batch(pid, seq=0))
+        await _marker(plog, pid, commit=False)
+    assert len(plog.ledgers) >= 2  # rolled after 3 aborts: offload can take their index into a segment
+    with pytest.raises(LogError) as err:  # the 6th transaction must wait for offload
+        await _append(plog, txn_batch(99, seq=0))
+    assert err.value.code == ErrorCode.not_enough_replicas
+    assert await _append(plog, make_batch(1)) > 0  # everything else goes on
+    await plog.close()
+    await tiering.offloader.close()
+    tiering = _tiering(store, ledgers, objects)  # offload on: the index moves out, transactions start again
+    again = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(), tiering)
+    await again.load()
+    await tiering.offloader.idle()
+    assert again.indexed_aborted < 5
+    assert await _append(again, txn_batch(99, seq=0)) > 0
+    assert [pid for pid, _ in await again.aborted_transactions(0, again.high_watermark)] == [0, 1, 2, 3, 4]
+    await again.close()
+    await tiering.offloader.close()
