@@ -4,7 +4,8 @@ left open by confluent-kafka's transactional producer.
 ``list`` and ``describe`` show it Ongoing with its partition, ``describe-producers`` shows where it starts on the
 partition, and ``abort --start-offset`` ends it there (WriteTxnMarkers ABORT to the leader, as
 kafka-transactions.sh does): the partition's last stable offset is released, so a read_committed consumer that
-was held back now reads a record written after the transaction and never the aborted ones. Errors: an unknown
+was held back now reads a record written after the transaction and never the aborted ones; on a group's
+``__consumer_offsets`` partition the abort drops the transaction's pending offsets. Errors: an unknown
 transactional id, a start offset no transaction begins at, and an abort with no producer named.
 """
 
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from brokers.groups.records import partition_for
 
 from .broker_process import BrokerProcess, tidelog_command
 from .conftest import _finish
@@ -125,3 +128,33 @@ def test_errors_are_one_line(txn_broker: BrokerProcess) -> None:
     no_topic = cli(bootstrap, "describe-producers", "--topic", "no-such-topic", "--partition", "0")
     assert no_topic.returncode == 1 and "does not exist" in no_topic.stderr
     assert cli_json(bootstrap, "list") == []
+
+
+def test_abort_on_the_offsets_partition_drops_the_pending_offsets(txn_broker: BrokerProcess) -> None:
+    """A transaction hanging on a group's ``__consumer_offsets`` partition (its offsets pending, so
+    read_committed consumers of the group get UNSTABLE_OFFSET_COMMIT): the abort marker drops them there."""
+    bootstrap = txn_broker.bootstrap
+    topic, group = "cli-txn-src", "cli-txn-group"
+    create_topic(bootstrap, topic, 1)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "cli-txn-offsets"})
+    try:
+        producer.init_transactions(POLL_S)
+        producer.begin_transaction()
+        producer.send_offsets_to_transaction([TopicPartition(topic, 0, 7)], consumer.consumer_group_metadata(),
+                                             POLL_S)
+        partition = partition_for(group, 2)
+        producers = cli_json(bootstrap, "describe-producers", "--topic", "__consumer_offsets",
+                             "--partition", str(partition))
+        (open_txn,) = [p for p in producers if p["txn_start_offset"] is not None]
+        with pytest.raises(KafkaException) as pending:  # UNSTABLE_OFFSET_COMMIT, retried by librdkafka until then
+            consumer.committed([TopicPartition(topic, 0)], timeout=2)
+        assert pending.value.args[0].code() == KafkaError._TIMED_OUT
+        aborted = cli_json(bootstrap, "abort", "--topic", "__consumer_offsets", "--partition", str(partition),
+                           "--start-offset", str(open_txn["txn_start_offset"]))
+        assert aborted["error"] is None
+        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=POLL_S)
+        assert tp.offset == OFFSET_INVALID  # dropped, never committed
+    finally:
+        consumer.close()
