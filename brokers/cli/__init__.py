@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     topic_names.install()  # log lines name topics, not their ids
     if args.command in SERVERS:
         _tune_gc()
-        faulthandler.enable()  # a crash in native code (grpc, uvloop) leaves the threads' stacks in the log
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr without a file (in tests)
+            faulthandler.enable()  # a crash in native code (grpc, uvloop) leaves the threads' stacks in the log
     from brokers.config import ConfigError
 
     try:
