@@ -2,7 +2,8 @@
 
 ``list`` asks every broker (ListTransactions), ``describe`` the transactional id's coordinator
 (FindCoordinator key type 1, DescribeTransactions), ``describe-producers`` a partition's leader
-(DescribeProducers: each producer's open transaction and where it starts), and ``abort`` ends a hanging
+(DescribeProducers: each producer's open transaction and where it starts), ``find-hanging`` the open
+transactions no coordinator will end (brokers/cli/txn_hanging.py), and ``abort`` ends a hanging
 transaction on one partition: the producer is found by the offset its open transaction starts at
 (``--start-offset``, from describe-producers) or named (``--producer-id``/``--producer-epoch``/
 ``--coordinator-epoch``), and a WriteTxnMarkers(ABORT) for it goes to the partition's leader. Only the Kafka
@@ -30,6 +31,7 @@ from brokers.cli.txn_admin import (
     list_transactions,
     producer_at,
 )
+from brokers.cli.txn_hanging import find_hanging
 
 PROG = "tidelog transactions"
 STATES = ("Empty", "Ongoing", "PrepareCommit", "PrepareAbort", "CompleteCommit", "CompleteAbort", "Dead",
@@ -77,6 +79,15 @@ def add_parser(sub: Any) -> None:
     producers.add_argument("--topic", required=True)
     producers.add_argument("--partition", type=_non_negative, required=True)
 
+    hanging = actions.add_parser("find-hanging", help="open transactions no coordinator will end (then: abort)")
+    add_common(hanging, top=False)
+    where = hanging.add_mutually_exclusive_group(required=True)
+    where.add_argument("--broker-id", type=_non_negative, help="every partition this broker leads")
+    where.add_argument("--topic", help="the partitions of this topic")
+    hanging.add_argument("--partition", type=_non_negative, help="with --topic: only this partition")
+    hanging.add_argument("--max-transaction-timeout", type=_non_negative, default=15, metavar="MINUTES",
+                         help="open at least this long to be suspected (transaction.max.timeout.ms; default 15)")
+
     abort = actions.add_parser("abort", help="abort a hanging transaction on one partition (WriteTxnMarkers ABORT)")
     add_common(abort, top=False)
     abort.add_argument("--topic", required=True)
@@ -94,6 +105,9 @@ def add_parser(sub: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     if args.action == "abort" and args.producer_id is not None and args.producer_epoch is None:
         print(f"{PROG} abort: error: --producer-id needs --producer-epoch", file=sys.stderr)
+        return USAGE_ERROR
+    if args.action == "find-hanging" and args.partition is not None and args.topic is None:
+        print(f"{PROG} find-hanging: error: --partition needs --topic", file=sys.stderr)
         return USAGE_ERROR
     try:
         return asyncio.run(run_async(args))
@@ -159,6 +173,43 @@ async def _describe_producers(client: KafkaClient, args: argparse.Namespace) -> 
     return 0
 
 
+async def _partitions(client: KafkaClient, args: argparse.Namespace) -> list[tuple[str, int]]:
+    if args.topic is None:
+        resp = await client.metadata(None)
+        return sorted((t.name, int(p.partition_index)) for t in resp.topics for p in t.partitions
+                      if int(p.leader_id) == args.broker_id)
+    existing = (await client.partitions([args.topic])).get(args.topic)
+    if existing is None:
+        raise CommandError(f"topic '{args.topic}' does not exist")
+    if args.partition is None:
+        return [(args.topic, p) for p in sorted(existing)]
+    if args.partition not in existing:
+        raise CommandError(f"topic '{args.topic}' has no partition {args.partition}")
+    return [(args.topic, args.partition)]
+
+
+async def _find_hanging(client: KafkaClient, args: argparse.Namespace) -> int:
+    now = int(time.time() * 1000)
+    found, problems = await find_hanging(client, await _partitions(client, args), now,
+                                         args.max_transaction_timeout * 60_000)
+    rows = []
+    data = []
+    for h in found:
+        p = h.open.producer
+        minutes = None if p.last_timestamp < 0 else (now - p.last_timestamp) // 60_000
+        rows.append((h.open.topic, h.open.partition, p.producer_id, p.producer_epoch, _opt(p.coordinator_epoch),
+                     p.txn_start_offset, _opt(p.last_timestamp), minutes, h.transactional_id, h.reason))
+        data.append({"topic": h.open.topic, "partition": h.open.partition, "producer_id": p.producer_id,
+                     "producer_epoch": p.producer_epoch, "coordinator_epoch": _opt(p.coordinator_epoch),
+                     "start_offset": p.txn_start_offset, "last_timestamp": _opt(p.last_timestamp),
+                     "duration_minutes": minutes, "transactional_id": h.transactional_id, "reason": h.reason})
+    emit(args, data, table(("TOPIC", "PARTITION", "PRODUCER-ID", "PRODUCER-EPOCH", "COORDINATOR-EPOCH",
+                            "START-OFFSET", "LAST-TIMESTAMP", "DURATION-MIN", "TRANSACTIONAL-ID", "REASON"), rows))
+    for problem in problems:
+        print(f"{PROG}: error: not checked: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 async def _abort(client: KafkaClient, args: argparse.Namespace) -> int:
     if args.start_offset is not None:
         p = await producer_at(client, args.topic, args.partition, args.start_offset)
@@ -178,5 +229,6 @@ async def _abort(client: KafkaClient, args: argparse.Namespace) -> int:
 
 
 _ACTIONS: dict[str, Action] = {
-    "list": _list, "describe": _describe, "describe-producers": _describe_producers, "abort": _abort,
+    "list": _list, "describe": _describe, "describe-producers": _describe_producers, "find-hanging": _find_hanging,
+    "abort": _abort,
 }

@@ -149,24 +149,53 @@ async def _leader(client: KafkaClient, topic: str, partition: int) -> int:
 
 async def describe_producers(client: KafkaClient, topic: str, partition: int) -> list[ProducerDescription]:
     """The producers the partition's leader remembers. Raises KafkaError."""
-    conn = await client.node(await _leader(client, topic, partition))
+    leader = await _leader(client, topic, partition)
+    found = (await _describe_at(client, leader, [(topic, partition)]))[(topic, partition)]
+    if isinstance(found, KafkaError):
+        raise found
+    return found
+
+
+async def describe_producers_led_by(
+    client: KafkaClient, by_leader: dict[int, list[tuple[str, int]]]
+) -> dict[tuple[str, int], list[ProducerDescription] | KafkaError]:
+    """DescribeProducers for many partitions: one request per leader (``by_leader``: leader -> partitions)."""
+    out: dict[tuple[str, int], list[ProducerDescription] | KafkaError] = {}
+    for leader, tps in sorted(by_leader.items()):
+        out.update(await _describe_at(client, leader, tps))
+    return out
+
+
+async def _describe_at(
+    client: KafkaClient, leader: int, tps: list[tuple[str, int]]
+) -> dict[tuple[str, int], list[ProducerDescription] | KafkaError]:
+    conn = await client.node(leader)
     mod = request_module(DESCRIBE_PRODUCERS, conn.version(DESCRIBE_PRODUCERS, 0, 0))
-    resp: Any = await conn.send(make(
-        mod.DescribeProducersRequest, topics=(make(mod.TopicRequest, name=topic, partition_indexes=(partition,)),)
-    ))
+    by_topic: dict[str, list[int]] = {}
+    for topic, partition in tps:
+        by_topic.setdefault(topic, []).append(partition)
+    resp: Any = await conn.send(make(mod.DescribeProducersRequest, topics=tuple(
+        make(mod.TopicRequest, name=t, partition_indexes=tuple(ps)) for t, ps in by_topic.items()
+    )))
+    out: dict[tuple[str, int], list[ProducerDescription] | KafkaError] = {
+        tp: KafkaError(ErrorCode.unknown_server_error, f"{tp[0]}:{tp[1]}: the leader's answer left it out")
+        for tp in tps
+    }
     for t in resp.topics:
         for p in t.partitions:
-            if int(p.partition_index) != partition:
+            tp = (t.name, int(p.partition_index))
+            if tp not in out:
                 continue
             if p.error_code != ErrorCode.none:
                 detail = f" ({p.error_message})" if p.error_message else ""
-                raise KafkaError(p.error_code, f"{topic}:{partition}: {error_name(p.error_code)}{detail}")
-            return [
+                out[tp] = KafkaError(p.error_code, f"{tp[0]}:{tp[1]}: {error_name(p.error_code)}{detail}")
+                continue
+            out[tp] = [
                 ProducerDescription(int(s.producer_id), int(s.producer_epoch), int(s.last_sequence),
                                     int(s.last_timestamp), int(s.coordinator_epoch), int(s.current_txn_start_offset))
                 for s in p.active_producers
             ]
-    raise KafkaError(ErrorCode.unknown_server_error, f"{topic}:{partition}: the leader's answer left it out")
+    return out
 
 
 async def producer_at(client: KafkaClient, topic: str, partition: int, start_offset: int) -> ProducerDescription:

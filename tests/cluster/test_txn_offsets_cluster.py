@@ -168,6 +168,9 @@ def test_cli_lists_every_coordinator_and_aborts_at_the_leader(cluster: DevCluste
         assert (described["coordinator"], described["state"]) == (coordinator, "Ongoing")
         assert described["partitions"] == [{"topic": topic, "partition": i}]
 
+    for node in NODES:  # every open transaction is known to its coordinator, wherever that is: none hangs
+        assert _cli(via, "find-hanging", "--broker-id", str(node), "--max-transaction-timeout", "0") == []
+
     far = next(p for p in range(3) if owner[p] != 1) if any(o != 1 for o in owner.values()) else 0
     (open_txn,) = [p for p in _cli(via, "describe-producers", "--topic", topic, "--partition", str(far))
                    if p["txn_start_offset"] is not None]

@@ -2,11 +2,12 @@
 left open by confluent-kafka's transactional producer.
 
 ``list`` and ``describe`` show it Ongoing with its partition, ``describe-producers`` shows where it starts on the
-partition, and ``abort --start-offset`` ends it there (WriteTxnMarkers ABORT to the leader, as
-kafka-transactions.sh does): the partition's last stable offset is released, so a read_committed consumer that
-was held back now reads a record written after the transaction and never the aborted ones; on a group's
-``__consumer_offsets`` partition the abort drops the transaction's pending offsets. Errors: an unknown
-transactional id, a start offset no transaction begins at, and an abort with no producer named.
+partition, ``find-hanging`` does not report it (its coordinator still has it open there), and ``abort
+--start-offset`` ends it there (WriteTxnMarkers ABORT to the leader, as kafka-transactions.sh does): the
+partition's last stable offset is released, so a read_committed consumer that was held back now reads a record
+written after the transaction and never the aborted ones; on a group's ``__consumer_offsets`` partition the abort
+drops the transaction's pending offsets. Errors: an unknown transactional id, a start offset no transaction
+begins at, and an abort with no producer named.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ def test_list_describe_and_abort_a_hanging_transaction(txn_broker: BrokerProcess
     (open_txn,) = [p for p in producers if p["txn_start_offset"] is not None]
     assert open_txn["producer_id"] == listed[0]["producer_id"] and open_txn["txn_start_offset"] == 0
 
+    # open, but its coordinator has it with this partition: not hanging, however long the threshold allows
+    assert cli_json(bootstrap, "find-hanging", "--topic", topic, "--max-transaction-timeout", "0") == []
+    node = str(listed[0]["coordinator"])  # tidelog run leads every partition
+    assert cli_json(bootstrap, "find-hanging", "--broker-id", node, "--max-transaction-timeout", "0") == []
+
     plain = Producer({"bootstrap.servers": bootstrap})
     plain.produce(topic, value=b"after", partition=0)
     assert plain.flush(POLL_S) == 0
@@ -125,6 +131,9 @@ def test_errors_are_one_line(txn_broker: BrokerProcess) -> None:
     assert unnamed.returncode == 2 and "--start-offset" in unnamed.stderr
     no_epoch = cli(bootstrap, "abort", "--topic", "cli-txn-err", "--partition", "0", "--producer-id", "5")
     assert no_epoch.returncode == 2 and "--producer-epoch" in no_epoch.stderr
+    lone = cli(bootstrap, "find-hanging", "--partition", "0")
+    assert lone.returncode == 2
+    assert cli_json(bootstrap, "find-hanging", "--topic", "cli-txn-err") == []
     no_topic = cli(bootstrap, "describe-producers", "--topic", "no-such-topic", "--partition", "0")
     assert no_topic.returncode == 1 and "does not exist" in no_topic.stderr
     assert cli_json(bootstrap, "list") == []
