@@ -458,7 +458,10 @@ class GroupCoordinator:
             return ErrorCode.non_empty_group
         group.mark_dead()
         committed = shard.offsets.get(group_id, {})
-        records = group.delete_records() + [(encode_offset_key(group_id, t, p), None) for t, p in committed]
+        pending = [tp for tp in shard.pending_txn.pending_of(group_id) if tp not in committed]
+        records = group.delete_records() + [
+            (encode_offset_key(group_id, t, p), None) for t, p in [*committed, *pending]
+        ]
         if shard.groups.get(group_id) is group:
             del shard.groups[group_id]
         try:

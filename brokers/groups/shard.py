@@ -250,6 +250,7 @@ class GroupShard:
     def _apply_offset(self, key: rec.OffsetKey, value: bytes | None, log_offset: int = -1) -> None:
         tp = (key.topic, key.partition)
         if value is None:
+            self.pending_txn.drop(key.group, key.topic, key.partition)
             by_group = self.offsets.get(key.group)
             if by_group is not None:
                 by_group.pop(tp, None)

@@ -9,7 +9,8 @@ anywhere (a restart, a coordinator move) ends in the same state as the one that 
 
 As Kafka does, a committed transactional offset replaces the group's committed offset only if it was
 written after it (by log offset): a plain OffsetCommit that landed between the TxnOffsetCommit and the
-marker wins.
+marker wins; and a tombstone for a group partition (OffsetDelete, DeleteGroups, expiry) drops its pending
+offsets too.
 """
 
 from __future__ import annotations
@@ -110,6 +111,25 @@ class PendingTxnOffsets:
             if not by_tp:
                 del self._by_group[group]
         return txn.offsets
+
+    def drop(self, group: str, topic: str, partition: int) -> None:
+        """A tombstone for the group partition (OffsetDelete, DeleteGroups, expiry): its pending offsets go too,
+        as Kafka drops them; a producer left with nothing pending here is forgotten (its marker changes nothing)."""
+        by_tp = self._by_group.get(group)
+        holders = None if by_tp is None else by_tp.pop((topic, partition), None)
+        if by_tp is not None and not by_tp:
+            del self._by_group[group]
+        for producer_id in holders or ():
+            txn = self.by_producer.get(producer_id)
+            if txn is None:
+                continue
+            txn.offsets.pop((group, topic, partition), None)
+            if not txn.offsets:
+                del self.by_producer[producer_id]
+
+    def pending_of(self, group: str) -> list[tuple[str, int]]:
+        """The group partitions with a pending offset (DeleteGroups tombstones them too)."""
+        return sorted(self._by_group.get(group, {}))
 
     def forget_idle(self) -> None:
         """Drop remembered epochs of producers with nothing pending (called when a snapshot resets state)."""

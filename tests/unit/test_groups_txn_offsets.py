@@ -154,6 +154,23 @@ async def test_a_plain_commit_written_after_the_txn_offset_wins_at_commit(env: E
 
 
 @pytest.mark.asyncio
+async def test_a_tombstone_drops_the_pending_offsets_of_its_partition(env: Env) -> None:
+    shard = await env.shard()
+    await _txn_commit(shard, "g", [_req("t", 0, 5), _req("t", 1, 6)])
+    await _txn_commit(shard, "h", [_req("t", 0, 7)], pid=PID + 1)
+    await shard.write([(rec.encode_offset_key("g", "t", 0), None)])  # OffsetDelete, DeleteGroups, expiry
+    assert (await _fetch(shard, "g", stable=True))[("t", 0)] == (-1, ErrorCode.none)
+    await shard.write([(rec.encode_offset_key("h", "t", 0), None)])
+    assert set(shard.pending_txn.by_producer) == {PID}, "a producer left with nothing pending is forgotten"
+    await _marker(shard, PID, commit=True)
+    await _marker(shard, PID + 1, commit=True)
+    for s in (shard, await env.shard()):
+        assert _offsets(s, "g") == {("t", 1): 6}
+        assert "h" not in s.offsets
+    _shutdown(shard)
+
+
+@pytest.mark.asyncio
 async def test_older_producer_epoch_is_fenced(env: Env) -> None:
     shard = await env.shard()
     assert await _txn_commit(shard, "g", [_req("t", 0, 1)], epoch=5) == [ErrorCode.none]
@@ -242,6 +259,11 @@ async def test_coordinator_completes_on_the_offsets_partition_and_waits_for_a_lo
         assert await groups.commit_txn_offsets("g", "", None, 3, (PID, EPOCH), [_req("t", 2, 1)], 3) == [
             ErrorCode.unknown_member_id  # a generation names a member: a simple group has none
         ]
+        # DeleteGroups tombstones the partitions with only pending offsets too: the later COMMIT brings none back
+        await groups.commit_txn_offsets("g", "", None, -1, (PID, EPOCH), [_req("t", 2, 12)], 3)
+        assert await groups.delete_group("g") == ErrorCode.none
+        await groups.complete_transaction(partition, PID, commit=True)
+        assert [f.offset for f in await groups.fetch_offsets("g", [("t", [0, 1, 2])])] == [-1, -1, -1]
     finally:
         await b.stop()
         await store.close()
