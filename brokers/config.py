@@ -68,6 +68,13 @@ MAX_LEDGER_BYTES = 4 * 1024**3
 conditional PUT (at most 5 GiB) or, from 128 MiB, a multipart upload and one conditional server-side copy."""
 
 
+def _transaction_version(v: str) -> int:
+    level = int(v)
+    if level not in (0, 1, 2):  # Kafka's transaction.version feature levels
+        raise ValueError(f"{v!r} is not a transaction.version level (0, 1 or 2)")
+    return level
+
+
 def _ledger_bytes(v: str) -> int:
     n = int(v)
     if not 0 < n <= MAX_LEDGER_BYTES:
@@ -283,6 +290,9 @@ class BrokerConfig:
         default=10_000,
         metadata={"key": "transaction.abort.timed.out.transaction.cleanup.interval.ms", "parse": _positive},
     )
+    transaction_version: int = field(
+        default=2, metadata={"key": "transaction.version", "parse": _transaction_version}
+    )  # the finalized transaction.version feature (ApiVersions); 2: KIP-890 part 2 offered to clients that ask
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
 
     @property

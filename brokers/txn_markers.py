@@ -36,10 +36,12 @@ OFFSETS_TOPIC = "__consumer_offsets"
 @runtime_checkable
 class PartitionVerifier(Protocol):
     """KIP-890 part 1: the transaction coordinator's answer to "is this partition in the producer's open
-    transaction" (ErrorCode.none: yes). ``broker.transactions`` satisfies it."""
+    transaction" (ErrorCode.none: yes); with ``add`` (part 2, a TV2 producer) the partition is added to it
+    instead. ``broker.transactions`` satisfies it."""
 
     async def verify_partition(
-        self, transactional_id: str, producer_id: int, producer_epoch: int, topic: str, partition: int
+        self, transactional_id: str, producer_id: int, producer_epoch: int, topic: str, partition: int,
+        add: bool = False,
     ) -> ErrorCode: ...
 
 

@@ -1,7 +1,8 @@
 """AddPartitionsToTxn (24): partitions join a producer's transaction at its coordinator (v0-v3, as clients send
 it), and v4+'s batched form brokers send: several transactions at once, each either added or, with
 ``verify_only``, only checked (KIP-890 part 1: the partition leader asks whether a transactional write's
-partition is in the open transaction before appending it)."""
+partition is in the open transaction before appending it), or else added (KIP-890 part 2: the leader adds the
+partition of a TV2 producer's first write to it, which replaces the client's own AddPartitionsToTxn)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.transactions.coordinator import TP, TransactionCoordinator
+from brokers.transactions.state import TV_2
 
 API_KEY = 24
 MIN_VERSION = 0
@@ -39,7 +41,9 @@ async def _one(coordinator: TransactionCoordinator, txn: Any, tps: list[TP], ver
     pid, epoch = int(txn.producer_id), int(txn.producer_epoch)
     if verify_only:
         return {tp: coordinator.verify_local(txn.transactional_id, pid, epoch, tp) for tp in tps}
-    return await coordinator.add_partitions(txn.transactional_id, pid, epoch, tps)
+    # Only partition leaders send v4+, and without verify_only only for a TV2 producer's implicit add (KIP-890
+    # part 2: Produce v12+, TxnOffsetCommit v5+), so the transaction is recorded as a TV2 one.
+    return await coordinator.add_partitions(txn.transactional_id, pid, epoch, tps, TV_2)
 
 
 async def handle(ctx: RequestContext, request: Any) -> Any:

@@ -38,6 +38,9 @@ API_KEY = 0
 MIN_VERSION = 3
 MAX_VERSION = 12
 ADVERTISED_MIN_VERSION = 0  # v0-2 are refused (message formats v0/v1), but librdkafka needs to see v0
+IMPLICIT_ADD_SINCE = 12
+"""KIP-890 part 2: from v12 a transactional write's partition is added to the producer's transaction by this
+leader (a TV2 producer sends no AddPartitionsToTxn), when the broker finalizes transaction.version 2."""
 
 
 class _Outcome:
@@ -240,7 +243,8 @@ async def _verified(
 ) -> object | None:
     """KIP-890 part 1: the guard to append a transactional batch with. A producer whose transaction is already
     open on the partition needs no verification; otherwise the coordinator must confirm the partition was added
-    to its open transaction (else the batch is refused: it could start a transaction no marker ever ends)."""
+    to its open transaction (else the batch is refused: it could start a transaction no marker ever ends).
+    Part 2 (v12+, transaction.version 2): the coordinator adds the partition instead of only checking it."""
     verifier = verifier_of(ctx.broker)
     if verifier is None or transactional_id is None:
         return None  # no transaction coordinator on this broker: appended unverified
@@ -248,7 +252,10 @@ async def _verified(
     if guard is OPEN_TXN:
         return guard
     try:
-        code = await verifier.verify_partition(transactional_id, head.producer_id, head.producer_epoch, topic, index)
+        add = ctx.api_version >= IMPLICIT_ADD_SINCE and ctx.broker.config.transaction_version >= 2
+        code = await verifier.verify_partition(
+            transactional_id, head.producer_id, head.producer_epoch, topic, index, add=add
+        )
     except Exception as e:
         log.warning("verifying %s/%d for transactional id %r failed: %r", topic, index, transactional_id, e)
         code = ErrorCode.coordinator_not_available

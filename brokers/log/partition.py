@@ -270,6 +270,7 @@ class PartitionLog(LedgerWriting, TieredLog):
                 self._refused_retriably()
                 raise LogError(ErrorCode.not_enough_replicas, f"metadata store unavailable: {e}") from None
             try:
+                self._check_next_txn(headers)
                 duplicate = self._check_producers(headers)
                 self._txns.check_markers(records, headers)
             except (ProducerStateError, MarkerFenced) as e:
@@ -306,6 +307,24 @@ class PartitionLog(LedgerWriting, TieredLog):
             if self._failed is None:  # else a failure was noticed meanwhile: the repair writes it
                 self._write(writer, pending)
         return result
+
+    def _check_next_txn(self, headers: list[BatchHeader]) -> None:
+        """KIP-890 part 2: a TV2 producer's transaction ends with an epoch bump, and its next transaction (at the
+        new epoch) may reach this partition before the marker of the last one does (the coordinator answers
+        EndTxn before writing markers). Such a batch must not join the transaction still open here at the older
+        epoch — that marker would commit or abort it with the wrong transaction — so it is refused retriably
+        until the marker arrives."""
+        for head in headers:
+            if not head.is_transactional or head.is_control or head.producer_id not in self._txns.ongoing:
+                continue
+            epoch = self._producers.epoch_of(head.producer_id)
+            if epoch is not None and head.producer_epoch > epoch:
+                self._refused_retriably()
+                raise LogError(
+                    ErrorCode.not_enough_replicas,
+                    f"producer {head.producer_id} epoch {head.producer_epoch}: its transaction at epoch {epoch} is "
+                    "still open here (its marker has not arrived yet); retry",
+                )
 
     def _check_guard(self, headers: list[BatchHeader], guard: object) -> None:
         """KIP-890 part 1: refuse a client's transactional batch that would open a transaction here unless the

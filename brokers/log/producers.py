@@ -122,6 +122,11 @@ class ProducerTable:
                 )
         return None
 
+    def epoch_of(self, producer_id: int) -> int | None:
+        """The epoch the table knows for ``producer_id`` (None: unknown here)."""
+        state = self._producers.get(producer_id)
+        return None if state is None else state.epoch
+
     def record(self, head: BatchHeader, first_offset: int, last_offset: int) -> None:
         """Remember an appended batch."""
         if head.producer_id < 0:

@@ -284,16 +284,18 @@ class TransactionCoordinator:
         return InitResult(ErrorCode.none, now.producer_id, now.producer_epoch)
 
     async def add_partitions(
-        self, transactional_id: str, producer_id: int, producer_epoch: int, partitions: Sequence[TP]
+        self, transactional_id: str, producer_id: int, producer_epoch: int, partitions: Sequence[TP],
+        client_version: int = sm.TV_0,
     ) -> dict[TP, ErrorCode]:
-        """AddPartitionsToTxn: one error for every partition (Kafka answers them all alike)."""
+        """AddPartitionsToTxn: one error for every partition (Kafka answers them all alike). ``client_version``
+        TV_2: a partition leader adding a TV2 producer's partition implicitly (v4+ without ``verify_only``)."""
         if not partitions:
             return {}  # nothing to add: no transaction is started by it
         missing = [tp for tp in partitions if not self._exists(tp)]
         if missing:
             return {tp: ErrorCode.unknown_topic_or_partition if tp in missing else ErrorCode.operation_not_attempted
                     for tp in partitions}
-        code = await self._add(transactional_id, producer_id, producer_epoch, frozenset(partitions))
+        code = await self._add(transactional_id, producer_id, producer_epoch, frozenset(partitions), client_version)
         return dict.fromkeys(partitions, code)
 
     async def add_offsets(self, transactional_id: str, producer_id: int, producer_epoch: int, group_id: str
@@ -306,15 +308,16 @@ class TransactionCoordinator:
         tp = (OFFSETS_TOPIC, groups.partition_for(group_id))
         return await self._add(transactional_id, producer_id, producer_epoch, frozenset({tp}))
 
-    async def _add(self, transactional_id: str, producer_id: int, producer_epoch: int, tps: frozenset[TP]
-                   ) -> ErrorCode:
+    async def _add(self, transactional_id: str, producer_id: int, producer_epoch: int, tps: frozenset[TP],
+                   client_version: int = sm.TV_0) -> ErrorCode:
         try:
             shard = self.shard_for(transactional_id)
         except TxnError as e:
             return e.code
         if transactional_id in shard.pending:
             return ErrorCode.concurrent_transactions
-        decision = sm.add_partitions(shard.txns.get(transactional_id), producer_id, producer_epoch, tps, now_ms())
+        decision = sm.add_partitions(shard.txns.get(transactional_id), producer_id, producer_epoch, tps, now_ms(),
+                                     client_version)
         return await self._decide_and_write(shard, transactional_id, decision)
 
     def verify_local(self, transactional_id: str, producer_id: int, producer_epoch: int, tp: TP) -> ErrorCode:
@@ -328,12 +331,17 @@ class TransactionCoordinator:
         return sm.verify_partition(shard.txns.get(transactional_id), producer_id, producer_epoch, tp)
 
     async def verify_partition(
-        self, transactional_id: str, producer_id: int, producer_epoch: int, topic: str, partition: int
+        self, transactional_id: str, producer_id: int, producer_epoch: int, topic: str, partition: int,
+        add: bool = False,
     ) -> ErrorCode:
         """Produce's KIP-890 part 1 check: is (topic, partition) in the producer's open transaction? Asked of the
         local shard, or of the coordinator broker with AddPartitionsToTxn v4+ ``verify_only``. ErrorCode.none:
         yes; otherwise the coordinator's error (INVALID_TXN_STATE, PRODUCER_FENCED, INVALID_PRODUCER_ID_MAPPING,
-        CONCURRENT_TRANSACTIONS, NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, ...)."""
+        CONCURRENT_TRANSACTIONS, NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, ...).
+
+        ``add`` (KIP-890 part 2, a TV2 producer's Produce v12+ / TxnOffsetCommit v5+): the partition is added to
+        the producer's transaction (starting it if none is open) instead of only checked — AddPartitionsToTxn
+        v4+ without ``verify_only``, as Kafka's partition leaders send it for TV2 clients."""
         tp = (topic, partition)
         if not self._known():
             return ErrorCode.coordinator_not_available
@@ -341,18 +349,21 @@ class TransactionCoordinator:
         if endpoint is None:
             return ErrorCode.coordinator_not_available
         if endpoint.node_id == self._broker.routing.node_id:
+            if add:
+                return await self._add(transactional_id, producer_id, producer_epoch, frozenset({tp}), sm.TV_2)
             return self.verify_local(transactional_id, producer_id, producer_epoch, tp)
-        return await self._verify_remote(endpoint, transactional_id, producer_id, producer_epoch, tp)
+        return await self._verify_remote(endpoint, transactional_id, producer_id, producer_epoch, tp, add)
 
     async def _verify_remote(
-        self, endpoint: Endpoint, transactional_id: str, producer_id: int, producer_epoch: int, tp: TP
+        self, endpoint: Endpoint, transactional_id: str, producer_id: int, producer_epoch: int, tp: TP,
+        add: bool = False,
     ) -> ErrorCode:
         try:
             conn = await self.peers.connection(endpoint)
             mod = conn.module(ADD_PARTITIONS_TO_TXN, 4, 5)
             txn = make(
                 mod.AddPartitionsToTxnTransaction, transactional_id=transactional_id, producer_id=producer_id,
-                producer_epoch=producer_epoch, verify_only=True,
+                producer_epoch=producer_epoch, verify_only=not add,
                 topics=(make(mod.AddPartitionsToTxnTopic, name=tp[0], partitions=(tp[1],)),),
             )
             resp: Any = await conn.send(make(mod.AddPartitionsToTxnRequest, transactions=(txn,)))
@@ -381,13 +392,20 @@ class TransactionCoordinator:
             return InitResult(e.code)
         if transactional_id in shard.pending:
             return InitResult(ErrorCode.concurrent_transactions)
+        fresh = None
+        if sm.end_needs_producer_id(shard.txns.get(transactional_id), producer_id, producer_epoch, bump_epoch):
+            fresh = await self._broker.allocate_producer_id()  # TV2 epoch overflow: completes onto a new id
+            if transactional_id in shard.pending or not sm.end_needs_producer_id(
+                shard.txns.get(transactional_id), producer_id, producer_epoch, bump_epoch
+            ):
+                return InitResult(ErrorCode.concurrent_transactions)  # changed while allocating: the client retries
         decision = sm.end_txn(shard.txns.get(transactional_id), producer_id, producer_epoch, commit, now_ms(),
-                              bump_epoch)
+                              bump_epoch, fresh)
         code = await self._decide_and_write(shard, transactional_id, decision)
         meta = shard.txns.get(transactional_id)
         if code != ErrorCode.none or meta is None:
             return InitResult(code)
-        return InitResult(code, meta.producer_id, meta.producer_epoch)
+        return InitResult(code, *sm.answer(meta))
 
     # --- completion ----------------------------------------------------------------------------
     async def _complete(self, shard: TxnShard, txn_id: str, prepared: sm.TxnMetadata) -> None:

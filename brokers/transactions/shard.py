@@ -59,7 +59,7 @@ class TxnShard:
         self.plog = plog
         self.coordinator_epoch = plog.epoch
         self.txns: dict[str, TxnMetadata] = {}
-        """Durable state by transactional id (plus the in-memory last producer id/epoch)."""
+        """Durable state by transactional id (all of it persisted, previous producer id/epoch included)."""
         self.pending: set[str] = set()
         """Transactional ids with a state change being written: other requests get CONCURRENT_TRANSACTIONS."""
         self.active = False
@@ -121,21 +121,22 @@ class TxnShard:
         except rec.RecordFormatError as e:
             log.error("transaction state %d: record at %d skipped: %s", self.partition, log_offset, e)
             return
-        old = self.txns.get(txn_id)
-        last_pid, last_epoch = (old.last_producer_id, old.last_producer_epoch) if old is not None else (-1, -1)
         if v.state == TxnState.DEAD:
             self.txns.pop(txn_id, None)
             return
+        if v.tagged:  # version 1: the previous producer id/epoch were written with the state
+            last_pid, last_epoch = v.previous_producer_id, v.previous_producer_epoch
+        else:  # version 0 (written before they were persisted): whatever this replay last knew
+            old = self.txns.get(txn_id)
+            last_pid, last_epoch = (old.last_producer_id, old.last_producer_epoch) if old is not None else (-1, -1)
         self.txns[txn_id] = TxnMetadata(
             txn_id, v.producer_id, v.producer_epoch, v.timeout_ms, v.state, v.partitions, v.start_ms, v.update_ms,
-            last_pid, last_epoch,
+            last_pid, last_epoch, v.next_producer_id, v.client_version,
         )
 
     # --- writes --------------------------------------------------------------------------------
     async def write(self, meta: TxnMetadata | None, transactional_id: str) -> None:
-        """Make ``meta`` durable (None: a tombstone) and apply it; raises TxnError (then nothing is applied).
-
-        The in-memory last producer id/epoch of ``meta`` is kept (it is not part of the record)."""
+        """Make ``meta`` durable (None: a tombstone) and apply it; raises TxnError (then nothing is applied)."""
         if not self.active:
             raise TxnError(ErrorCode.not_coordinator, f"transaction state partition {self.partition} is not here")
         key = rec.encode_key(transactional_id)

@@ -82,11 +82,16 @@ async def test_api_versions_lists_the_handler_table_in_every_version(broker: Bro
         decoded = _round_trip(_response_class(api_versions.API_KEY, version), await api_versions.handle(ctx, request))
         advertised = {int(k.api_key): (int(k.min_version), int(k.max_version)) for k in decoded.api_keys}
         assert advertised == expected, f"ApiVersions v{version}"
-        if version >= 3:  # KIP-584 features: KIP-848 groups are served, so group.version 1 is finalized
+        if version >= 3:  # KIP-584 features: KIP-848 groups are served, so group.version 1 is finalized;
+            # transaction.version at the broker's setting (default 2: KIP-890 part 2)
             finalized = {f.name: (f.min_version_level, f.max_version_level) for f in decoded.finalized_features}
             supported = {f.name: (f.min_version, f.max_version) for f in decoded.supported_features}
-            assert (decoded.finalized_features_epoch, finalized) == (0, {"group.version": (1, 1)})
-            assert supported == ({"group.version": (0, 1)} if version >= 4 else {})  # v3: no minimum-0 features
+            assert (decoded.finalized_features_epoch, finalized) == (
+                0, {"group.version": (1, 1), "transaction.version": (2, 2)}
+            )
+            assert supported == (  # v3: no minimum-0 features
+                {"group.version": (0, 1), "transaction.version": (0, 2)} if version >= 4 else {}
+            )
     below = {key for key, spec in HANDLERS.items() if spec.advertised_min_version < spec.min_version}
     assert below == {0}  # Produce v0-v2 only (KAFKA-18659)
     assert all(spec.advertised_min_version <= spec.min_version <= spec.max_version for spec in HANDLERS.values())

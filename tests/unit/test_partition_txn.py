@@ -216,15 +216,17 @@ class StandIn:
         self.asked: list[tuple[Any, ...]] = []
 
     async def verify_partition(
-        self, transactional_id: str, producer_id: int, producer_epoch: int, topic: str, partition: int
+        self, transactional_id: str, producer_id: int, producer_epoch: int, topic: str, partition: int,
+        add: bool = False,
     ) -> ErrorCode:
         self.asked.append((transactional_id, producer_id, producer_epoch, topic, partition))
         return self.answer
 
 
 def _ctx(verifier: StandIn | None) -> Any:
-    broker = types.SimpleNamespace(**({"transactions": verifier} if verifier is not None else {}))
-    return types.SimpleNamespace(broker=broker)
+    broker = types.SimpleNamespace(config=types.SimpleNamespace(transaction_version=2),
+                                   **({"transactions": verifier} if verifier is not None else {}))
+    return types.SimpleNamespace(broker=broker, api_version=11)
 
 
 async def test_kip890_verification_before_a_transaction_opens(store: EmbeddedMetadataStore) -> None:

@@ -92,9 +92,9 @@ def test_records_round_trip_in_kafkas_layout() -> None:
     assert rec.decode_value(rec.encode_value(value)) == value
     assert rec.decode_key(rec.encode_key("my-id")) == "my-id"
     encoded = rec.encode_value(value)
-    # version 0, producer id 7, epoch 3, timeout 60000, status 1 (Ongoing), then 2 topics
-    assert encoded[:17] == b"\x00\x00" + (7).to_bytes(8, "big") + b"\x00\x03" + (60_000).to_bytes(4, "big") + b"\x01"
-    assert encoded[17:21] == (2).to_bytes(4, "big")
+    # version 1, producer id 7, epoch 3, timeout 60000, status 1 (Ongoing), then 2 topics (compact array: 2 + 1)
+    assert encoded[:17] == b"\x00\x01" + (7).to_bytes(8, "big") + b"\x00\x03" + (60_000).to_bytes(4, "big") + b"\x01"
+    assert encoded[17] == 3
     with pytest.raises(rec.RecordFormatError):
         rec.decode_value(encoded[:10])
 
@@ -124,7 +124,8 @@ def test_end_txn_v5_bumps_the_epoch_and_recognises_its_retry() -> None:
     assert d.write is not None and d.write.producer_epoch == 3 and d.write.state == TxnState.PREPARE_ABORT
     done = sm.completed(d.write, 300)
     assert sm.end_txn(done, 5, 2, commit=False, now=400, bump_epoch=True).error == ErrorCode.none
-    assert sm.end_txn(done, 5, 2, commit=True, now=400, bump_epoch=True).error == ErrorCode.producer_fenced
+    # the retry's epoch with the other outcome: Kafka's TransactionCoordinator answers INVALID_TXN_STATE
+    assert sm.end_txn(done, 5, 2, commit=True, now=400, bump_epoch=True).error == ErrorCode.invalid_txn_state
 
 
 def test_an_exhausted_epoch_takes_a_new_producer_id() -> None:
@@ -132,7 +133,10 @@ def test_an_exhausted_epoch_takes_a_new_producer_id() -> None:
     assert sm.needs_producer_id(meta)
     d = sm.init_producer(meta, "x", 99, -1, -1, 30_000, 1)
     assert d.write is not None and (d.write.producer_id, d.write.producer_epoch) == (99, 0)
-    assert (d.write.last_producer_id, d.write.last_producer_epoch) == (5, sm.MAX_EPOCH - 1)
+    # a new producer (no id in the request) fences every earlier epoch: none is kept for a KIP-360 retry (Kafka)
+    assert (d.write.last_producer_id, d.write.last_producer_epoch) == (5, sm.NO_EPOCH)
+    d = sm.init_producer(meta, "x", 99, 5, sm.MAX_EPOCH - 1, 30_000, 1)  # KIP-360: the producer names its epoch
+    assert d.write is not None and (d.write.last_producer_id, d.write.last_producer_epoch) == (5, sm.MAX_EPOCH - 1)
 
 
 # --- the coordinator ---------------------------------------------------------------------------
