@@ -9,6 +9,7 @@ fixture); the partition side runs on a real PartitionLog over in-memory ledgers.
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import replace
 
 import pytest
@@ -16,14 +17,17 @@ from kio.schema.errors import ErrorCode
 
 from brokers.broker import Broker
 from brokers.codec import batch
+from brokers.config import BrokerConfig
 from brokers.log.partition import LogConfig, LogError, PartitionLog
+from brokers.routing import Endpoint
+from brokers.server import KafkaServer
 from brokers.transactions import records as rec
 from brokers.transactions import state as sm
 from brokers.transactions.state import TxnMetadata, TxnState
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
 from tests.memory_ledgers import MemoryLedgerClient
-from tests.unit.test_txn_coordinator import WAIT_S, Markers, _settled, env
+from tests.unit.test_txn_coordinator import WAIT_S, ElsewhereRouting, Markers, _settled, env
 from tests.unit.test_txn_state import txn_batch
 
 __all__ = ["env"]  # the fixture, shared with test_txn_coordinator
@@ -186,6 +190,38 @@ async def test_epoch_overflow_takes_a_new_producer_id(env: tuple[Broker, Markers
     assert (retry.error, retry.producer_id, retry.producer_epoch) == (ErrorCode.none, end.producer_id, 0)
     assert await txns.verify_partition("old", end.producer_id, 0, "t", 0, add=True) == ErrorCode.none
     assert await txns.verify_partition("old", pid, TOP, "t", 1, add=True) == ErrorCode.invalid_producer_id_mapping
+
+
+@pytest.mark.asyncio
+async def test_a_leader_elsewhere_adds_the_partition_with_add_partitions_v4(env: tuple[Broker, Markers]) -> None:
+    """The implicit add from a partition leader that is not the coordinator: AddPartitionsToTxn v4+ without
+    verify_only over a real socket, recorded as a TV2 transaction."""
+    remote, _ = env
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = KafkaServer(remote)
+    await server.start("127.0.0.1", port)
+    store = await EmbeddedMetadataStore.open(None)
+    here = Broker(BrokerConfig(node_id=2, transaction_state_log_num_partitions=3), store, MemoryLedgerClient())
+    try:
+        await here.start()
+        await here.transactions.ensure_topic()
+        await here.topics.create("t", 3, 1, {})
+        here.routing = ElsewhereRouting(Endpoint(1, "127.0.0.1", port))
+        init = await remote.transactions.init_producer_id("far-tv2", 60_000)
+        pid = init.producer_id
+        assert await here.transactions.verify_partition("far-tv2", pid, 0, "t", 1) == ErrorCode.invalid_txn_state
+        assert await here.transactions.verify_partition("far-tv2", pid, 0, "t", 1, add=True) == ErrorCode.none
+        meta = remote.transactions.describe("far-tv2")
+        assert meta is not None and meta.state == TxnState.ONGOING and meta.partitions == {("t", 1)}
+        assert meta.client_version == sm.TV_2
+        assert await here.transactions.verify_partition("far-tv2", pid, 1, "t", 2, add=True) == \
+            ErrorCode.producer_fenced
+    finally:
+        await here.stop()
+        await store.close()
+        await server.stop()
 
 
 async def _move(b: Broker, txn_id: str) -> None:
