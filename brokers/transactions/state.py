@@ -108,7 +108,8 @@ def fence_and_abort(meta: TxnMetadata, now: int) -> TxnMetadata:
     the epoch is bumped so the old producer is fenced, and the markers carry the bumped epoch. The previous
     epoch is forgotten (Kafka's PrepareEpochFence does the same): the fenced producer's KIP-360 retry or TV2
     EndTxn retry with it must not be taken for a retry of ours."""
-    epoch = meta.producer_epoch if meta.epoch_exhausted else meta.producer_epoch + 1
+    # Clients never get MAX_EPOCH (an exhausted epoch takes a new producer id), so a fence can always bump to it.
+    epoch = min(meta.producer_epoch + 1, MAX_EPOCH)
     return replace(meta, producer_epoch=epoch, state=TxnState.PREPARE_ABORT, update_ms=now,
                    last_producer_id=meta.producer_id, last_producer_epoch=NO_EPOCH, next_producer_id=NO_PRODUCER_ID)
 

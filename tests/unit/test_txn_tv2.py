@@ -109,6 +109,9 @@ def test_a_fenced_producer_cannot_pass_for_a_retry() -> None:
     assert fenced.producer_epoch == 3
     assert sm.init_producer(fenced, "x", None, 5, 2, 60_000, 4).error == ErrorCode.producer_fenced
     assert sm.end_txn(fenced, 5, 2, False, 4, bump_epoch=True).error == ErrorCode.producer_fenced
+    # a producer at the last epoch a client may use is still fenced: the coordinator's fence takes MAX_EPOCH
+    last = sm.fence_and_abort(replace(meta, producer_epoch=TOP), 2)
+    assert last.producer_epoch == sm.MAX_EPOCH and sm.needs_producer_id(sm.completed(last, 3))
     new = sm.init_producer(fenced, "x", None, -1, -1, 60_000, 5).write
     assert new is not None and (new.producer_epoch, new.last_producer_epoch) == (4, sm.NO_EPOCH)
     assert sm.init_producer(new, "x", None, 5, 3, 60_000, 6).error == ErrorCode.producer_fenced
