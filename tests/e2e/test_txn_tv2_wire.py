@@ -31,10 +31,8 @@ from .conftest import _finish
 from .helpers import create_topic
 from .test_txn_offsets_wire import _fetch as _offsets
 from .test_txn_offsets_wire import _txn_commit
-from .test_txn_partition_wire import _fetch as _fetch_partition
-from .test_txn_partition_wire import _latest
 
-PRODUCE, API_VERSIONS, TXN_OFFSET_COMMIT = 0, 18, 28
+PRODUCE, FETCH, LIST_OFFSETS, API_VERSIONS, TXN_OFFSET_COMMIT = 0, 1, 2, 18, 28
 READ_COMMITTED = 1
 CONFIGS = {"transaction.state.log.num.partitions": "2", "offsets.topic.num.partitions": "2"}
 PRODUCE_RETRIABLE = {ErrorCode.not_enough_replicas, ErrorCode.not_leader_or_follower}
@@ -63,7 +61,8 @@ def _batch(values: list[bytes], pid: int, epoch: int, seq: int) -> bytes:
                            base_sequence=seq, attributes=tw.TRANSACTIONAL)
 
 
-async def _produce(conn: Connection, topic: str, txn_id: str, data: bytes, version: int = 12) -> ErrorCode:
+async def _produce(conn: Connection, topic: str, txn_id: str, data: bytes, version: int = 12, partition: int = 0
+                   ) -> ErrorCode:
     """A transactional Produce (acks=all); retriable refusals (the coordinator loading) are retried."""
     mod = request_module(PRODUCE, version)
 
@@ -71,7 +70,7 @@ async def _produce(conn: Connection, topic: str, txn_id: str, data: bytes, versi
         resp: Any = await conn.send(make(
             mod.ProduceRequest, transactional_id=txn_id, acks=-1, timeout=ms(30_000),
             topic_data=(make(mod.TopicProduceData, name=topic, partition_data=(
-                make(mod.PartitionProduceData, index=0, records=data),)),),
+                make(mod.PartitionProduceData, index=partition, records=data),)),),
         ))  # fmt: skip
         code: ErrorCode = resp.responses[0].partition_responses[0].error_code
         return code
@@ -89,20 +88,47 @@ async def _end_v5(conn: Connection, txn_id: str, pid: int, epoch: int, commit: b
     return resp.error_code, int(resp.producer_id), int(resp.producer_epoch)
 
 
-async def _settled_lso(conn: Connection, topic: str) -> int:
+async def _fetch_partition(conn: Connection, topic: str, offset: int, isolation: int, partition: int = 0) -> Any:
+    mod = request_module(FETCH, 12)
+    resp: Any = await conn.send(make(
+        mod.FetchRequest, cluster_id=None, replica_id=-1, max_wait=ms(0), min_bytes=0, max_bytes=8 << 20,
+        isolation_level=isolation, session_id=0, session_epoch=-1, rack_id="", forgotten_topics_data=(),
+        topics=(make(mod.FetchTopic, topic=topic, partitions=(make(
+            mod.FetchPartition, partition=partition, current_leader_epoch=-1, fetch_offset=offset,
+            last_fetched_epoch=-1, log_start_offset=-1, partition_max_bytes=8 << 20),)),),
+    ))  # fmt: skip
+    (part,) = resp.responses[0].partitions
+    assert part.error_code == ErrorCode.none
+    return part
+
+
+async def _latest(conn: Connection, topic: str, isolation: int, partition: int = 0) -> int:
+    mod = request_module(LIST_OFFSETS, 5)
+    resp: Any = await conn.send(make(
+        mod.ListOffsetsRequest, replica_id=-1, isolation_level=isolation, topics=(make(
+            mod.ListOffsetsTopic, name=topic, partitions=(make(
+                mod.ListOffsetsPartition, partition_index=partition, current_leader_epoch=-1, timestamp=-1),)),),
+    ))  # fmt: skip
+    (part,) = resp.topics[0].partitions
+    assert part.error_code == ErrorCode.none
+    return int(part.offset)
+
+
+async def _settled_lso(conn: Connection, topic: str, partition: int = 0) -> int:
     """The LSO once it reached the high watermark (markers follow EndTxn's answer, as in Kafka)."""
     answer: tuple[int, int] = await tw.until(
-        lambda: _both(conn, topic), lambda both: both[0] == both[1]
+        lambda: _both(conn, topic, partition), lambda both: both[0] == both[1]
     )
     assert answer[0] == answer[1]
     return answer[0]
 
 
-async def _both(conn: Connection, topic: str) -> tuple[int, int]:
-    return await _latest(conn, topic, READ_COMMITTED), await _latest(conn, topic, 0)
+async def _both(conn: Connection, topic: str, partition: int = 0) -> tuple[int, int]:
+    return (await _latest(conn, topic, READ_COMMITTED, partition), await _latest(conn, topic, 0, partition))
 
 
-async def _committed_view(conn: Connection, topic: str) -> tuple[list[bytes | None], list[tuple[int, int]], int, int]:
+async def _committed_view(conn: Connection, topic: str, partition: int = 0
+                          ) -> tuple[list[bytes | None], list[tuple[int, int]], int, int]:
     """What a read_committed consumer keeps of the partition from 0, filtering as Kafka's fetcher does: an aborted
     transaction listed at (producer, first offset) drops that producer's batches from there up to its ABORT
     marker (a producer may abort several transactions). Also the list, the LSO and the high watermark."""
@@ -113,7 +139,7 @@ async def _committed_view(conn: Connection, topic: str) -> tuple[list[bytes | No
     dropping: set[int] = set()
     lso = hw = 0
     while True:
-        part = await _fetch_partition(conn, topic, offset, READ_COMMITTED)
+        part = await _fetch_partition(conn, topic, offset, READ_COMMITTED, partition)
         lso, hw = int(part.last_stable_offset), int(part.high_watermark)
         for a in part.aborted_transactions or ():
             entry = (int(a.producer_id), int(a.first_offset))
