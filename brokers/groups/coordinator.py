@@ -391,15 +391,17 @@ class GroupCoordinator:
     async def commit_txn_offsets(
         self, group_id: str, member_id: str, instance_id: str | None, generation: int,
         producer: tuple[int, int], partitions: Sequence[offsets.CommitRequest], api_version: int,
+        verify: offsets.Verify | None = None,
     ) -> list[ErrorCode]:
-        """TxnOffsetCommit: offsets pending in ``producer``'s (id, epoch) transaction; one error per partition."""
+        """TxnOffsetCommit: offsets pending in ``producer``'s (id, epoch) transaction; one error per partition.
+        NOT_COORDINATOR and the like come before ``verify`` (KIP-890) is asked, so the client looks again."""
         try:
             shard = self.shard_for(group_id)
         except GroupError as e:
             return [e.code] * len(partitions)
         return await offsets.txn_commit(
             shard, group_id, member_id, instance_id, generation, producer, partitions, self.partition_exists,
-            api_version,
+            api_version, verify,
         )
 
     async def complete_transaction(self, partition: int, producer_id: int, commit: bool) -> None:

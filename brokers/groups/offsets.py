@@ -4,7 +4,7 @@ validates them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from kio.schema.errors import ErrorCode
@@ -13,9 +13,12 @@ from brokers.groups import records as rec
 from brokers.groups.base import Group, GroupError, now_ms
 from brokers.groups.classic import ClassicGroup
 from brokers.groups.shard import GroupShard
+from brokers.log.partition import OPEN_TXN
 
 TopicPartition = tuple[str, int]
 PartitionExists = Callable[[str, int], bool]
+Verify = Callable[[], Awaitable[ErrorCode]]
+"""KIP-890 part 1 for TxnOffsetCommit: is the offsets partition in the producer's open transaction (none: yes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +115,26 @@ async def txn_commit(
     partitions: Sequence[CommitRequest],
     exists: PartitionExists,
     api_version: int,
+    verify: Verify | None = None,
 ) -> list[ErrorCode]:
     """TxnOffsetCommit: the offsets written as ``producer``'s (id, epoch) transactional batch, pending until
     its transaction ends (txn_offsets.py); one error per partition, answered once durable.
 
-    A group that does not exist is created as a simple group when the generation is -1 (admin tools, assign()
-    consumers), else ILLEGAL_GENERATION; a stale KIP-848 member epoch is ILLEGAL_GENERATION too (Kafka's codes).
+    ``verify`` (KIP-890 part 1), when the producer has no transaction open on the offsets partition yet: asked
+    with a verification guard from the partition log, which the append then requires, so a request delayed past
+    its transaction's marker cannot open a transaction there that no marker would ever end (its offsets would
+    stay pending for good). A group that does not exist is created as a simple group when the generation is -1
+    (admin tools, assign() consumers), else ILLEGAL_GENERATION; a stale KIP-848 member epoch is
+    ILLEGAL_GENERATION too (Kafka's codes).
     """
+    guard: object | None = None
+    if verify is not None:
+        guard = shard.plog.verification_guard(producer[0])
+        if guard is not OPEN_TXN:
+            code = await verify()
+            if code is not ErrorCode.none:
+                shard.plog.forget_guard(producer[0], guard)
+                return [code] * len(partitions)
     group = shard.groups.get(group_id)
     created = False
     try:
@@ -149,10 +165,12 @@ async def txn_commit(
             written.append(i)
     if records:
         try:
-            await shard.write_transactional(producer[0], producer[1], records)
+            await shard.write_transactional(producer[0], producer[1], records, guard)
         except GroupError as e:
             for i in written:
                 results[i] = e.code
+    elif guard is not None and guard is not OPEN_TXN:
+        shard.plog.forget_guard(producer[0], guard)
     if created and group_id not in shard.offsets and shard.groups.get(group_id) is group:
         del shard.groups[group_id]  # nothing committed yet: the commit marker creates it
     return results

@@ -283,10 +283,13 @@ class GroupShard:
         if ended and self.active:
             self._maybe_snapshot()
 
-    async def write_transactional(self, producer_id: int, producer_epoch: int, records: Records) -> int:
+    async def write_transactional(
+        self, producer_id: int, producer_epoch: int, records: Records, guard: object | None = None
+    ) -> int:
         """Append offset records as the producer's transactional batch; once durable they are pending.
 
-        Raises GroupError (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, INVALID_PRODUCER_EPOCH, ...).
+        ``guard``: the partition log's KIP-890 verification guard (``PartitionLog.verification_guard``).
+        Raises GroupError (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE).
         """
         if not self.active:
             raise GroupError(ErrorCode.not_coordinator, f"offsets partition {self.partition} is not active here")
@@ -294,7 +297,7 @@ class GroupShard:
             raise GroupError(ErrorCode.invalid_producer_epoch, f"producer {producer_id} epoch {producer_epoch} is old")
         batch = build_batch(records, now_ms(), producer_id, producer_epoch, TRANSACTIONAL_FLAG)
         async with self._append_lock:
-            applied = await self._append(batch, records, (producer_id, producer_epoch))
+            applied = await self._append(batch, records, (producer_id, producer_epoch), guard)
         self._since_snapshot += len(records)
         return await asyncio.shield(applied)
 
@@ -364,11 +367,14 @@ class GroupShard:
             applied.add_done_callback(functools.partial(_answer, items=items))
 
     async def _append(
-        self, batch: bytes, records: Records, txn: tuple[int, int] | None = None
+        self, batch: bytes, records: Records, txn: tuple[int, int] | None = None, guard: object | None = None
     ) -> asyncio.Future[int]:
         """Hand one batch to the log (caller holds the append lock); the future resolves once applied."""
         try:
-            durable = await self.plog.append(batch, iter_headers(batch))
+            headers = iter_headers(batch)
+            durable = await (
+                self.plog.append(batch, headers) if guard is None else self.plog.append(batch, headers, guard=guard)
+            )
         except LogError as e:
             raise _write_error(e) from None
         applied: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -171,6 +171,42 @@ async def test_a_tombstone_drops_the_pending_offsets_of_its_partition(env: Env) 
 
 
 @pytest.mark.asyncio
+async def test_kip890_a_marker_between_verification_and_append_refuses_the_write(env: Env) -> None:
+    shard = await env.shard()
+    asked: list[int] = []
+
+    async def verified() -> ErrorCode:
+        asked.append(1)
+        return ErrorCode.none
+
+    async def verified_then_ended() -> ErrorCode:  # the transaction ends while the request is on its way
+        asked.append(2)
+        await _marker(shard, PID, commit=False)
+        return ErrorCode.none
+
+    async def refused() -> ErrorCode:
+        asked.append(3)
+        return ErrorCode.invalid_txn_state
+
+    reqs = [_req("t", 0, 1)]
+    assert await offsets.txn_commit(shard, "g", "", None, -1, (PID, EPOCH), reqs, _exists, 3, refused) == [
+        ErrorCode.invalid_txn_state
+    ]
+    assert await offsets.txn_commit(shard, "g", "", None, -1, (PID, EPOCH), reqs, _exists, 3,
+                                    verified_then_ended) == [ErrorCode.invalid_txn_state]
+    assert not shard.pending_txn, "nothing left pending that no marker would end"
+    assert await offsets.txn_commit(shard, "g", "", None, -1, (PID, EPOCH), reqs, _exists, 3, verified) == [
+        ErrorCode.none
+    ]
+    assert await offsets.txn_commit(shard, "g", "", None, -1, (PID, EPOCH), [_req("t", 1, 2)], _exists, 3,
+                                    refused) == [ErrorCode.none], "open on the partition: no verification"
+    assert asked == [3, 2, 1]
+    await _marker(shard, PID, commit=True)
+    assert _offsets(shard, "g") == {("t", 0): 1, ("t", 1): 2}
+    _shutdown(shard)
+
+
+@pytest.mark.asyncio
 async def test_older_producer_epoch_is_fenced(env: Env) -> None:
     shard = await env.shard()
     assert await _txn_commit(shard, "g", [_req("t", 0, 1)], epoch=5) == [ErrorCode.none]
