@@ -269,14 +269,24 @@ def read_all(bootstrap: str, topic: str, committed: bool, timeout: float = 600.0
     return out
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets of ``topic`` (stable: pending transactional offsets wait)."""
+def committed_offsets(bootstrap: str, group: str, topic: str, timeout: float = 120.0) -> dict[int, int]:
+    """The group's committed offsets of ``topic`` (stable: pending transactional offsets wait). Asked again
+    while the group's coordinator is between brokers (librdkafka hands NOT_COORDINATOR back from committed())."""
+    deadline = time.monotonic() + timeout
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed"})
     try:
-        got = c.committed([TopicPartition(topic, p) for p in range(PARTS)], timeout=30)
+        while True:
+            try:
+                got = c.committed([TopicPartition(topic, p) for p in range(PARTS)], timeout=30)
+                return {tp.partition: tp.offset for tp in got}
+            except KafkaException as e:
+                if not e.args[0].retriable() and e.args[0].code() != KafkaError.NOT_COORDINATOR:
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         c.close()
-    return {tp.partition: tp.offset for tp in got}
 
 
 def latest(admin: AdminClient, topic: str, committed: bool) -> dict[int, int]:
