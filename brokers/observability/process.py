@@ -34,4 +34,6 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
 def install() -> None:
     """Start timing collections (idempotent)."""
     if _on_gc not in gc.callbacks:
+        for generation in range(3):  # every series from the start (count 0), not only after its first pause
+            GC_PAUSE.labels(str(generation))
         gc.callbacks.append(_on_gc)
