@@ -270,7 +270,7 @@ def memory_broker(broker_factory: Callable[..., BrokerProcess]) -> Iterator[tupl
     yield b, topic, count
 
 
-@pytest.mark.parametrize("connections", [1, 3])
+@pytest.mark.parametrize("connections", [pytest.param(1, marks=pytest.mark.slow), 3])  # make test: 3 (covers 1)
 def test_pipelined_big_fetches_from_a_client_that_never_reads(
     memory_broker: tuple[BrokerProcess, str, int], connections: int
 ) -> None:
