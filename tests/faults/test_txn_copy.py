@@ -459,6 +459,7 @@ def copy_under_faults(directory: Path, n: int, txn_records: int, schedule: str, 
             assert nemesis.done["kill"] >= 1 and nemesis.done["move"] >= 1, nemesis.log
 
 
+@pytest.mark.slow  # ~45 s of fault injection: make test-faults / test-all (hung once under load: issue 14 note)
 def test_txn_copy_one_move_one_kill(tmp_path: Path) -> None:
     copy_under_faults(tmp_path / "c", 20_000, txn_records=100, schedule="one-each", seed=SEED)
 
