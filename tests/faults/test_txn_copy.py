@@ -146,6 +146,11 @@ class Copier(threading.Thread):
         producer = Producer({
             "bootstrap.servers": self.bootstrap, "transactional.id": self.tid, "linger.ms": 5,
             "transaction.timeout.ms": 30_000, "error_cb": lambda err: None,
+            # librdkafka's send_offsets_to_transaction() blocks, past its timeout, on a cached group coordinator
+            # whose broker was killed and dropped from Metadata, until another connection changes state
+            # (librdkafka issues 5511/5456): idle connections closing are such changes. See
+            # tests/faults/test_txn_coordinator_rediscovery.py.
+            "connections.max.idle.ms": 5000,
         })  # fmt: skip
         producer.init_transactions(CALL_TIMEOUT_S)
         consumer = Consumer({
