@@ -31,7 +31,7 @@ from tests.cluster.harness import leaders, running_cluster
 from tests.e2e.helpers import create_topic
 from tests.faults.harness import needs_etcd
 
-pytestmark = [pytest.mark.faults, needs_etcd]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, needs_etcd]  # ~20 s: make test-faults / test-all
 
 IDLE_MS = 5000
 """What tests/faults/test_txn_copy.py gives its copier's producer."""
