@@ -13,10 +13,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
-from brokers.cli.client import parse_bootstrap
+from brokers.cli.client import ClientError, KafkaClient, parse_bootstrap
 from brokers.config import ConfigError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -167,3 +167,17 @@ def json_default(value: Any) -> Any:
         except UnicodeDecodeError:
             return value.hex()
     raise TypeError(type(value).__name__)
+
+
+Action = Callable[[KafkaClient, argparse.Namespace], Coroutine[Any, Any, int]]
+"""One subcommand action of a client command (``tidelog groups describe``, ``tidelog transactions list``)."""
+
+
+async def run_action(args: argparse.Namespace, actions: Mapping[str, Action], prog: str, client_id: str) -> int:
+    """Run ``args.action`` with a client of ``args.bootstrap``; errors become one line on stderr and exit 1."""
+    try:
+        async with KafkaClient(args.bootstrap, client_id=client_id, timeout=args.timeout) as client:
+            return await actions[args.action](client, args)
+    except (ClientError, CommandError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1

@@ -11,14 +11,14 @@ import argparse
 import asyncio
 import datetime
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.cli.client import ClientError, KafkaClient, error_name
-from brokers.cli.common import CommandError, Progress, add_common, emit, table
+from brokers.cli.client import KafkaClient, error_name
+from brokers.cli.common import Action, CommandError, Progress, add_common, emit, run_action, table
 from brokers.group_admin import (
     DEAD,
     EARLIEST,
@@ -129,17 +129,10 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
 
 
-Action = Callable[[KafkaClient, argparse.Namespace], Coroutine[Any, Any, int]]
-
 
 async def run_async(args: argparse.Namespace) -> int:
     """Run the parsed ``groups`` command; errors become one line on stderr and exit code 1."""
-    try:
-        async with KafkaClient(args.bootstrap, client_id="tidelog-groups", timeout=args.timeout) as client:
-            return await _ACTIONS[args.action](client, args)
-    except (ClientError, CommandError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    return await run_action(args, _ACTIONS, PROG, "tidelog-groups")
 
 
 # --------------------------------------------------------------------------- output

@@ -17,13 +17,12 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.cli.client import ClientError, KafkaClient, error_name
-from brokers.cli.common import USAGE_ERROR, CommandError, add_common, emit, table
+from brokers.cli.client import KafkaClient, error_name
+from brokers.cli.common import USAGE_ERROR, Action, CommandError, add_common, emit, run_action, table
 from brokers.cli.txn_admin import (
     abort_transaction,
     describe_producers,
@@ -115,17 +114,10 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
 
 
-Action = Callable[[KafkaClient, argparse.Namespace], Coroutine[Any, Any, int]]
-
 
 async def run_async(args: argparse.Namespace) -> int:
     """Run the parsed command; errors become one line on stderr and exit code 1."""
-    try:
-        async with KafkaClient(args.bootstrap, client_id="tidelog-transactions", timeout=args.timeout) as client:
-            return await _ACTIONS[args.action](client, args)
-    except (ClientError, CommandError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    return await run_action(args, _ACTIONS, PROG, "tidelog-transactions")
 
 
 async def _list(client: KafkaClient, args: argparse.Namespace) -> int:
