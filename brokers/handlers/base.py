@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kio.index import load_payload_module
 from kio.static.constants import EntityType
 
+from brokers.security.principal import ANONYMOUS, KafkaPrincipal
+
 if TYPE_CHECKING:
     from brokers.broker import Broker
 
@@ -33,6 +35,8 @@ class RequestContext:
     """Produce only: resolves once the previous produce on this connection handed its entries over."""
     produced: asyncio.Future[None] | None = None
     """Produce only: to resolve once this request's entries are handed to the logs."""
+    principal: KafkaPrincipal = ANONYMOUS
+    """Who sent the request (set by the connection's authentication; ACLs and quotas use it)."""
 
     async def in_order(self) -> None:
         """Produce only: wait for the previous produce request on this connection to be appended."""
