@@ -19,6 +19,11 @@ time and count; the only network target is 127.0.0.1 (or the --bootstrap you pas
 
     .venv/bin/python bench/produce_consume.py                 # the figures in docs/benchmarks.md
     .venv/bin/python bench/produce_consume.py --duration 5 --latency-duration 5   # a quick look
+    .venv/bin/python bench/produce_consume.py --mock --phases full --duration 15  # full load, side by side
+
+With ``--mock`` the same full-load phase also runs against librdkafka's mock cluster
+(``--mock-script``, default /work/shared/tools/mockcluster.py, started as a subprocess) and the
+table shows Tidelog's throughput as a fraction of the mock's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +46,59 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import EmbeddedBroker, machine, percentile, table
 
 MB = 1_000_000
+MOCK_SCRIPT = Path("/work/shared/tools/mockcluster.py")
+
+
+class MockCluster:
+    """librdkafka's mock cluster (one broker) as a subprocess; the same ``cpu_seconds`` as EmbeddedBroker."""
+
+    def __init__(self, script: Path, topic: str, partitions: int) -> None:
+        self.script = script
+        self.topic = topic
+        self.partitions = partitions
+        self.proc: subprocess.Popen[str] | None = None
+        self.bootstrap = ""
+
+    def start(self, timeout: float = 30.0) -> MockCluster:
+        cmd = [sys.executable, str(self.script), "--topic", f"{self.topic}:{self.partitions}:1", "--timeout", "3600"]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("bootstrap.servers="):
+                self.bootstrap = line.split("=", 1)[1].strip().split(",")[0]
+                return self
+        self.stop()
+        raise SystemExit(f"{self.script} did not print bootstrap.servers")
+
+    def cpu_seconds(self) -> float:
+        if self.proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -102,7 +162,7 @@ def produce(
     max_records: int,
     rate: float | None,
     conf: dict[str, object],
-    broker: EmbeddedBroker | None,
+    broker: EmbeddedBroker | MockCluster | None,
 ) -> dict[str, float]:
     ph = Phase()
     p = Producer(
@@ -247,7 +307,16 @@ def main() -> None:
     ap.add_argument("--tail-records", type=int, default=100_000, help="per partition, for the tail read")
     ap.add_argument("--consume-limit", type=float, default=120.0, help="max seconds for each consume phase")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--bookies", type=int, default=0, help="tidelog run --bookies N (default: the in-process bookie)")
+    ap.add_argument("--phases", default="full,fixed,consume", help="which phases to run (default full,fixed,consume)")
+    ap.add_argument("--mock", action="store_true", help="also run the full load against librdkafka's mock cluster")
+    ap.add_argument(
+        "--mock-script", type=Path, default=MOCK_SCRIPT, help=f"mock cluster script (default {MOCK_SCRIPT})"
+    )
     args = ap.parse_args()
+    phases = {x.strip() for x in args.phases.split(",") if x.strip()}
+    if "full" not in phases:
+        raise SystemExit("--phases must include full (the fixed rates are fractions of it)")
     lingers = [int(x) for x in args.latency_linger_ms.split(",") if x.strip()]
     sweep_rates = [float(x) for x in args.sweep.split(",") if x.strip()]
 
@@ -262,7 +331,8 @@ def main() -> None:
             tmp = tempfile.TemporaryDirectory(prefix="tidelog-bench-")
             data_dir = Path(tmp.name) / "data"
         configs = dict(kv.split("=", 1) for kv in args.broker_config)
-        broker = EmbeddedBroker(data_dir, configs).start()
+        extra = ["--bookies", str(args.bookies)] if args.bookies else []
+        broker = EmbeddedBroker(data_dir, configs, extra_args=extra).start()
         bootstrap = broker.bootstrap
 
     def phase(rate: float | None, duration: float, conf: dict[str, object]) -> dict[str, float]:
@@ -273,23 +343,24 @@ def main() -> None:
     def note(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    full_conf: dict[str, object] = {
+        "linger.ms": args.linger_ms,
+        "batch.size": args.batch_size,
+        "batch.num.messages": 100_000,
+        "queue.buffering.max.messages": 200_000,
+        "queue.buffering.max.kbytes": 256 * 1024,
+        "compression.type": args.compression,
+    }
     fixed: list[tuple[float, int, dict[str, float]]] = []  # (rate, linger.ms, figures)
+    tail: dict[str, float] | None = None
+    cons: dict[str, float] | None = None
+    mock_full: dict[str, float] | None = None
+    load_before = os.getloadavg()
     try:
         topic = args.topic or f"bench-{int(time.time())}"
         create_topic(bootstrap, topic, args.partitions)
         note(f"full load: {args.duration:.0f}s ...")
-        full = phase(
-            None,
-            args.duration,
-            {
-                "linger.ms": args.linger_ms,
-                "batch.size": args.batch_size,
-                "batch.num.messages": 100_000,
-                "queue.buffering.max.messages": 200_000,
-                "queue.buffering.max.kbytes": 256 * 1024,
-                "compression.type": args.compression,
-            },
-        )
+        full = phase(None, args.duration, full_conf)
         # Broker CPU with no client traffic right after the full load: background work (ledger
         # rollover, offload, compaction) that competes with the next phases.
         idle_cpu = float("nan")
@@ -298,6 +369,8 @@ def main() -> None:
             time.sleep(args.idle_seconds)
             idle_cpu = 100 * (broker.cpu_seconds() - c0) / args.idle_seconds
         rate = args.rate or max(1.0, full["records_per_s"] * args.rate_fraction)
+        if "fixed" not in phases:
+            lingers, sweep_rates = [], []
         for linger in lingers:
             note(f"fixed rate {rate:,.0f} rec/s, linger.ms={linger}: {args.latency_duration:.0f}s ...")
             fixed.append((rate, linger, phase(rate, args.latency_duration, {"linger.ms": linger})))
@@ -305,16 +378,36 @@ def main() -> None:
             for linger in lingers:
                 note(f"sweep {r:,.0f} rec/s, linger.ms={linger}: {args.sweep_duration:.0f}s ...")
                 fixed.append((r, linger, phase(r, args.sweep_duration, {"linger.ms": linger})))
-        note("consume ...")
-        # The most recent records first (what a caught-up consumer reads), then everything from offset 0.
-        tail = consume(bootstrap, topic, args.partitions, args.consume_limit, broker, args.tail_records)
-        cons = consume(bootstrap, topic, args.partitions, args.consume_limit, broker)
+        if "consume" in phases:
+            note("consume ...")
+            # The most recent records first (what a caught-up consumer reads), then everything from offset 0.
+            tail = consume(bootstrap, topic, args.partitions, args.consume_limit, broker, args.tail_records)
+            cons = consume(bootstrap, topic, args.partitions, args.consume_limit, broker)
         peak_rss = broker.peak_rss_mb() if broker else float("nan")
     finally:
         if broker:
             broker.stop()
         if tmp:
             tmp.cleanup()
+    if args.mock:
+        # After the broker has stopped, so the two never compete for the machine's cores.
+        mock = MockCluster(args.mock_script, topic, args.partitions).start()
+        try:
+            note(f"full load against the mock cluster: {args.duration:.0f}s ...")
+            mock_full = produce(
+                mock.bootstrap,
+                topic,
+                args.partitions,
+                args.record_size,
+                args.duration,
+                args.max_records,
+                None,
+                full_conf,
+                mock,
+            )
+        finally:
+            mock.stop()
+    load_after = os.getloadavg()
 
     def lat(d: dict[str, float]) -> str:
         return (
@@ -330,9 +423,16 @@ def main() -> None:
         )
 
     def cpu(d: dict[str, float]) -> str:
-        return f"broker {d['broker_cpu_pct']:.0f}% of one core, client {d['client_cpu_pct']:.0f}%"
+        # CPU per MB moves far less with the neighbours' load than MB/s does on a shared machine.
+        per_mb = 10 * d["broker_cpu_pct"] / max(d["mb_per_s"], 1e-9)
+        return (
+            f"broker {d['broker_cpu_pct']:.0f}% of one core ({per_mb:.2f} ms CPU per MB), "
+            f"client {d['client_cpu_pct']:.0f}%"
+        )
 
     where = "embedded broker (tidelog run)" if broker else bootstrap
+    if broker and args.bookies:
+        where = f"embedded broker (tidelog run --bookies {args.bookies})"
     rows = [
         ("machine", machine()),
         ("setup", f"{args.partitions} partitions, {args.record_size} B records, acks=all, no compression, {where}"),
@@ -356,7 +456,22 @@ def main() -> None:
             ("  request round trip", rtt(d)),
             ("  CPU", cpu(d)),
         ]
-    for name, d in ((f"consume last {args.tail_records:,}/partition", tail), ("consume from offset 0", cons)):
+    if mock_full is not None:
+        rows += [
+            (
+                "mock cluster, full load",
+                f"{mock_full['records_per_s']:,.0f} rec/s, {mock_full['mb_per_s']:.1f} MB/s "
+                f"({mock_full['records']:,} records in {mock_full['seconds']:.1f} s)",
+            ),
+            ("  CPU", cpu(mock_full).replace("broker", "mock")),
+            ("  Tidelog / mock", f"{full['mb_per_s'] / max(mock_full['mb_per_s'], 1e-9):.2f}x"),
+        ]
+    consumed = (
+        []
+        if tail is None or cons is None
+        else [(f"consume last {args.tail_records:,}/partition", tail), ("consume from offset 0", cons)]
+    )
+    for name, d in consumed:
         rows += [
             (
                 name,
@@ -366,6 +481,12 @@ def main() -> None:
             ("  CPU", cpu(d)),
         ]
     rows.append(("broker peak memory", f"{peak_rss:,.0f} MiB resident (VmHWM)"))
+    rows.append(
+        (
+            "load average",
+            f"{load_before[0]:.2f} {load_before[1]:.2f} before, {load_after[0]:.2f} {load_after[1]:.2f} after",
+        )
+    )
     errors = full["errors"] + sum(d["errors"] for _r, _l, d in fixed)
     if errors:
         first = full["first_error"] or next((d["first_error"] for _r, _l, d in fixed if d["first_error"]), "")
@@ -381,12 +502,15 @@ def main() -> None:
                     "fixed_rate": [{"rate": r, "linger_ms": linger, **d} for r, linger, d in fixed],
                     "consume_tail": tail,
                     "consume": cons,
+                    "mock_full_load": mock_full,
+                    "load_before": load_before,
+                    "load_after": load_after,
                     "broker_peak_rss_mib": peak_rss,
                 },
                 indent=2,
             )
         )
-    if errors or cons["records"] < cons["expected"] or tail["records"] < tail["expected"]:
+    if errors or any(d["records"] < d["expected"] for d in (tail, cons) if d is not None):
         sys.exit(1)
 
 
