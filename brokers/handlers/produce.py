@@ -16,6 +16,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.codec.batch import TIMESTAMP_TYPE_FLAG, BatchError, BatchHeader, UnsupportedMagic, restamp, validate
+from brokers.codec.produce_response import encode_success
 from brokers.codec.validate import (
     InvalidRecord,
     InvalidTimestamp,
@@ -126,6 +127,16 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
 
 
 def _response(ctx: RequestContext, outcomes: list[tuple[str, list[tuple[int, _Outcome]]]]) -> Any:
+    if all(out.result is not None and out.error == ErrorCode.none for _n, parts in outcomes for _i, out in parts):
+        # Every partition appended: the fixed-shape body, packed without kio (the server sends bytes as they are).
+        return encode_success(
+            ctx.api_version,
+            [
+                (name, [(index, out.result.base_offset, out.append_time, out.result.log_start_offset)
+                        for index, out in parts if out.result is not None])
+                for name, parts in outcomes
+            ],
+        )  # fmt: skip
     mod = response_module(API_KEY, ctx.api_version)
     hints = Hints()
     topics = []

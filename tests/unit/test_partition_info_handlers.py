@@ -65,6 +65,11 @@ def rq(mod: ModuleType, version: int) -> ModuleType:
 async def call(broker: Broker, mod: ModuleType, version: int, request: Any) -> Any:
     """Run a handler; its response as a client decodes it."""
     response = await mod.handle(RequestContext(broker, mod.API_KEY, version, 7, "test", "127.0.0.1:1"), request)
+    if isinstance(response, bytes):  # Produce: a packed body
+        cls = load_payload_module(mod.API_KEY, version, EntityType.response).ProduceResponse
+        decoded, used = entity_reader(cls)(response, 0)
+        assert used == len(response)
+        return decoded
     assert type(response).__version__ == version
     buf = io.BytesIO()
     entity_writer(type(response))(buf, response)
