@@ -27,6 +27,8 @@ _OFFSET_2_LOW = bytes(((2 * i) & 0x7F) | 0x80 for i in range(64, 8192))  # 64..8
 _OFFSET_2_HIGH = bytes((2 * i) >> 7 for i in range(64, 8192))
 _EVEN = bytes(range(0, 256, 2))
 _MIN_RUN = 4  # shorter runs: the per-run slicing costs more than the loop it replaces
+_SHORT_RUN = 32
+_MAX_SHORT_RUNS = 8  # after this many runs averaging under _SHORT_RUN records, the full walk takes over
 
 
 def _common_prefix(column: memoryview, expected: bytes) -> int:
@@ -49,7 +51,11 @@ def max_timestamp_delta(body: memoryview, count: int) -> int | None:
     pos = 0
     i = 0
     best = -(2**63)
+    runs = 0
     while i < count:
+        if runs >= _MAX_SHORT_RUNS and i < _SHORT_RUN * runs:
+            return None  # many short runs: slicing per run would cost more than the full walk
+        runs += 1
         if pos >= end:
             return None
         b = body[pos]

@@ -74,6 +74,14 @@ def test_past_8192_records_the_full_walk_runs(monkeypatch: pytest.MonkeyPatch) -
     assert _outcome(batch) == _full_walk(batch, monkeypatch) == NOW
 
 
+def test_many_short_runs_give_up_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(7)
+    sizes = [100 + (i // 5) % 2 for i in range(1000)]  # runs of five equal records
+    batch = _batch(rng, 1000, sizes, [0] * 1000)
+    assert _fast(batch) is None
+    assert _outcome(batch) == _full_walk(batch, monkeypatch) == NOW
+
+
 def test_librdkafka_sized_batches_match(monkeypatch: pytest.MonkeyPatch) -> None:
     batch = make_batch(0, 320, NOW, value_size=1024)  # timestamps one ms apart: two-byte deltas from record 64
     assert _fast(batch) == 319
