@@ -35,6 +35,10 @@ class Authorizer(Protocol):
         self, principal: KafkaPrincipal, host: str, operation: AclOperation, resource_type: ResourceType, name: str
     ) -> bool: ...
 
+    def authorize_any(
+        self, principal: KafkaPrincipal, host: str, operation: AclOperation, resource_type: ResourceType
+    ) -> bool: ...
+
 
 class AllowAll:
     """No authorizer configured: everything is allowed (as a Kafka broker without ``authorizer.class.name``)."""
@@ -43,6 +47,11 @@ class AllowAll:
 
     def authorize(
         self, principal: KafkaPrincipal, host: str, operation: AclOperation, resource_type: ResourceType, name: str
+    ) -> bool:
+        return True
+
+    def authorize_any(
+        self, principal: KafkaPrincipal, host: str, operation: AclOperation, resource_type: ResourceType
     ) -> bool:
         return True
 
@@ -75,6 +84,27 @@ class AclAuthorizer:
                 return False
             allowed = True
         return allowed
+
+    def authorize_any(
+        self, principal: KafkaPrincipal, host: str, operation: AclOperation, resource_type: ResourceType
+    ) -> bool:
+        """May ``principal`` do ``operation`` on at least one resource of the type (Kafka's
+        authorizeByResourceType, simplified: an ALLOW that applies and that no DENY on the same pattern cancels,
+        or no ACL of the type at all with ``allow.everyone.if.no.acl.found``)?"""
+        if str(principal) in self.super_users:
+            return True
+        bindings = list(self._source.bindings_for(resource_type))
+        if not bindings:
+            return self.allow_if_no_acl
+        denied = {
+            b.pattern for b in bindings
+            if b.entry.permission == AclPermission.DENY and b.entry.applies(principal, host, operation)
+        }
+        return any(
+            b.entry.permission == AclPermission.ALLOW and b.pattern not in denied
+            and b.entry.applies(principal, host, operation)
+            for b in bindings
+        )
 
 
 def authorized_operations(
