@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 16
 MIN_VERSION = 0
@@ -26,5 +27,6 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 group_type=g.group_type,
             )
             for g in groups
+            if ctx.allowed(AclOperation.DESCRIBE, ResourceType.GROUP, g.group_id)
         ),
     )
