@@ -93,9 +93,9 @@ def heartbeat_of(ctx: RequestContext, request: Any) -> Heartbeat:
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     try:
-        validate(request, ctx.api_version)
-        if not ctx.allowed(AclOperation.READ, ResourceType.GROUP, request.group_id):
+        if not ctx.allowed(AclOperation.READ, ResourceType.GROUP, request.group_id):  # first, as in Kafka
             raise GroupError(ErrorCode.group_authorization_failed, "Group authorization failed.")
+        validate(request, ctx.api_version)
         groups = consumer_groups_for(ctx.broker, request.group_id)
         outcome = await groups.heartbeat(request.group_id, heartbeat_of(ctx, request))
     except GroupError as e:
