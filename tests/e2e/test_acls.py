@@ -6,6 +6,7 @@ see, at once and after a restart. Without an authorizer the ACL APIs answer SECU
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -32,6 +33,8 @@ from kafka.admin import (
 )
 from kafka.admin import ACLOperation as KpOp
 from kafka.admin import ResourceType as KpResourceType
+
+from brokers.cli import main
 
 from .broker_process import BrokerProcess
 from .conftest import _finish
@@ -195,3 +198,25 @@ def test_without_an_authorizer_the_acl_apis_answer_security_disabled(broker: Bro
     with pytest.raises(KafkaException) as e:
         create(broker.bootstrap, topic_acl("t", AclOperation.READ, AclPermissionType.ALLOW))
     assert e.value.args[0].code() == KafkaError.SECURITY_DISABLED
+
+
+def test_tidelog_acls_cli_add_list_remove(tidelog: BrokerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    bootstrap, topic = tidelog.bootstrap, name("cli")
+    create_topic(bootstrap, topic)
+    common = ["--bootstrap", bootstrap, "--json"]
+    assert main(["acls", "add", *common, "--topic", topic, "--deny-principal", ANON, "--operation", "write"]) == 0
+    capsys.readouterr()
+    assert main(["acls", "list", *common, "--topic", topic]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["principal"], r["operation"], r["permission"]) for r in listed] == [(ANON, "WRITE", "DENY")]
+    err = produce_error(bootstrap, topic)
+    assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert main(["acls", "remove", *common, "--topic", topic, "--principal", ANON]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert produce_error(bootstrap, topic) is None
+    assert main(["acls", "add", "--bootstrap", bootstrap, "--topic", topic, "--operation", "read"]) == 2
+    assert "allow-principal" in capsys.readouterr().err
+    bad = ["acls", "add", "--bootstrap", bootstrap, "--cluster", "--resource-pattern-type", "prefixed",
+           "--allow-principal", ANON, "--operation", "alter"]
+    assert main(bad) == 1
+    assert "INVALID_REQUEST" in capsys.readouterr().err
