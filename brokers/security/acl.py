@@ -6,6 +6,7 @@ acl.AclOperation, acl.AclPermissionType); they travel as int8 in CreateAcls, Des
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -236,3 +237,34 @@ class AclFilter:
             and self.operation in (AclOperation.ANY, entry.operation)
             and self.permission in (AclPermission.ANY, entry.permission)
         )
+
+
+class AclIndex:
+    """ACLs indexed for authorization: per resource type, literal ones by name and prefixed ones by prefix, so
+    finding the ACLs that apply to a resource costs a few lookups per character of its name, not a scan."""
+
+    def __init__(self, bindings: Iterable[AclBinding]) -> None:
+        self._literal: dict[tuple[ResourceType, str], list[AclBinding]] = {}
+        self._prefixed: dict[tuple[ResourceType, str], list[AclBinding]] = {}
+        self._by_type: dict[ResourceType, list[AclBinding]] = {}
+        self._prefix_lengths: dict[ResourceType, set[int]] = {}
+        for b in bindings:
+            p = b.pattern
+            table = self._prefixed if p.pattern_type == PatternType.PREFIXED else self._literal
+            table.setdefault((p.resource_type, p.name), []).append(b)
+            self._by_type.setdefault(p.resource_type, []).append(b)
+            if p.pattern_type == PatternType.PREFIXED:
+                self._prefix_lengths.setdefault(p.resource_type, set()).add(len(p.name))
+
+    def of_type(self, resource_type: ResourceType) -> Sequence[AclBinding]:
+        return self._by_type.get(resource_type, ())
+
+    def matching(self, resource_type: ResourceType, name: str) -> list[AclBinding]:
+        """Every ACL whose pattern covers the resource (its literal name, the literal ``*``, a prefix of it)."""
+        out = list(self._literal.get((resource_type, name), ()))
+        if name != WILDCARD:
+            out += self._literal.get((resource_type, WILDCARD), ())
+        for n in self._prefix_lengths.get(resource_type, ()):
+            if n <= len(name):
+                out += self._prefixed.get((resource_type, name[:n]), ())
+        return out

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from brokers.security.acl import AclBinding, AclFilter, ResourceType
+from brokers.security.acl import AclBinding, AclFilter, AclIndex
 from metadata.api import MetadataStore
 from metadata.keys import Keys
 from metadata.models import AclRecord
@@ -44,7 +44,8 @@ class AclStore:
             store, keys.acls_prefix(), lambda _suffix, data: from_record(AclRecord.decode(data)),
             on_change=self._changed, name="acls",
         )
-        self._by_type: dict[ResourceType, tuple[AclBinding, ...]] = {}
+        self.index = AclIndex(())
+        """The ACLs as the authorizer reads them, rebuilt on every change."""
         self._started = False
 
     async def start(self) -> None:
@@ -57,15 +58,9 @@ class AclStore:
         await self._cache.stop()
 
     def _changed(self, _changed: frozenset[str]) -> None:
-        by_type: dict[ResourceType, list[AclBinding]] = {}
-        for binding in self._cache.items.values():
-            by_type.setdefault(binding.pattern.resource_type, []).append(binding)
-        self._by_type = {k: tuple(v) for k, v in by_type.items()}
+        self.index = AclIndex(self._cache.items.values())
 
     # --- reading ------------------------------------------------------------------------------
-    def bindings_for(self, resource_type: ResourceType) -> Iterable[AclBinding]:
-        return self._by_type.get(resource_type, ())
-
     def all(self) -> list[AclBinding]:
         return sorted(self._cache.items.values())
 

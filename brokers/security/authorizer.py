@@ -12,10 +12,9 @@ When no authorizer is configured (``authorizer.class.name`` empty, the default) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Protocol
 
-from brokers.security.acl import OPERATIONS_OF, AclBinding, AclOperation, AclPermission, ResourceType
+from brokers.security.acl import OPERATIONS_OF, AclIndex, AclOperation, AclPermission, ResourceType
 from brokers.security.principal import KafkaPrincipal
 
 INT32_MIN = -(2**31)
@@ -23,9 +22,10 @@ INT32_MIN = -(2**31)
 
 
 class AclSource(Protocol):
-    """Where the authorizer reads ACLs (brokers/security/acl_store.py keeps them current from metadata)."""
+    """Where the authorizer reads ACLs (brokers/security/acl_store.py keeps an AclIndex current from metadata)."""
 
-    def bindings_for(self, resource_type: ResourceType) -> Iterable[AclBinding]: ...
+    @property
+    def index(self) -> AclIndex: ...
 
 
 class Authorizer(Protocol):
@@ -72,7 +72,7 @@ class AclAuthorizer:
     ) -> bool:
         if str(principal) in self.super_users:
             return True
-        matching = [b for b in self._source.bindings_for(resource_type) if b.pattern.matches(resource_type, name)]
+        matching = self._source.index.matching(resource_type, name)
         if not matching:
             return self.allow_if_no_acl
         allowed = False
@@ -93,7 +93,7 @@ class AclAuthorizer:
         or no ACL of the type at all with ``allow.everyone.if.no.acl.found``)?"""
         if str(principal) in self.super_users:
             return True
-        bindings = list(self._source.bindings_for(resource_type))
+        bindings = self._source.index.of_type(resource_type)
         if not bindings:
             return self.allow_if_no_acl
         denied = {

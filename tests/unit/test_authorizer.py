@@ -10,6 +10,7 @@ from brokers.security.acl import (
     AclBinding,
     AclError,
     AclFilter,
+    AclIndex,
     AclOperation,
     AclPermission,
     PatternType,
@@ -26,10 +27,7 @@ R, W, D = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE
 
 class Source:
     def __init__(self, bindings: Iterable[AclBinding] = ()) -> None:
-        self.bindings = list(bindings)
-
-    def bindings_for(self, resource_type: ResourceType) -> Iterable[AclBinding]:
-        return [b for b in self.bindings if b.pattern.resource_type == resource_type]
+        self.index = AclIndex(bindings)
 
 
 def acl(
@@ -144,3 +142,15 @@ def test_filters_any_match_literal_prefixed() -> None:
 def test_host_of_peer() -> None:
     assert host_of("127.0.0.1:5555") == "127.0.0.1"
     assert host_of("[::1]:5555") == "::1"
+
+
+def test_index_finds_exactly_the_patterns_that_match() -> None:
+    """AclIndex.matching against a scan with ResourcePattern.matches, over literal, wildcard and prefixed ACLs."""
+    bindings = [acl(n, R) for n in ("a", "ab", "abc", "*", "b")]
+    bindings += [acl(n, R, pattern=PatternType.PREFIXED) for n in ("a", "ab", "abcd", "b", "*")]
+    bindings += [acl("a", R, rtype=G)]
+    index = AclIndex(bindings)
+    for name in ("a", "ab", "abc", "abcd", "abcde", "b", "ba", "c", "*", ""):
+        want = sorted(b for b in bindings if b.pattern.matches(T, name))
+        assert sorted(index.matching(T, name)) == want, name
+    assert len(index.of_type(G)) == 1
