@@ -287,3 +287,38 @@ async def _until(check: Callable[[], bool]) -> None:
     async with asyncio.timeout(10):  # hang guard
         while not check():
             await asyncio.sleep(0.01)
+
+
+async def _metadata(broker: Broker, names: list[str] | None) -> Any:
+    """A Metadata v10 answer for ALICE (topics and cluster authorized operations asked for), decoded by kio."""
+    from kio.index import load_payload_module
+    from kio.serial import entity_reader
+    from kio.static.constants import EntityType
+
+    from brokers.handlers import metadata
+
+    req = load_payload_module(3, 10, EntityType.request)
+    request = req.MetadataRequest(
+        topics=None if names is None else tuple(req.MetadataRequestTopic(topic_id=None, name=n) for n in names),
+        allow_auto_topic_creation=False, include_cluster_authorized_operations=True,
+        include_topic_authorized_operations=True,
+    )
+    ctx = RequestContext(broker, 3, 10, 1, "matrix", "127.0.0.1:5000", principal=ALICE)
+    body = await metadata.handle(ctx, request)
+    response_cls = load_payload_module(3, 10, EntityType.response).MetadataResponse
+    decoded, _ = entity_reader(response_cls)(body, 0)
+    return decoded
+
+
+async def test_metadata_shows_only_describable_topics_with_their_operations() -> None:
+    async with secured() as broker:
+        await broker.topics.create("hidden", 1, 1, {})
+        await grant(broker, ((TOPIC, T, Op.READ), (CLUSTER, CLUSTER_NAME, Op.CREATE)))
+        listing = await _metadata(broker, None)
+        assert [t.name for t in listing.topics] == [T]
+        assert listing.topics[0].topic_authorized_operations == (1 << Op.READ) | (1 << Op.DESCRIBE)
+        assert listing.cluster_authorized_operations == 1 << Op.CREATE
+        asked = await _metadata(broker, [T, "hidden"])
+        assert [(t.name, t.error_code) for t in asked.topics] == [
+            (T, ErrorCode.none), ("hidden", ErrorCode.topic_authorization_failed)]
+        assert asked.topics[1].partitions == ()
