@@ -93,7 +93,7 @@ def every_acl_of(topic: str) -> AclBindingFilter:
 def produce_error(bootstrap: str, topic: str) -> KafkaError | None:
     """The error of producing one record (None: delivered)."""
     errors: list[KafkaError | None] = []
-    p = Producer({"bootstrap.servers": bootstrap, "message.timeout.ms": 10000, "allow.auto.create.topics": False})
+    p = Producer({"bootstrap.servers": bootstrap, "message.timeout.ms": 30000, "allow.auto.create.topics": False})
     p.produce(topic, b"v", on_delivery=lambda err, _msg: errors.append(err))
     p.flush(TIMEOUT)
     assert len(errors) == 1
