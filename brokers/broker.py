@@ -19,6 +19,8 @@ from brokers.log.manager import LogManager
 from brokers.log.partition import LogConfig, PartitionLog, Tiering
 from brokers.log.types import LogError, NotLeader
 from brokers.routing import Routing
+from brokers.security.acl_store import AclStore
+from brokers.security.authorizer import AclAuthorizer, AllowAll, Authorizer
 from brokers.single_routing import SingleBroker
 from brokers.topics import TopicError, TopicLimits, TopicRegistry
 from brokers.transactions.coordinator import TransactionCoordinator
@@ -51,6 +53,12 @@ class Broker:
         self.keys = Keys(config.cluster)
         self.dynamic = DynamicConfigs(store, self.keys, config, self._config_changed)
         """Dynamic broker configs (AlterConfigs); ``config`` is replaced by the effective one on every change."""
+        self.acls = AclStore(store, self.keys)
+        """The cluster's ACLs, followed by a watch (started only when an authorizer is configured)."""
+        self.authorizer: Authorizer = (
+            AclAuthorizer(self.acls, config.super_user_set, config.allow_everyone_if_no_acl_found)
+            if config.authorizer_class_name else AllowAll()
+        )
         self.ledgers = ledgers
         self.tiering: Tiering | None = None
         """Offloader, object store and block cache (None without an object store: ledgers only)."""
@@ -102,6 +110,8 @@ class Broker:
         are loaded in the background afterwards (``load_pending``)."""
         self.cluster_id = await self._cluster_id()
         await self.dynamic.start()
+        if self.authorizer.enabled:
+            await self.acls.start()
         await self.topics.load()
         await self.groups.start()
         await self.transactions.start()
@@ -146,6 +156,7 @@ class Broker:
         await self.transactions.stop()
         await self.groups.stop()
         await self.dynamic.stop()
+        await self.acls.stop()
         await self.logs.close()
         if self.tiering is not None:
             await self.tiering.offloader.close()

@@ -123,6 +123,32 @@ def _listen_or_off(v: str) -> str:
     return value
 
 
+AUTHORIZERS = (
+    "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "kafka.security.authorizer.AclAuthorizer",
+    "acl",
+)
+"""Values of ``authorizer.class.name`` that turn ACL enforcement on (Kafka's class names are accepted so that
+Kafka configs work unchanged; they all mean Tidelog's ACL authorizer)."""
+
+
+def _authorizer(v: str) -> str:
+    name = v.strip()
+    if name and name not in AUTHORIZERS:
+        raise ValueError(f"{v!r} is not empty (no authorizer) or one of {', '.join(AUTHORIZERS)}")
+    return name
+
+
+def _super_users(v: str) -> str:
+    """``User:a;User:b`` (Kafka's separator); each must be Type:name."""
+    names = [n.strip() for n in v.split(";") if n.strip()]
+    for n in names:
+        kind, sep, rest = n.partition(":")
+        if not sep or not kind or not rest:
+            raise ValueError(f"{n!r} is not a principal (want Type:name, separated by ;)")
+    return ";".join(names)
+
+
 def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     """HOST:PORT with a port in 0..65535; raises ConfigError."""
     host, sep, port = value.rpartition(":")
@@ -294,6 +320,14 @@ class BrokerConfig:
         default=2, metadata={"key": "transaction.version", "parse": _transaction_version}
     )  # the finalized transaction.version feature (ApiVersions); 2: KIP-890 part 2 offered to clients that ask
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
+    # ACLs (brokers/security/authorizer.py): enforced only when an authorizer is configured, as in Kafka.
+    authorizer_class_name: str = field(default="", metadata={"key": "authorizer.class.name", "parse": _authorizer})
+    super_users: str = field(default="", metadata={"key": "super.users", "parse": _super_users})
+    allow_everyone_if_no_acl_found: bool = field(default=False, metadata={"key": "allow.everyone.if.no.acl.found"})
+
+    @property
+    def super_user_set(self) -> frozenset[str]:
+        return frozenset(n for n in self.super_users.split(";") if n)
 
     @property
     def advertised(self) -> tuple[str, int]:

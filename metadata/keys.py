@@ -17,11 +17,13 @@ Layout (one prefix per cluster)::
     /tidelog/{cluster}/config/broker                        cluster-wide dynamic broker configs (resource "")
     /tidelog/{cluster}/config/broker/{broker_id}            one broker's dynamic broker configs
     /tidelog/{cluster}/cluster_id                           the cluster id reported to clients
+    /tidelog/{cluster}/acls/{type}/{pattern}/{name}/{principal}/{host}/{operation}/{permission}   one ACL
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,3 +155,16 @@ class Keys:
         if head != "broker" or not node.isdigit():
             raise ValueError(f"not a broker config key: {key!r}")
         return int(node)
+
+    # --- ACLs (brokers/security/acl_store.py) ---------------------------------------------------
+    def acls_prefix(self) -> str:
+        """Every ACL, one key each; every broker watches this prefix."""
+        return f"{self.root}acls/"
+
+    def acl(
+        self, resource_type: int, pattern_type: int, name: str, principal: str, host: str, operation: int,
+        permission: int,
+    ) -> str:
+        """One ACL binding (Kafka's integer codes; the texts percent-encoded, so a "/" in a name stays one part)."""
+        texts = "/".join(quote(t, safe="") for t in (name, principal, host))
+        return f"{self.acls_prefix()}{resource_type}/{pattern_type}/{texts}/{operation}/{permission}"

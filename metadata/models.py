@@ -297,6 +297,34 @@ class BrokerConfigRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AclRecord:
+    """One ACL binding as stored (Kafka's integer codes for the resource type, pattern type, operation and
+    permission; brokers/security/acl.py gives them meaning)."""
+
+    resource_type: int
+    name: str
+    pattern_type: int
+    principal: str
+    host: str
+    operation: int
+    permission: int
+
+    def encode(self) -> bytes:
+        return _pack({
+            "rtype": self.resource_type, "name": self.name, "ptype": self.pattern_type, "principal": self.principal,
+            "host": self.host, "op": self.operation, "perm": self.permission,
+        })  # fmt: skip
+
+    @classmethod
+    def decode(cls, data: bytes) -> AclRecord:
+        d = _unpack(data)
+        return cls(
+            int(d["rtype"]), str(d["name"]), int(d["ptype"]), str(d["principal"]), str(d["host"]), int(d["op"]),
+            int(d["perm"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerRecord:
     """A live broker's registration (bound to its lease)."""
 

@@ -27,6 +27,7 @@ def commands() -> tuple[ModuleType, ...]:
     """Subcommand modules, in help order. A module adds its parser and returns an exit code from run()."""
     from brokers import devcluster
     from brokers.cli import (
+        acls,
         broker,
         cluster,
         configs,
@@ -43,7 +44,7 @@ def commands() -> tuple[ModuleType, ...]:
 
     return (
         run, broker, topics, configs, produce, consume, groups, transactions, offload, cluster, bookie_cli, devcluster,
-        verify,
+        verify, acls,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 from brokers.transactions.coordinator import TP, TransactionCoordinator
 from brokers.transactions.state import TV_2
 
@@ -36,6 +37,20 @@ def _topic_results(mod: Any, errors: dict[TP, ErrorCode]) -> tuple[Any, ...]:
                  for t, ps in by_topic.items())
 
 
+def _refused(ctx: RequestContext, transactional_id: str, tps: list[TP]) -> dict[TP, ErrorCode] | None:
+    """Kafka's answer when the principal may not WRITE the transactional id (every partition refused) or some
+    topic (those TOPIC_AUTHORIZATION_FAILED, the others OPERATION_NOT_ATTEMPTED); None when all is allowed."""
+    if not ctx.allowed(AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, transactional_id):
+        return dict.fromkeys(tps, ErrorCode.transactional_id_authorization_failed)
+    denied = {t for t, _p in tps if not ctx.allowed(AclOperation.WRITE, ResourceType.TOPIC, t)}
+    if not denied:
+        return None
+    return {
+        tp: ErrorCode.topic_authorization_failed if tp[0] in denied else ErrorCode.operation_not_attempted
+        for tp in tps
+    }
+
+
 async def _one(coordinator: TransactionCoordinator, txn: Any, tps: list[TP], verify_only: bool
                ) -> dict[TP, ErrorCode]:
     pid, epoch = int(txn.producer_id), int(txn.producer_epoch)
@@ -52,13 +67,17 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     if ctx.api_version < BATCHED_SINCE:
         tps = _partitions(request.v3_and_below_topics)
         pid, epoch = int(request.v3_and_below_producer_id), int(request.v3_and_below_producer_epoch)
-        errors = await coordinator.add_partitions(request.v3_and_below_transactional_id, pid, epoch, tps)
+        refused = _refused(ctx, request.v3_and_below_transactional_id, tps)
+        errors = refused or await coordinator.add_partitions(request.v3_and_below_transactional_id, pid, epoch, tps)
         if ctx.api_version < FENCED_SINCE:
             errors = {tp: ErrorCode.invalid_producer_epoch if c == ErrorCode.producer_fenced else c
                       for tp, c in errors.items()}
         return make(mod.AddPartitionsToTxnResponse, throttle_time=NO_THROTTLE,
                     results_by_topic_v3_and_below=_topic_results(mod, errors))
     results = []
+    if not ctx.allowed(AclOperation.CLUSTER_ACTION, ResourceType.CLUSTER, CLUSTER_NAME):  # brokers only, in Kafka
+        return make(mod.AddPartitionsToTxnResponse, throttle_time=NO_THROTTLE,
+                    error_code=ErrorCode.cluster_authorization_failed, results_by_transaction=())
     for txn in request.transactions:
         errors = await _one(coordinator, txn, _partitions(txn.topics), bool(txn.verify_only))
         results.append(make(mod.AddPartitionsToTxnResult, transactional_id=txn.transactional_id,

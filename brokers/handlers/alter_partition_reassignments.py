@@ -16,6 +16,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 from metadata.api import MetadataError
 from metadata.models import Reassignment
 
@@ -52,6 +53,12 @@ async def _alter(ctx: RequestContext, topic_id: str, partition: int, replicas: A
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
+    if not ctx.allowed(AclOperation.ALTER, ResourceType.CLUSTER, CLUSTER_NAME):
+        return make(
+            mod.AlterPartitionReassignmentsResponse, throttle_time=NO_THROTTLE, allow_replication_factor_change=True,
+            error_code=ErrorCode.cluster_authorization_failed, error_message="Cluster authorization failed.",
+            responses=(),
+        )
     topics = []
     for topic in request.topics:
         record = ctx.broker.topics.get(topic.name)

@@ -20,6 +20,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.handlers.describe_log_dirs import log_dirs
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 
 API_KEY = 34
 MIN_VERSION = 1  # v0 was removed by Kafka 4 (KIP-896)
@@ -41,11 +42,12 @@ def _answer(ctx: RequestContext, path: str, name: str, partition: int) -> ErrorC
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     by_topic: dict[str, list[Any]] = {}
+    allowed = ctx.allowed(AclOperation.ALTER, ResourceType.CLUSTER, CLUSTER_NAME)
     for d in request.dirs:
         for t in d.topics:
             results = by_topic.setdefault(t.name, [])
             for p in t.partitions:
-                code = _answer(ctx, d.path, t.name, int(p))
+                code = _answer(ctx, d.path, t.name, int(p)) if allowed else ErrorCode.cluster_authorization_failed
                 results.append(make(mod.AlterReplicaLogDirPartitionResult, partition_index=p, error_code=code))
     topics = tuple(
         make(mod.AlterReplicaLogDirTopicResult, topic_name=name, partitions=tuple(parts))

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kio.index import load_payload_module
 from kio.static.constants import EntityType
 
+from brokers.security.acl import AclOperation, ResourceType
+from brokers.security.authorizer import INT32_MIN, authorized_operations, host_of
 from brokers.security.principal import ANONYMOUS, KafkaPrincipal
 
 if TYPE_CHECKING:
@@ -37,6 +39,19 @@ class RequestContext:
     """Produce only: to resolve once this request's entries are handed to the logs."""
     principal: KafkaPrincipal = ANONYMOUS
     """Who sent the request (set by the connection's authentication; ACLs and quotas use it)."""
+
+    def allowed(self, operation: AclOperation, resource_type: ResourceType, name: str) -> bool:
+        """May this request's principal do ``operation`` on the resource (always, without an authorizer)?"""
+        authorizer = self.broker.authorizer
+        if not authorizer.enabled:
+            return True
+        return authorizer.authorize(self.principal, host_of(self.peer), operation, resource_type, name)
+
+    def operations(self, resource_type: ResourceType, name: str, wanted: bool = True) -> int:
+        """The authorized-operations bitfield of a resource (Kafka's INT32_MIN when the request did not ask)."""
+        if not wanted:
+            return INT32_MIN
+        return authorized_operations(self.broker.authorizer, self.principal, host_of(self.peer), resource_type, name)
 
     async def in_order(self) -> None:
         """Produce only: wait for the previous produce request on this connection to be appended."""

@@ -18,6 +18,7 @@ from kio.schema.errors import ErrorCode
 from brokers.config import TOPIC_CONFIG_TYPES, ConfigError, TopicConfigType, validate_topic_configs
 from brokers.dynamic_config import DYNAMIC_BROKER_CONFIGS, ResourceError, broker_resource_id
 from brokers.handlers.base import RequestContext
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 from brokers.topics import TopicError, check_name
 from metadata.api import MetadataError
 
@@ -107,6 +108,15 @@ async def alter_resource(
         raise ResourceError(ErrorCode.invalid_request, f"Unsupported resource type: {resource_type}")
 
 
+def check_config_access(ctx: RequestContext, resource_type: int, name: str, operation: AclOperation) -> None:
+    """Raise ResourceError unless the principal may ``operation`` (DESCRIBE_CONFIGS / ALTER_CONFIGS) the resource:
+    a topic by its name (TOPIC_AUTHORIZATION_FAILED), a broker as the cluster (CLUSTER_AUTHORIZATION_FAILED)."""
+    if resource_type == RESOURCE_TOPIC and not ctx.allowed(operation, ResourceType.TOPIC, name):
+        raise ResourceError(ErrorCode.topic_authorization_failed, f"Not authorized to access topic {name}.")
+    if resource_type == RESOURCE_BROKER and not ctx.allowed(operation, ResourceType.CLUSTER, CLUSTER_NAME):
+        raise ResourceError(ErrorCode.cluster_authorization_failed, "Cluster authorization failed.")
+
+
 async def alter_all(
     ctx: RequestContext, resources: Iterable[Any], change_of: Callable[[Any], Change], validate_only: bool
 ) -> list[tuple[Any, ErrorCode, str | None]]:
@@ -120,6 +130,7 @@ async def alter_all(
             code, message = ErrorCode.invalid_request, "Error due to duplicate resources"
         else:
             try:
+                check_config_access(ctx, resource.resource_type, resource.resource_name, AclOperation.ALTER_CONFIGS)
                 await alter_resource(
                     ctx, resource.resource_type, resource.resource_name, change_of(resource), validate_only
                 )

@@ -12,6 +12,7 @@ from brokers.groups.base import GroupError
 from brokers.groups.consumer import ConsumerGroup
 from brokers.groups.consumer_shard import consumer_groups_for
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 69
 MIN_VERSION = 0
@@ -19,9 +20,6 @@ MAX_VERSION = 1
 CLASSIC_MEMBER = 0  # KIP-1099 MemberType: a classic-protocol member of a consumer group (online migration)
 CONSUMER_MEMBER = 1
 UNSET_OPERATIONS = -(2**31)
-# Without an authorizer every operation on a group is allowed: READ, DELETE, DESCRIBE, DESCRIBE_CONFIGS,
-# ALTER_CONFIGS (AclOperation codes 3, 6, 8, 10, 11), as Kafka reports them.
-GROUP_OPERATIONS = sum(1 << op for op in (3, 6, 8, 10, 11))
 
 
 def _assignment(mod: Any, assignment: Assignment, names: dict[str, str]) -> Any:
@@ -92,6 +90,11 @@ async def describe_one(ctx: RequestContext, mod: Any, group_id: str, operations:
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
-    operations = GROUP_OPERATIONS if request.include_authorized_operations else UNSET_OPERATIONS
-    described = [await describe_one(ctx, mod, str(g), operations) for g in request.group_ids]
+    wanted = bool(request.include_authorized_operations)
+    described = [
+        await describe_one(ctx, mod, str(g), ctx.operations(ResourceType.GROUP, str(g), wanted))
+        if ctx.allowed(AclOperation.DESCRIBE, ResourceType.GROUP, str(g))
+        else _error(mod, str(g), ErrorCode.group_authorization_failed, "Group authorization failed.")
+        for g in request.group_ids
+    ]
     return make(mod.ConsumerGroupDescribeResponse, throttle_time=NO_THROTTLE, groups=tuple(described))

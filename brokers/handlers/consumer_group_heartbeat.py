@@ -17,6 +17,7 @@ from brokers.groups.base import GroupError
 from brokers.groups.consumer import LEAVE_EPOCH, LEAVE_STATIC_EPOCH, Heartbeat
 from brokers.groups.consumer_shard import consumer_groups_for
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, ms, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 68
 MIN_VERSION = 0
@@ -92,6 +93,8 @@ def heartbeat_of(ctx: RequestContext, request: Any) -> Heartbeat:
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     try:
+        if not ctx.allowed(AclOperation.READ, ResourceType.GROUP, request.group_id):  # first, as in Kafka
+            raise GroupError(ErrorCode.group_authorization_failed, "Group authorization failed.")
         validate(request, ctx.api_version)
         groups = consumer_groups_for(ctx.broker, request.group_id)
         outcome = await groups.heartbeat(request.group_id, heartbeat_of(ctx, request))

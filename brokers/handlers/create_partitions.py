@@ -8,6 +8,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 from brokers.topics import TopicError
 from metadata.api import MetadataError
 
@@ -56,6 +57,8 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
             code, message = ErrorCode.invalid_request, "Duplicate topic name."
         else:
             try:
+                if not ctx.allowed(AclOperation.ALTER, ResourceType.TOPIC, topic.name):
+                    raise TopicError(ErrorCode.topic_authorization_failed, f"Not authorized to alter {topic.name}.")
                 await _grow(ctx, topic, bool(request.validate_only))
             except TopicError as e:
                 code, message = e.code, str(e)

@@ -15,6 +15,7 @@ from kio.schema.errors import ErrorCode
 from brokers.config import ConfigError, validate_topic_configs
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.handlers.describe_configs import topic_config_entries
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 from brokers.topics import TopicError, check_name
 from metadata.api import MetadataError
 from metadata.models import TopicRecord
@@ -61,6 +62,11 @@ def _topic_configs(entries: Any) -> dict[str, str]:
 
 async def _create(ctx: RequestContext, topic: Any, validate_only: bool) -> TopicRecord:
     """Create (or validate) one topic; raises TopicError."""
+    if not (
+        ctx.allowed(AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME)
+        or ctx.allowed(AclOperation.CREATE, ResourceType.TOPIC, topic.name)
+    ):
+        raise TopicError(ErrorCode.topic_authorization_failed, "Authorization failed.")
     check_name(topic.name)
     config = ctx.broker.config
     partitions, replication = int(topic.num_partitions), int(topic.replication_factor)

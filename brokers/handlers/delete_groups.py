@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kio.schema.errors import ErrorCode
+
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 42
 MIN_VERSION = 0
@@ -15,6 +18,9 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     results = []
     for group_id in request.groups_names:
-        code = await ctx.broker.groups.delete_group(group_id)
+        if not ctx.allowed(AclOperation.DELETE, ResourceType.GROUP, group_id):
+            code = ErrorCode.group_authorization_failed
+        else:
+            code = await ctx.broker.groups.delete_group(group_id)
         results.append(make(mod.DeletableGroupResult, group_id=group_id, error_code=code))
     return make(mod.DeleteGroupsResponse, throttle_time=NO_THROTTLE, results=tuple(results))

@@ -13,6 +13,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.log.partition import LogError
+from brokers.security.acl import AclOperation, ResourceType
 from brokers.topics import INTERNAL_TOPICS
 
 API_KEY = 21
@@ -26,11 +27,14 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     topics = []
     for t in request.topics:
         topic = broker.topics.get(t.name)
+        denied = not ctx.allowed(AclOperation.DELETE, ResourceType.TOPIC, t.name)
         parts = []
         for p in t.partitions:
             code, low = ErrorCode.none, -1
             policy = broker.dynamic.topic_configs(topic.configs if topic else {})["cleanup.policy"]  # or the broker's
-            if topic is None or not 0 <= p.partition_index < topic.partitions:
+            if denied:
+                code = ErrorCode.topic_authorization_failed
+            elif topic is None or not 0 <= p.partition_index < topic.partitions:
                 code = ErrorCode.unknown_topic_or_partition
             elif t.name in INTERNAL_TOPICS:
                 code = ErrorCode.invalid_topic_exception

@@ -9,6 +9,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 from brokers.topics import TopicError
 from metadata.api import MetadataError
 from metadata.models import TopicRecord
@@ -38,6 +39,8 @@ async def _delete(ctx: RequestContext, name: str | None, topic_id: uuid.UUID | N
         name = found.name
     if name is None:
         raise TopicError(ErrorCode.invalid_request, "Neither topic name nor topic id was given.")
+    if not ctx.allowed(AclOperation.DELETE, ResourceType.TOPIC, name):
+        raise TopicError(ErrorCode.topic_authorization_failed, f"Not authorized to delete topic {name}.")
     if ctx.broker.topics.get(name) is None:
         raise TopicError(ErrorCode.unknown_topic_or_partition, f"Topic '{name}' does not exist.")
     return await ctx.broker.delete_topic(name)

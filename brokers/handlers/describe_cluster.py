@@ -9,16 +9,13 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.routing import Endpoint
+from brokers.security.acl import CLUSTER_NAME, ResourceType
 
 API_KEY = 60
 MIN_VERSION = 0
 MAX_VERSION = 2
 
 ENDPOINT_BROKERS = 1
-AUTHORIZED_OPERATIONS_OMITTED = -(2**31)
-# AclOperation codes Kafka supports on the CLUSTER resource: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION,
-# DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE. Without an authorizer all of them are allowed.
-CLUSTER_OPERATIONS = sum(1 << op for op in (5, 7, 8, 9, 10, 11, 12))
 
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
@@ -31,9 +28,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         code, message = ErrorCode.unsupported_endpoint_type, f"Unsupported endpoint type {endpoint_type}"
     else:
         brokers = ctx.broker.routing.brokers()
-    operations = (
-        CLUSTER_OPERATIONS if request.include_cluster_authorized_operations else AUTHORIZED_OPERATIONS_OMITTED
-    )
+    operations = ctx.operations(ResourceType.CLUSTER, CLUSTER_NAME, bool(request.include_cluster_authorized_operations))
     return make(
         mod.DescribeClusterResponse,
         throttle_time=NO_THROTTLE,

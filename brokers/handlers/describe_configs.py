@@ -26,6 +26,8 @@ from brokers.dynamic_config import (
     broker_resource_id,
 )
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.handlers.config_alter import check_config_access
+from brokers.security.acl import AclOperation
 from brokers.topics import TopicError, check_name
 
 API_KEY = 32
@@ -134,6 +136,7 @@ def default_broker_entries(dynamic: DynamicConfigs) -> list[ConfigEntry]:
 def _resource_entries(ctx: RequestContext, resource_type: int, name: str) -> list[ConfigEntry]:
     """The config entries of one resource; raises TopicError/ResourceError with the Kafka error to report."""
     dynamic = ctx.broker.dynamic
+    check_config_access(ctx, resource_type, name, AclOperation.DESCRIBE_CONFIGS)
     if resource_type == RESOURCE_TOPIC:
         check_name(name)
         topic = ctx.broker.topics.get(name)

@@ -8,12 +8,11 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups.base import GroupError
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 15
 MIN_VERSION = 0
 MAX_VERSION = 6
-NOT_REQUESTED = -2147483648
-GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)  # READ, DELETE, DESCRIBE (AclOperation codes)
 
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
@@ -24,6 +23,8 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         code, message = ErrorCode.none, None
         description = None
         try:
+            if not ctx.allowed(AclOperation.DESCRIBE, ResourceType.GROUP, group_id):
+                raise GroupError(ErrorCode.group_authorization_failed, "Group authorization failed.")
             description = ctx.broker.groups.describe(group_id)
         except GroupError as e:
             code, message = e.code, str(e)
@@ -49,7 +50,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 protocol_type=description.protocol_type if description is not None else "",
                 protocol_data=description.protocol if description is not None else "",
                 members=members,
-                authorized_operations=GROUP_OPERATIONS if wants_ops else NOT_REQUESTED,
+                authorized_operations=ctx.operations(ResourceType.GROUP, group_id, wants_ops),
             )
         )
     return make(mod.DescribeGroupsResponse, throttle_time=NO_THROTTLE, groups=tuple(groups))

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
@@ -113,6 +114,9 @@ def _served(broker: Broker, request: Any) -> Iterator[tuple[str, str, int]]:
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
+    if not ctx.allowed(AclOperation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME):
+        return make(mod.DescribeLogDirsResponse, throttle_time=NO_THROTTLE,
+                    error_code=ErrorCode.cluster_authorization_failed, results=())
     broker = ctx.broker
     bookie: dict[str, list[Any]] = {}
     tiered: dict[str, list[Any]] = {}

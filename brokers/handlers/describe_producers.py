@@ -19,6 +19,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.log.types import LogError
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 61
 MIN_VERSION = 0
@@ -69,6 +70,14 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     for t in request.topics:
         record = ctx.broker.topics.get(t.name)
         topic_id, count = (None, 0) if record is None else (record.topic_id, record.partitions)
+        if not ctx.allowed(AclOperation.READ, ResourceType.TOPIC, t.name):
+            parts = [
+                make(mod.PartitionResponse, partition_index=int(i), error_code=ErrorCode.topic_authorization_failed,
+                     error_message=f"Not authorized to read topic {t.name}.", active_producers=())
+                for i in t.partition_indexes
+            ]
+            topics.append(make(mod.TopicResponse, name=t.name, partitions=tuple(parts)))
+            continue
         parts = [await _partition(ctx, mod, topic_id, count, int(i)) for i in t.partition_indexes]
         topics.append(make(mod.TopicResponse, name=t.name, partitions=tuple(parts)))
     return make(mod.DescribeProducersResponse, throttle_time=NO_THROTTLE, topics=tuple(topics))

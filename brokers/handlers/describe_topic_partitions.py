@@ -27,6 +27,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.routing import NO_LEADER
+from brokers.security.acl import AclOperation, ResourceType
 from brokers.topics import INTERNAL_TOPICS, TopicError, check_name
 from metadata.models import TopicRecord
 
@@ -66,10 +67,10 @@ def _partition(ctx: RequestContext, mod: Any, topic: TopicRecord, index: int) ->
     )
 
 
-def _missing(mod: Any, name: str) -> Any:
+def _missing(mod: Any, name: str, code: ErrorCode | None = None) -> Any:
     try:
         check_name(name)
-        code = ErrorCode.unknown_topic_or_partition
+        code = code or ErrorCode.unknown_topic_or_partition
     except TopicError:
         code = ErrorCode.invalid_topic_exception
     return make(
@@ -119,6 +120,10 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         if remaining == 0:
             next_cursor = make(mod.Cursor, topic_name=name, partition_index=0)
             break
+        if not ctx.allowed(AclOperation.DESCRIBE, ResourceType.TOPIC, name):
+            if not every:
+                topics.append(_missing(mod, name, ErrorCode.topic_authorization_failed))
+            continue
         if record is None:
             if not every:
                 topics.append(_missing(mod, name))

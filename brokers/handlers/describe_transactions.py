@@ -12,6 +12,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, ms, response_module
+from brokers.security.acl import AclOperation, ResourceType
 from brokers.transactions.shard import TxnError
 
 API_KEY = 65
@@ -26,6 +27,9 @@ def _time(value_ms: int) -> datetime.datetime:
 def _state(mod: Any, ctx: RequestContext, txn_id: str) -> Any:
     empty = {"transaction_state": "", "transaction_timeout": ms(0), "transaction_start_time": _time(-1),
              "producer_id": -1, "producer_epoch": -1, "topics": ()}
+    if not ctx.allowed(AclOperation.DESCRIBE, ResourceType.TRANSACTIONAL_ID, txn_id):
+        return make(mod.TransactionState, error_code=ErrorCode.transactional_id_authorization_failed,
+                    transactional_id=txn_id, **empty)
     try:
         meta = ctx.broker.transactions.describe(txn_id)
     except TxnError as e:

@@ -32,6 +32,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.routing import NO_LEADER
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 from metadata.api import MetadataError
 from metadata.models import Reassignment, TopicAssignment
 
@@ -137,6 +138,9 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     election = _Election(ctx, kind)
     top = ErrorCode.none
     outcomes: list[tuple[str, list[tuple[int, _Outcome]]]] = []
+    if not ctx.allowed(AclOperation.ALTER, ResourceType.CLUSTER, CLUSTER_NAME):
+        return make(mod.ElectLeadersResponse, throttle_time=NO_THROTTLE,
+                    error_code=ErrorCode.cluster_authorization_failed, replica_election_results=())
     try:
         if kind not in (PREFERRED, UNCLEAN):
             raise ValueError(f"Unknown election type {kind}")

@@ -9,6 +9,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 26
 MIN_VERSION = 0
@@ -19,6 +20,9 @@ EPOCH_BUMP_SINCE = 5
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
+    if not ctx.allowed(AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, request.transactional_id):
+        return make(mod.EndTxnResponse, throttle_time=NO_THROTTLE,
+                    error_code=ErrorCode.transactional_id_authorization_failed, producer_id=-1, producer_epoch=-1)
     result = await ctx.broker.transactions.end_txn(
         request.transactional_id, int(request.producer_id), int(request.producer_epoch), bool(request.committed),
         bump_epoch=ctx.api_version >= EPOCH_BUMP_SINCE,

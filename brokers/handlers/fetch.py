@@ -31,6 +31,7 @@ from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_mo
 from brokers.handlers.leadership import HINTED, Hints, current_leader, epoch_error
 from brokers.log.partition import LogError, PartitionLog
 from brokers.observability import traffic
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 1
 MIN_VERSION = 4
@@ -65,8 +66,12 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         topic = broker.topics.by_id(str(ft.topic_id)) if by_id else broker.topics.get(ft.topic)
         parts = [_Part(p.partition, p.fetch_offset, p.partition_max_bytes) for p in ft.partitions]
         plan.append((ft.topic_id if by_id else ft.topic, parts))
+        name = topic.name if topic is not None else None if by_id else ft.topic
+        denied = name is not None and not ctx.allowed(AclOperation.READ, ResourceType.TOPIC, name)
         for part, wanted in zip(parts, ft.partitions, strict=True):
-            if topic is None:
+            if denied:
+                part.error = ErrorCode.topic_authorization_failed
+            elif topic is None:
                 part.error = ErrorCode.unknown_topic_id if by_id else ErrorCode.unknown_topic_or_partition
             elif not 0 <= part.index < topic.partitions:
                 part.error = ErrorCode.unknown_topic_or_partition

@@ -14,6 +14,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups.coordinator import OFFSETS_TOPIC
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 from brokers.transactions.coordinator import TXN_TOPIC
 
 API_KEY = 10
@@ -24,6 +25,10 @@ TRANSACTION = 1
 
 
 def _answer(ctx: RequestContext, key_type: int, key: str) -> tuple[ErrorCode, str | None, int, str, int]:
+    if key_type == GROUP and not ctx.allowed(AclOperation.DESCRIBE, ResourceType.GROUP, key):
+        return ErrorCode.group_authorization_failed, "Group authorization failed.", -1, "", -1
+    if key_type == TRANSACTION and key and not ctx.allowed(AclOperation.DESCRIBE, ResourceType.TRANSACTIONAL_ID, key):
+        return ErrorCode.transactional_id_authorization_failed, "Transactional Id authorization failed.", -1, "", -1
     if key_type == GROUP:
         broker = ctx.broker
         topic = broker.topics.get(OFFSETS_TOPIC)

@@ -12,6 +12,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups.member import JoinRequest, JoinResult
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 11
 MIN_VERSION = 0
@@ -36,6 +37,8 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         rebalance_ms = session_ms
     if not request.group_id:
         result = JoinResult(ErrorCode.invalid_group_id, request.member_id)
+    elif not ctx.allowed(AclOperation.READ, ResourceType.GROUP, request.group_id):
+        result = JoinResult(ErrorCode.group_authorization_failed, request.member_id)
     else:
         join = JoinRequest(
             group_id=request.group_id,

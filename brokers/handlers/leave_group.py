@@ -8,6 +8,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups.base import GroupError
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 13
 MIN_VERSION = 0
@@ -24,6 +25,9 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     results: list[ErrorCode] = []
     if not request.group_id:
         top = ErrorCode.invalid_group_id
+    elif not ctx.allowed(AclOperation.READ, ResourceType.GROUP, request.group_id):
+        top = ErrorCode.group_authorization_failed
+        results = [top] * len(leaving)
     else:
         try:
             results = await ctx.broker.groups.leave(request.group_id, leaving)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 
 API_KEY = 16
 MIN_VERSION = 0
@@ -13,6 +14,7 @@ MAX_VERSION = 5
 
 async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
+    every = ctx.allowed(AclOperation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME)  # else the groups it may DESCRIBE
     code, groups = ctx.broker.groups.list_groups(
         getattr(request, "states_filter", ()), getattr(request, "types_filter", ())
     )
@@ -26,5 +28,6 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                 group_type=g.group_type,
             )
             for g in groups
+            if every or ctx.allowed(AclOperation.DESCRIBE, ResourceType.GROUP, g.group_id)
         ),
     )

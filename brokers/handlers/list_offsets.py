@@ -18,6 +18,7 @@ from brokers.codec.validate import MAX_DECOMPRESSED_BYTES
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.handlers.leadership import epoch_error
 from brokers.log.partition import LogError, PartitionLog
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 2
 MIN_VERSION = 1
@@ -37,10 +38,13 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     committed = getattr(request, "isolation_level", 0) == READ_COMMITTED
     for t in request.topics:
         topic = broker.topics.get(t.name)
+        denied = not ctx.allowed(AclOperation.DESCRIBE, ResourceType.TOPIC, t.name)
         parts = []
         for p in t.partitions:
             code, ts, offset, epoch = ErrorCode.none, -1, -1, -1
-            if topic is None or not 0 <= p.partition_index < topic.partitions:
+            if denied:
+                code = ErrorCode.topic_authorization_failed
+            elif topic is None or not 0 <= p.partition_index < topic.partitions:
                 code = ErrorCode.unknown_topic_or_partition
             else:
                 try:

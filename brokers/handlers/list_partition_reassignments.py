@@ -13,6 +13,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 from metadata.api import MetadataError
 from metadata.models import Reassignment
 
@@ -27,6 +28,11 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     wanted: dict[str, set[int]] | None = None
     if request.topics is not None:
         wanted = {t.name: {int(p) for p in t.partition_indexes} for t in request.topics}
+    if not ctx.allowed(AclOperation.DESCRIBE, ResourceType.CLUSTER, CLUSTER_NAME):
+        return make(
+            mod.ListPartitionReassignmentsResponse, throttle_time=NO_THROTTLE,
+            error_code=ErrorCode.cluster_authorization_failed, error_message="Cluster authorization failed.", topics=(),
+        )
     try:
         found = await broker.store.list(broker.keys.reassignments_prefix())
     except MetadataError as e:

@@ -9,6 +9,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 66
 MIN_VERSION = 0
@@ -31,5 +32,6 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
             make(mod.TransactionState, transactional_id=t.transactional_id, producer_id=t.producer_id,
                  transaction_state=t.state)
             for t in txns
+            if ctx.allowed(AclOperation.DESCRIBE, ResourceType.TRANSACTIONAL_ID, t.transactional_id)
         ),
     )

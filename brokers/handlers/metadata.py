@@ -33,6 +33,8 @@ from kio.schema.errors import ErrorCode
 
 from brokers.handlers.base import RequestContext
 from brokers.routing import NO_LEADER
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
+from brokers.security.authorizer import INT32_MIN
 from brokers.topics import INTERNAL_TOPICS, TopicError, check_name
 from metadata.models import TopicRecord
 
@@ -42,7 +44,7 @@ MAX_VERSION = 12
 FLEXIBLE_FROM = 9
 _CACHE_ENTRIES = 16
 _TOPIC_CACHE_ENTRIES = 100_000
-_NO_AUTHORIZED_OPERATIONS = -(2**31)
+_NO_AUTHORIZED_OPERATIONS = INT32_MIN
 _cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
 _topic_cache: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], bytes]] = OrderedDict()
 """(version, topic id, broker) -> (what the bytes were made from, the topic's encoded bytes)."""
@@ -66,8 +68,11 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
         ids = [getattr(t, "topic_id", None) for t in requested if t.name is None]
     refused: dict[str, TopicError] = {}
     auto = broker.config.auto_create_topics and getattr(request, "allow_auto_topic_creation", True)
+    checked = broker.authorizer.enabled
     for name in names or ():
-        if broker.topics.get(name) is None:
+        if checked and (problem := _denied(ctx, name, auto)) is not None:
+            refused[name] = problem
+        elif broker.topics.get(name) is None:
             try:
                 if auto:
                     await broker.auto_create_topic(name)
@@ -78,16 +83,51 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
     routing = broker.routing
     key = (version, None if names is None else tuple(names), tuple(ids), broker.topics.generation,
            broker.logs.generation, routing.node_id, routing.generation, id(routing), broker.logs.instance)
-    cached = _cache.get(key) if not refused else None
+    cached = _cache.get(key) if not refused and not checked else None
     if cached is not None:
         _cache.move_to_end(key)
         return cached
-    body = _encode(ctx, names, ids, refused)
-    if not refused:
+    ops = _Ops(ctx, getattr(request, "include_topic_authorized_operations", False),
+               getattr(request, "include_cluster_authorized_operations", False))
+    body = _encode(ctx, names, ids, refused, ops)
+    if not refused and not checked:  # answers under an authorizer depend on the principal and the ACLs
         _cache[key] = body
         while len(_cache) > _CACHE_ENTRIES:
             _cache.popitem(last=False)
     return body
+
+
+class _Ops:
+    """Authorization while encoding: which topics the principal may see, and the authorized-operations fields."""
+
+    def __init__(self, ctx: RequestContext, topic_ops: bool, cluster_ops: bool) -> None:
+        self.ctx = ctx
+        self.checked = ctx.broker.authorizer.enabled
+        self.topic_ops = topic_ops
+        self.cluster_ops = cluster_ops
+
+    def visible(self, name: str) -> bool:
+        return not self.checked or self.ctx.allowed(AclOperation.DESCRIBE, ResourceType.TOPIC, name)
+
+    def of_topic(self, name: str) -> int:
+        return self.ctx.operations(ResourceType.TOPIC, name) if self.topic_ops else _NO_AUTHORIZED_OPERATIONS
+
+    def of_cluster(self) -> int:
+        return self.ctx.operations(ResourceType.CLUSTER, CLUSTER_NAME) if self.cluster_ops else INT32_MIN
+
+
+def _denied(ctx: RequestContext, name: str, auto: bool) -> TopicError | None:
+    """TOPIC_AUTHORIZATION_FAILED for a topic asked for by name that the principal may not DESCRIBE, or that is
+    missing and would be auto-created without CREATE (on the cluster or on the topic), as Kafka answers."""
+    denied = TopicError(ErrorCode.topic_authorization_failed, f"Not authorized to access topic {name}.")
+    if not ctx.allowed(AclOperation.DESCRIBE, ResourceType.TOPIC, name):
+        return denied
+    if auto and ctx.broker.topics.get(name) is None and not (
+        ctx.allowed(AclOperation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME)
+        or ctx.allowed(AclOperation.CREATE, ResourceType.TOPIC, name)
+    ):
+        return denied
+    return None
 
 
 def _by_id(topic: Any) -> bool:
@@ -131,9 +171,12 @@ def _count(n: int, flexible: bool) -> bytes:
 
 
 def _encode(
-    ctx: RequestContext, names: list[str] | None, ids: list[uuid.UUID | None], refused: dict[str, TopicError]
+    ctx: RequestContext, names: list[str] | None, ids: list[uuid.UUID | None], refused: dict[str, TopicError],
+    ops: _Ops | None = None,
 ) -> bytes:
     """The whole response body for this version."""
+    if ops is None:
+        ops = _Ops(ctx, topic_ops=False, cluster_ops=False)
     broker = ctx.broker
     version = ctx.api_version
     flexible = version >= FLEXIBLE_FROM
@@ -155,21 +198,24 @@ def _encode(
         out.append(_I32.pack(routing.controller_id()))
     chosen: list[tuple[str | None, uuid.UUID | None, TopicRecord | None]]
     if names is None:
-        chosen = [(t.name, None, t) for t in broker.topics.all()]
+        chosen = [(t.name, None, t) for t in broker.topics.all() if ops.visible(t.name)]
     else:
         chosen = [(n, None, broker.topics.get(n)) for n in names]
         chosen += [(None, i, broker.topics.by_id(str(i)) if i else None) for i in ids]
     out.append(_count(len(chosen), flexible))
     for name, topic_id, topic in chosen:
-        if topic is None:
+        denied = name in refused and refused[name].code == ErrorCode.topic_authorization_failed
+        if topic is not None and name is None and not ops.visible(topic.name):
+            out.append(_missing_topic(version, ErrorCode.topic_authorization_failed, None, topic_id))
+        elif topic is None or denied:
             error = ErrorCode.unknown_topic_id if name is None else ErrorCode.unknown_topic_or_partition
             if name is not None and name in refused:
                 error = refused[name].code
             out.append(_missing_topic(version, error, name, topic_id))
         else:
-            out.append(_topic(ctx, topic))
+            out.append(_topic(ctx, topic, ops.of_topic(topic.name)))
     if 8 <= version <= 10:
-        out.append(_I32.pack(_NO_AUTHORIZED_OPERATIONS))  # cluster_authorized_operations
+        out.append(_I32.pack(ops.of_cluster()))  # cluster_authorized_operations
     out.append(tags)
     return b"".join(out)
 
@@ -191,7 +237,7 @@ def _missing_topic(version: int, error: ErrorCode, name: str | None, topic_id: u
     return b"".join(parts)
 
 
-def _topic(ctx: RequestContext, topic: TopicRecord) -> bytes:
+def _topic(ctx: RequestContext, topic: TopicRecord, authorized: int) -> bytes:
     """One topic's encoded bytes, cached until the topic, one of its loaded logs or the routing changes."""
     broker = ctx.broker
     version = ctx.api_version
@@ -199,11 +245,12 @@ def _topic(ctx: RequestContext, topic: TopicRecord) -> bytes:
     key = (version, topic.topic_id, broker.logs.instance)
     stamp = (topic.name, topic.partitions, routing.node_id, routing.generation, id(routing),
              broker.logs.topic_generation(topic.topic_id))
+    flexible = version >= FLEXIBLE_FROM
+    trailer = (_I32.pack(authorized) if version >= 8 else b"") + (b"\x00" if flexible else b"")
     found = _topic_cache.get(key)
     if found is not None and found[0] == stamp:
         _topic_cache.move_to_end(key)
-        return found[1]
-    flexible = version >= FLEXIBLE_FROM
+        return found[1] + trailer
     parts = [_I16.pack(0), _string(topic.name, flexible)]
     if version >= 10:
         parts.append(uuid.UUID(topic.topic_id).bytes)
@@ -228,13 +275,9 @@ def _topic(ctx: RequestContext, topic: TopicRecord) -> bytes:
             suffix = suffixes[node] = nodes + nodes + offline_tags
         fixed = head.pack(code, p, node, epoch) if version >= 7 else head.pack(code, p, node)
         parts.append(fixed + suffix)
-    if version >= 8:
-        parts.append(_I32.pack(_NO_AUTHORIZED_OPERATIONS))
-    if flexible:
-        parts.append(b"\x00")
-    encoded = b"".join(parts)
+    encoded = b"".join(parts)  # cached without the trailer (authorized operations, tags)
     _topic_cache[key] = (stamp, encoded)
     _topic_cache.move_to_end(key)
     while len(_topic_cache) > _TOPIC_CACHE_ENTRIES:
         _topic_cache.popitem(last=False)
-    return encoded
+    return encoded + trailer

@@ -14,6 +14,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups.offsets import CommitRequest
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 8
 MIN_VERSION = 2
@@ -39,10 +40,13 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
                     p.committed_metadata,
                 )
             plan.append((t.topic_id if by_id else t.name, p.partition_index, req))
-    valid = [r for _k, _p, r in plan if r is not None]
+    group_ok = ctx.allowed(AclOperation.READ, ResourceType.GROUP, request.group_id)
+    names = {r.topic for _k, _p, r in plan if r is not None}
+    denied = {n for n in names if not ctx.allowed(AclOperation.READ, ResourceType.TOPIC, n)}
+    valid = [r for _k, _p, r in plan if r is not None and r.topic not in denied] if group_ok else []
     retention = getattr(request, "retention_time", None)
     retention_ms = int(retention.total_seconds() * 1000) if retention is not None else DEFAULT_RETENTION
-    codes = await broker.groups.commit_offsets(
+    codes = [] if not group_ok else await broker.groups.commit_offsets(
         request.group_id,
         request.member_id,
         getattr(request, "group_instance_id", None),
@@ -55,7 +59,12 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     mod = response_module(API_KEY, ctx.api_version)
     topics: dict[Any, list[Any]] = {}
     for key, index, req in plan:
-        code = next(results) if req is not None else ErrorCode.unknown_topic_id
+        if not group_ok:
+            code = ErrorCode.group_authorization_failed
+        elif req is not None and req.topic in denied:
+            code = ErrorCode.topic_authorization_failed
+        else:
+            code = next(results) if req is not None else ErrorCode.unknown_topic_id
         part = make(mod.OffsetCommitResponsePartition, partition_index=index, error_code=code)
         topics.setdefault(key, []).append(part)
     return make(

@@ -8,6 +8,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups.base import GroupError
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 47
 MIN_VERSION = 0
@@ -20,7 +21,12 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     top = ErrorCode.none
     codes: list[ErrorCode] = []
     try:
-        codes = await ctx.broker.groups.delete_offsets(request.group_id, partitions)
+        if not ctx.allowed(AclOperation.DELETE, ResourceType.GROUP, request.group_id):
+            raise GroupError(ErrorCode.group_authorization_failed, "Group authorization failed.")
+        denied = {t for t, _p in partitions if not ctx.allowed(AclOperation.READ, ResourceType.TOPIC, t)}
+        allowed = [(t, p) for t, p in partitions if t not in denied]
+        done = iter(await ctx.broker.groups.delete_offsets(request.group_id, allowed))
+        codes = [ErrorCode.topic_authorization_failed if t in denied else next(done) for t, _p in partitions]
     except GroupError as e:
         top = e.code
     topics: dict[str, list[Any]] = {}

@@ -17,6 +17,7 @@ from kio.schema.errors import ErrorCode
 from brokers.groups.base import GroupError
 from brokers.groups.offsets import FetchedOffset
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 9
 MIN_VERSION = 1
@@ -27,12 +28,22 @@ async def _fetch(
     ctx: RequestContext, group_id: str, topics: Sequence[tuple[str, Sequence[int]]] | None,
     member_id: str | None, member_epoch: int, require_stable: bool = False,
 ) -> tuple[ErrorCode, list[FetchedOffset]]:
+    if not ctx.allowed(AclOperation.DESCRIBE, ResourceType.GROUP, group_id):
+        return ErrorCode.group_authorization_failed, []
     try:
-        return ErrorCode.none, await ctx.broker.groups.fetch_offsets(
-            group_id, topics, member_id, member_epoch, require_stable
-        )
+        fetched = await ctx.broker.groups.fetch_offsets(group_id, topics, member_id, member_epoch, require_stable)
     except GroupError as e:
         return e.code, []
+    if not ctx.broker.authorizer.enabled:
+        return ErrorCode.none, fetched
+    # Topics the principal may not DESCRIBE: left out of an all-topics answer, TOPIC_AUTHORIZATION_FAILED if asked.
+    visible = {n for n in {f.topic for f in fetched} if ctx.allowed(AclOperation.DESCRIBE, ResourceType.TOPIC, n)}
+    refused = ErrorCode.topic_authorization_failed
+    return ErrorCode.none, [
+        f if f.topic in visible else FetchedOffset(f.topic, f.partition, -1, -1, "", refused)
+        for f in fetched
+        if f.topic in visible or topics is not None
+    ]
 
 
 def _by_topic(fetched: list[FetchedOffset]) -> dict[str, list[FetchedOffset]]:

@@ -19,6 +19,7 @@ from kio.schema.errors import ErrorCode
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
 from brokers.handlers.leadership import epoch_error
 from brokers.log.partition import LogError
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 23
 MIN_VERSION = 2
@@ -31,10 +32,13 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     topics = []
     for t in request.topics:
         topic = broker.topics.get(t.topic)
+        denied = not ctx.allowed(AclOperation.DESCRIBE, ResourceType.TOPIC, t.topic)
         parts = []
         for p in t.partitions:
             code, epoch, end = ErrorCode.none, -1, -1
-            if topic is None or not 0 <= p.partition < topic.partitions:
+            if denied:
+                code = ErrorCode.topic_authorization_failed
+            elif topic is None or not 0 <= p.partition < topic.partitions:
                 code = ErrorCode.unknown_topic_or_partition
             else:
                 try:

@@ -30,6 +30,7 @@ from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_mo
 from brokers.handlers.leadership import Hints, current_leader
 from brokers.log.partition import OPEN_TXN, AppendResult, LogError, PartitionLog
 from brokers.observability import traffic
+from brokers.security.acl import AclOperation, ResourceType
 from brokers.topics import INTERNAL_TOPICS
 from brokers.txn_markers import verifier_of
 
@@ -64,11 +65,19 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     broker = ctx.broker
     outcomes: list[tuple[str, list[tuple[int, _Outcome]]]] = []
     await ctx.in_order()
+    txn_id = request.transactional_id
+    txn_allowed = txn_id is None or ctx.allowed(AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, txn_id)
     try:
         for topic_data in request.topic_data:
             name = topic_data.name
             parts: list[tuple[int, _Outcome]] = []
             outcomes.append((name, parts))
+            refusal = _refusal(ctx, name, txn_allowed)
+            if refusal is not None:
+                for pdata in topic_data.partition_data:
+                    parts.append((pdata.index, out := _Outcome()))
+                    out.fail(*refusal)
+                continue
             topic = broker.topics.get(name)
             max_message = int(
                 (topic.configs.get("max.message.bytes") if topic else None) or broker.config.message_max_bytes
@@ -124,6 +133,15 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
             raise CloseConnection(f"acks=0 produce failed: {failed.error.name}: {failed.message}")
         return None
     return _response(ctx, outcomes)
+
+
+def _refusal(ctx: RequestContext, name: str, txn_allowed: bool) -> tuple[ErrorCode, str] | None:
+    """The authorization error of producing to ``name`` (Kafka's order: the transactional id, then the topic)."""
+    if not txn_allowed:
+        return ErrorCode.transactional_id_authorization_failed, "Transactional Id authorization failed."
+    if not ctx.allowed(AclOperation.WRITE, ResourceType.TOPIC, name):
+        return ErrorCode.topic_authorization_failed, f"Not authorized to write to topic {name}."
+    return None
 
 
 def _response(ctx: RequestContext, outcomes: list[tuple[str, list[tuple[int, _Outcome]]]]) -> Any:

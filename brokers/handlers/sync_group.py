@@ -8,6 +8,7 @@ from kio.schema.errors import ErrorCode
 
 from brokers.groups.member import SyncResult
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 
 API_KEY = 14
 MIN_VERSION = 0
@@ -17,6 +18,8 @@ MAX_VERSION = 5
 async def handle(ctx: RequestContext, request: Any) -> Any:
     if not request.group_id:
         result = SyncResult(ErrorCode.invalid_group_id)
+    elif not ctx.allowed(AclOperation.READ, ResourceType.GROUP, request.group_id):
+        result = SyncResult(ErrorCode.group_authorization_failed)
     else:
         result = await ctx.broker.groups.sync(
             request.group_id,

@@ -23,6 +23,7 @@ from kio.schema.errors import ErrorCode
 from brokers.groups.coordinator import OFFSETS_TOPIC
 from brokers.groups.offsets import CommitRequest, Verify
 from brokers.handlers.base import NO_THROTTLE, RequestContext, make, response_module
+from brokers.security.acl import AclOperation, ResourceType
 from brokers.txn_markers import verifier_of
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,17 @@ def _verifier(ctx: RequestContext, request: Any) -> Verify | None:
     return verify
 
 
+def _refusal(ctx: RequestContext, request: Any, topics: set[str]) -> ErrorCode | None:
+    """Kafka's checks, in its order: WRITE on the transactional id, READ on the group, READ on every topic."""
+    if not ctx.allowed(AclOperation.WRITE, ResourceType.TRANSACTIONAL_ID, request.transactional_id):
+        return ErrorCode.transactional_id_authorization_failed
+    if not ctx.allowed(AclOperation.READ, ResourceType.GROUP, request.group_id):
+        return ErrorCode.group_authorization_failed
+    if any(not ctx.allowed(AclOperation.READ, ResourceType.TOPIC, t) for t in topics):
+        return ErrorCode.topic_authorization_failed
+    return None
+
+
 async def handle(ctx: RequestContext, request: Any) -> Any:
     plan = [
         (t.name, CommitRequest(t.name, p.partition_index, p.committed_offset,
@@ -74,6 +86,8 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     ]
     if request.producer_id < 0 or request.producer_epoch < 0 or not request.transactional_id:
         codes = [ErrorCode.invalid_producer_id_mapping] * len(plan)
+    elif (refused := _refusal(ctx, request, {name for name, _req in plan})) is not None:
+        codes = [refused] * len(plan)
     else:
         codes = await ctx.broker.groups.commit_txn_offsets(
             request.group_id,

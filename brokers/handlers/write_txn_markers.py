@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kio.schema.errors import ErrorCode
+
 from brokers.handlers.base import RequestContext, make, response_module
+from brokers.security.acl import CLUSTER_NAME, AclOperation, ResourceType
 from brokers.txn_markers import write_markers
 
 API_KEY = 27
@@ -18,10 +21,13 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
     results = []
     for marker in request.markers:
         partitions = [(t.name, int(p)) for t in marker.topics for p in t.partition_indexes]
-        errors = await write_markers(
-            ctx.broker, marker.producer_id, marker.producer_epoch, marker.transaction_result,
-            marker.coordinator_epoch, partitions,
-        )  # fmt: skip
+        if not ctx.allowed(AclOperation.CLUSTER_ACTION, ResourceType.CLUSTER, CLUSTER_NAME):  # brokers only
+            errors = dict.fromkeys(partitions, ErrorCode.cluster_authorization_failed)
+        else:
+            errors = await write_markers(
+                ctx.broker, marker.producer_id, marker.producer_epoch, marker.transaction_result,
+                marker.coordinator_epoch, partitions,
+            )  # fmt: skip
         topics = [
             make(
                 mod.WritableTxnMarkerTopicResult,

@@ -13,6 +13,7 @@ from kio.schema.errors import ErrorCode
 from brokers.config import BrokerConfig
 from brokers.handlers import metadata
 from brokers.handlers.base import NO_THROTTLE, make, response_module
+from brokers.security.authorizer import AllowAll
 from brokers.server import encode_body
 from brokers.single_routing import SingleBroker
 from brokers.topics import TopicError
@@ -55,7 +56,7 @@ class _Logs:
 def _ctx(version: int) -> Any:
     broker = SimpleNamespace(
         config=BrokerConfig(node_id=NODE, advertised_host="broker.example", advertised_port=9093),
-        topics=_Topics(), logs=_Logs(), cluster_id="cluster-xyz",
+        topics=_Topics(), logs=_Logs(), cluster_id="cluster-xyz", authorizer=AllowAll(),
     )
     broker.routing = SingleBroker(broker)  # type: ignore[arg-type]  # what it reads of a Broker is here
     return SimpleNamespace(broker=broker, api_version=version)
