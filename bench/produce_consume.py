@@ -224,6 +224,19 @@ def consume(
     }
 
 
+def consume_only(bootstrap: str, topic: str, args: argparse.Namespace, broker: EmbeddedBroker | None) -> None:
+    """Only the consume phases, ``args.repeat`` times, against a topic written before (a kept --data-dir)."""
+    for n in range(args.repeat):
+        for name, tail in ((f"last {args.tail_records:,}/partition", args.tail_records), ("from offset 0", None)):
+            d = consume(bootstrap, topic, args.partitions, args.consume_limit, broker, tail)
+            print(
+                f"round {n + 1} consume {name}: {d['records_per_s']:,.0f} rec/s, {d['mb_per_s']:.1f} MB/s "
+                f"({d['records']:,}/{d['expected']:,} records in {d['seconds']:.2f} s); broker CPU "
+                f"{d['broker_cpu_pct']:.0f}%, client {d['client_cpu_pct']:.0f}%; load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", help="use this broker instead of starting one (127.0.0.1:PORT)")
@@ -247,7 +260,12 @@ def main() -> None:
     ap.add_argument("--tail-records", type=int, default=100_000, help="per partition, for the tail read")
     ap.add_argument("--consume-limit", type=float, default=120.0, help="max seconds for each consume phase")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--consume-only", action="store_true",
+                    help="skip the produce phases: only read an existing --topic (repeat with --repeat)")
+    ap.add_argument("--repeat", type=int, default=1, help="--consume-only: rounds of the two consume phases")
     args = ap.parse_args()
+    if args.consume_only and not args.topic:
+        ap.error("--consume-only needs --topic")
     lingers = [int(x) for x in args.latency_linger_ms.split(",") if x.strip()]
     sweep_rates = [float(x) for x in args.sweep.split(",") if x.strip()]
 
@@ -276,6 +294,9 @@ def main() -> None:
     fixed: list[tuple[float, int, dict[str, float]]] = []  # (rate, linger.ms, figures)
     try:
         topic = args.topic or f"bench-{int(time.time())}"
+        if args.consume_only:
+            consume_only(bootstrap, topic, args, broker)
+            return
         create_topic(bootstrap, topic, args.partitions)
         note(f"full load: {args.duration:.0f}s ...")
         full = phase(
