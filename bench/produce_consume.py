@@ -229,10 +229,12 @@ def consume_only(bootstrap: str, topic: str, args: argparse.Namespace, broker: E
     for n in range(args.repeat):
         for name, tail in ((f"last {args.tail_records:,}/partition", args.tail_records), ("from offset 0", None)):
             d = consume(bootstrap, topic, args.partitions, args.consume_limit, broker, tail)
+            per_gb = d["broker_cpu_pct"] / 100 * d["seconds"] / max(d["mb_per_s"] * d["seconds"] / 1000, 1e-9)
             print(
                 f"round {n + 1} consume {name}: {d['records_per_s']:,.0f} rec/s, {d['mb_per_s']:.1f} MB/s "
                 f"({d['records']:,}/{d['expected']:,} records in {d['seconds']:.2f} s); broker CPU "
-                f"{d['broker_cpu_pct']:.0f}%, client {d['client_cpu_pct']:.0f}%; load {os.getloadavg()[0]:.2f}",
+                f"{d['broker_cpu_pct']:.0f}% ({per_gb:.2f} CPU s/GB), client {d['client_cpu_pct']:.0f}%; "
+                f"load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
 
