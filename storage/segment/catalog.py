@@ -144,7 +144,8 @@ class PartitionSegments:
         (one GET at a time gets a single stream's bandwidth; a few at once get more from S3 and moto alike)."""
         window = self.reader(self._records[i]).window
         ahead = 0
-        for j in range(i + 1, min(i + 1 + self._max_readers // 2, len(self._records))):
+        most = max(1, self._read_ahead, self._max_readers // 2)  # half the open readers, at least read_ahead
+        for j in range(i + 1, min(i + 1 + most, len(self._records))):
             record = self._records[j]
             if j > i + max(1, self._read_ahead) and ahead + record.size > self._ahead_bytes:
                 break
