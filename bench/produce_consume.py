@@ -284,6 +284,21 @@ def consume(
     }
 
 
+def consume_only(bootstrap: str, topic: str, args: argparse.Namespace, broker: EmbeddedBroker | None) -> None:
+    """Only the consume phases, ``args.repeat`` times, against a topic written before (a kept --data-dir)."""
+    for n in range(args.repeat):
+        for name, tail in ((f"last {args.tail_records:,}/partition", args.tail_records), ("from offset 0", None)):
+            d = consume(bootstrap, topic, args.partitions, args.consume_limit, broker, tail)
+            per_gb = d["broker_cpu_pct"] / 100 * d["seconds"] / max(d["mb_per_s"] * d["seconds"] / 1000, 1e-9)
+            print(
+                f"round {n + 1} consume {name}: {d['records_per_s']:,.0f} rec/s, {d['mb_per_s']:.1f} MB/s "
+                f"({d['records']:,}/{d['expected']:,} records in {d['seconds']:.2f} s); broker CPU "
+                f"{d['broker_cpu_pct']:.0f}% ({per_gb:.2f} CPU s/GB), client {d['client_cpu_pct']:.0f}%; "
+                f"load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", help="use this broker instead of starting one (127.0.0.1:PORT)")
@@ -313,9 +328,14 @@ def main() -> None:
     ap.add_argument(
         "--mock-script", type=Path, default=MOCK_SCRIPT, help=f"mock cluster script (default {MOCK_SCRIPT})"
     )
+    ap.add_argument("--consume-only", action="store_true",
+                    help="skip the produce phases: only read an existing --topic (repeat with --repeat)")
+    ap.add_argument("--repeat", type=int, default=1, help="--consume-only: rounds of the two consume phases")
     args = ap.parse_args()
+    if args.consume_only and not args.topic:
+        ap.error("--consume-only needs --topic")
     phases = {x.strip() for x in args.phases.split(",") if x.strip()}
-    if "full" not in phases:
+    if "full" not in phases and not args.consume_only:
         raise SystemExit("--phases must include full (the fixed rates are fractions of it)")
     lingers = [int(x) for x in args.latency_linger_ms.split(",") if x.strip()]
     sweep_rates = [float(x) for x in args.sweep.split(",") if x.strip()]
@@ -358,6 +378,9 @@ def main() -> None:
     load_before = os.getloadavg()
     try:
         topic = args.topic or f"bench-{int(time.time())}"
+        if args.consume_only:
+            consume_only(bootstrap, topic, args, broker)
+            return
         create_topic(bootstrap, topic, args.partitions)
         note(f"full load: {args.duration:.0f}s ...")
         full = phase(None, args.duration, full_conf)

@@ -158,7 +158,8 @@ async def replay(
 ) -> dict[str, float]:
     cache = BlockCache(args.cache_mib * MiB)
     segments = PartitionSegments(store, cache, records, block_size=args.block_kib * 1024, read_ahead=args.read_ahead,
-                                 max_get_blocks=max(1, args.max_get_mib * 1024 // args.block_kib))  # fmt: skip
+                                 max_get_blocks=max(1, args.max_get_mib * 1024 // args.block_kib),
+                                 ahead_bytes=args.ahead_mib * MiB)  # fmt: skip
     digest = xxhash.xxh64()
     offset, end = 0, records[-1].last_offset + 1
     total = reads = 0
@@ -187,7 +188,7 @@ class CountingS3(S3ObjectStore):
 
     gets = 0
 
-    async def get_range(self, key: str, start: int, length: int) -> bytes:
+    async def get_range(self, key: str, start: int, length: int) -> bytes | memoryview:
         self.gets += 1
         return await super().get_range(key, start, length)
 
@@ -195,7 +196,7 @@ class CountingS3(S3ObjectStore):
 class CountingLocal(LocalObjectStore):
     gets = 0
 
-    async def get_range(self, key: str, start: int, length: int) -> bytes:
+    async def get_range(self, key: str, start: int, length: int) -> bytes | memoryview:
         self.gets += 1
         return await super().get_range(key, start, length)
 
@@ -261,6 +262,8 @@ def main() -> None:
     parser.add_argument("--read-ahead", type=int, default=2, help="GET windows fetched ahead")
     parser.add_argument("--max-get-mib", type=int, default=16, help="largest ranged GET (the window's cap)")
     parser.add_argument("--cache-mib", type=int, default=256)
+    parser.add_argument("--ahead-mib", type=int, default=48,
+                        help="small segments fetched ahead, MiB (capped at a quarter of the cache; 0: read-ahead only)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--store", choices=["moto", "local"], default="moto",
                         help="moto S3 server (default) or a local directory (ranged reads cost their length)")

@@ -44,8 +44,9 @@ class ObjectStore(Protocol):
         """The whole object; raises ObjectNotFound."""
         ...
 
-    async def get_range(self, key: str, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` (fewer at the end of the object); raises ObjectNotFound."""
+    async def get_range(self, key: str, start: int, length: int) -> bytes | memoryview:
+        """``length`` bytes from ``start`` (fewer at the end of the object); raises ObjectNotFound. May be a
+        read-only view of the store's own buffer (no copy): callers slice it, or copy what they keep small."""
         ...
 
     async def head(self, key: str) -> ObjectMeta | None: ...

@@ -138,8 +138,9 @@ class ObstoreObjectStore:
         return bytes(buf)
 
     @object_store_request("get_range")
-    async def get_range(self, key: str, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start``, fewer (or none) at the end; raises ObjectNotFound."""
+    async def get_range(self, key: str, start: int, length: int) -> bytes | memoryview:
+        """``length`` bytes from ``start``, fewer (or none) at the end; raises ObjectNotFound. A read-only
+        memoryview of obstore's buffer: copying it into ``bytes`` cost ~20% of a replaying broker's loop."""
         validate_key(key)
         if start < 0 or length < 0:
             raise ValueError(f"get_range needs start >= 0 and length >= 0, got {start}, {length}")
@@ -160,7 +161,7 @@ class ObstoreObjectStore:
             self._raise(exc, key, "get_range")
         except Exception as exc:
             self._raise(exc, key, "get_range")
-        return bytes(buf)
+        return memoryview(buf)
 
     @object_store_request("head")
     async def head(self, key: str) -> ObjectMeta | None:

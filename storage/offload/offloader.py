@@ -407,9 +407,9 @@ class Offloader:
         for record in reversed(await list_segments(self._store, self._keys, topic_id, partition)):
             if record.last_offset == first_offset - 1:
                 try:
-                    tail = await self._objects.get_range(
+                    tail = bytes(await self._objects.get_range(
                         record.object_key, record.data_length, record.size - record.data_length
-                    )
+                    ))
                 except ObjectNotFound:  # retention removed it meanwhile: its producers' state went with it
                     log.warning("previous segment %s is gone; offloading without its producer state", record)
                     return ()

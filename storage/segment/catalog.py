@@ -19,6 +19,9 @@ from storage.objectstore.api import ObjectStore
 from storage.segment.cache import BlockCache
 from storage.segment.reader import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_GET_BLOCKS, DEFAULT_READ_AHEAD, SegmentReader
 
+DEFAULT_AHEAD_BYTES = 48 * 1024 * 1024
+"""Small segments fetched ahead of a sequential reader, in bytes (capped at a quarter of the block cache)."""
+
 
 async def list_segments(store: MetadataStore, keys: Keys, topic_id: str, partition: int) -> list[SegmentRecord]:
     """Every segment record of a partition, in offset order."""
@@ -39,6 +42,7 @@ class PartitionSegments:
         read_ahead: int = DEFAULT_READ_AHEAD,
         max_get_blocks: int = DEFAULT_MAX_GET_BLOCKS,
         max_readers: int = 32,
+        ahead_bytes: int = DEFAULT_AHEAD_BYTES,
     ) -> None:
         self._objects = objects
         self._cache = cache
@@ -46,6 +50,9 @@ class PartitionSegments:
         self._read_ahead = read_ahead
         self._max_get_blocks = max_get_blocks
         self._max_readers = max(1, max_readers)
+        # Small segments prefetched ahead: at least ``read_ahead``, more while they total at most this (and
+        # a quarter of the cache, one stream's share as in SegmentReader), so GETs overlap.
+        self._ahead_bytes = max(0, min(ahead_bytes, cache.budget // 4))
         self._records: list[SegmentRecord] = []
         self._bases: list[int] = []
         self._readers: OrderedDict[int, SegmentReader] = OrderedDict()
@@ -132,15 +139,22 @@ class PartitionSegments:
         return out
 
     def _prefetch_next(self, i: int) -> None:
-        """Prefetch the next segment; past small (``whole``) ones, up to ``read_ahead`` segments ahead, so a
-        sequential reader keeps about as many bytes in flight as within one large segment."""
+        """Prefetch the next segment; past small (``whole``) ones, at least ``read_ahead`` segments ahead and
+        more while those ahead total at most ``ahead_bytes``: one whole-object GET each, several in flight
+        (one GET at a time gets a single stream's bandwidth; a few at once get more from S3 and moto alike)."""
         window = self.reader(self._records[i]).window
-        for j in range(i + 1, min(i + 1 + max(1, self._read_ahead), len(self._records))):
-            nxt = self.reader(self._records[j])
+        ahead = 0
+        most = max(1, self._read_ahead, self._max_readers // 2)  # half the open readers, at least read_ahead
+        for j in range(i + 1, min(i + 1 + most, len(self._records))):
+            record = self._records[j]
+            if j > i + max(1, self._read_ahead) and ahead + record.size > self._ahead_bytes:
+                break
+            nxt = self.reader(record)
             if nxt.last_block == -2:
                 nxt.prefetch(window)
             if not nxt.whole:
                 break
+            ahead += record.size
 
     async def find_timestamp(self, timestamp: int) -> memoryview | None:
         """The first batch of any segment whose max timestamp is >= ``timestamp``."""

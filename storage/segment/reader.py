@@ -129,7 +129,7 @@ class SegmentReader:
     async def _fetch_tail(self) -> tuple[SegmentFooter, SegmentIndex, bytes]:
         rec = self._record
         tail = await self._store.get_range(rec.object_key, rec.data_length, rec.size - rec.data_length)
-        return self._take_tail(tail)
+        return self._take_tail(bytes(tail))  # small (index, snapshot): its own bytes, not a view of a buffer
 
     def _take_tail(self, tail: bytes) -> tuple[SegmentFooter, SegmentIndex, bytes]:
         rec = self._record

@@ -98,9 +98,10 @@ async def stored_topic_id(store: EmbeddedMetadataStore, keys: Keys, topic: str) 
     return TopicRecord.decode(found.value).topic_id
 
 
-def check_bookie_emptied(data_dir: Path, topic: str, ends: dict[int, int]) -> None:
+def check_bookie_emptied(data_dir: Path, topic: str, ends: dict[int, int]) -> int:
     """With the broker stopped: every record is in a listed segment, no ledger but the last ref is left in
-    the partition state, and the bookie's journal index holds no entry of any offloaded ledger."""
+    the partition state, and the bookie's journal index holds no entry of any offloaded ledger. Returns the
+    number of segments."""
 
     async def check() -> None:
         store = await EmbeddedMetadataStore.open(data_dir / "metadata")
@@ -125,8 +126,9 @@ def check_bookie_emptied(data_dir: Path, topic: str, ends: dict[int, int]) -> No
             assert held == [], f"{len(held)} offloaded ledgers still on the bookie"
         finally:
             await bookie.close()
+        return len(ledger_ids)
 
-    asyncio.run(check())
+    return asyncio.run(check())
 
 
 def replay_while_producing(broker: BrokerProcess, topic: str, base_ts: int) -> None:
@@ -151,7 +153,11 @@ def replay_while_producing(broker: BrokerProcess, topic: str, base_ts: int) -> N
         assert [(g.key, g.value) for g in mine[ends[p] :]] == [(r.key, r.value) for r in new if r.partition == p]
 
 
-def roundtrip(make_broker: Callable[[], BrokerProcess], n: int) -> None:
+def roundtrip(
+    make_broker: Callable[[], BrokerProcess], n: int, segment_gets: Callable[[], int] | None = None
+) -> None:
+    """``segment_gets``: GETs of segment objects the store has answered so far (moto's log), to check that the
+    cold replay after the restart reads each small segment with about one GET (whole-object read-ahead)."""
     broker = make_broker()
     topic = f"tiered-{uuid.uuid4().hex[:8]}"
     create_topic(broker.bootstrap, topic, PARTS)
@@ -170,10 +176,14 @@ def roundtrip(make_broker: Callable[[], BrokerProcess], n: int) -> None:
     wait_all_offloaded(broker.bootstrap, topic)  # the tail records too
     ends = {p: hw for p, (_tiered, _local, hw) in tier_offsets(broker.bootstrap, topic).items()}
     broker.stop()
-    check_bookie_emptied(broker.data_dir, topic, ends)
+    segments = check_bookie_emptied(broker.data_dir, topic, ends)
     broker.start()
+    gets_before = segment_gets() if segment_gets is not None else 0
     got = confluent_read(broker.bootstrap, topic, range(PARTS), start=0)
     assert_same_records(recs, [g for g in got if g.offset < counts[g.partition]], PARTS, "from 0 after restart")
+    if segment_gets is not None:  # each partition's first segment by ranges (index, then blocks); the rest whole
+        gets = segment_gets() - gets_before
+        assert 0 < gets <= segments + 3 * PARTS, (gets, segments)
     check_offsets_for_times(broker, topic, recs)
 
 
@@ -183,12 +193,22 @@ def test_tiered_20mb_local(broker_factory: Callable[..., BrokerProcess]) -> None
 
 
 def test_tiered_on_s3(tmp_path: Path, moto: MotoServer) -> None:
-    url = moto.s3_url(BUCKET, f"t-{uuid.uuid4().hex[:8]}")
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    url = moto.s3_url(BUCKET, prefix)
     broker = BrokerProcess(tmp_path / "data", configs=SMALL, extra_args=["--object-store", url])
     try:
-        roundtrip(lambda: broker.start(), 1500)
+        roundtrip(lambda: broker.start(), 1500, lambda: moto_segment_gets(moto, prefix))
     finally:
         broker.close()
+
+
+def moto_segment_gets(moto: MotoServer, prefix: str) -> int:
+    """GETs of segment objects under ``prefix`` in moto's request log so far."""
+    log = moto._log
+    if log is None:
+        return 0
+    with log.open(errors="replace") as f:
+        return sum(1 for line in f if "GET /" in line and f"/{prefix}/" in line and ".seg HTTP/" in line)
 
 
 # --- DeleteRecords and retention ----------------------------------------------------------------------

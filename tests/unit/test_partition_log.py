@@ -365,7 +365,7 @@ class _FlakyStore(MemoryObjectStore):
             raise ObjectStoreUnavailable("object store down (test)")
         await super().put(key, data, if_absent)
 
-    async def get_range(self, key: str, start: int, length: int) -> bytes:
+    async def get_range(self, key: str, start: int, length: int) -> bytes | memoryview:
         if self.down:
             raise ObjectStoreUnavailable("object store down (test)")
         return await super().get_range(key, start, length)

@@ -35,7 +35,7 @@ class RecordingStore(MemoryObjectStore):
         self.ranges: list[tuple[str, int, int]] = []
         self.gate: asyncio.Event | None = None
 
-    async def get_range(self, key: str, start: int, length: int) -> bytes:
+    async def get_range(self, key: str, start: int, length: int) -> bytes | memoryview:
         self.ranges.append((key, start, length))
         if self.gate is not None:
             await self.gate.wait()
@@ -301,9 +301,10 @@ async def test_partition_segments_read_across_segment_boundaries(store: Recordin
 async def test_small_segments_are_fetched_whole_in_one_get_and_several_ahead(store: RecordingStore) -> None:
     records, all_batches, offset = await put_segments(store, 8, seed=10, entries=6)
     cache = BlockCache(64 * 1024 * 1024)
-    segments = PartitionSegments(store, cache, records, block_size=32 * KIB, read_ahead=2)
+    segments = PartitionSegments(store, cache, records, block_size=32 * KIB, read_ahead=2, ahead_bytes=0)
     assert all(segments.reader(r).whole for r in records)  # each no bigger than one 16-block window
-    # reading segment 0's end prefetches the next two small segments, each with one whole-object GET
+    # reading segment 0's end prefetches the next two small segments (``read_ahead``; no more with
+    # ``ahead_bytes=0``), each with one whole-object GET
     await segments.read(records[0].last_offset, 1)
     await segments.settle()
     whole = [(r.object_key, 0, r.size) for r in records]
@@ -316,6 +317,48 @@ async def test_small_segments_are_fetched_whole_in_one_get_and_several_ahead(sto
     # segments 1.. were each fetched with exactly one GET; segment 0 (read before any prefetch) by ranges
     for r in records[1:]:
         assert [(s, n) for k, s, n in store.ranges if k == r.object_key] == [(0, r.size)]
+    await segments.close()
+
+
+@pytest.mark.asyncio
+async def test_small_segments_ahead_up_to_ahead_bytes_are_fetched_with_their_gets_in_flight_together(
+    store: RecordingStore,
+) -> None:
+    records, all_batches, offset = await put_segments(store, 8, seed=20, entries=6)
+    ahead = sum(r.size for r in records[1:5])  # room for segments 1-4 ahead, not 5
+    segments = PartitionSegments(store, BlockCache(64 * 1024 * 1024), records, block_size=32 * KIB, read_ahead=2,
+                                 ahead_bytes=ahead)  # fmt: skip
+    await segments.read(records[0].last_offset, 1)  # segment 0 read; the prefetch of what follows is started
+    store.gate = asyncio.Event()  # hold every GET the prefetch makes
+    for _ in range(10):
+        await asyncio.sleep(0)
+    whole = [(r.object_key, 0, r.size) for r in records]
+    # four whole-object GETs waiting at the gate at once: they overlap instead of following one another
+    assert sorted(g for g in store.ranges if g in whole) == sorted(whole[1:5])
+    store.gate.set()
+    store.gate = None
+    await segments.settle()
+    assert not any(k in (r.object_key for r in records[5:]) for k, _, _ in store.ranges)
+    assert await read_all(segments, all_batches, offset, 64 * KIB) == b"".join(b.data for b in all_batches)
+    await segments.settle()
+    for r in records[1:]:  # one GET each, the later ones prefetched as the reader moved on
+        assert [(s, n) for k, s, n in store.ranges if k == r.object_key] == [(0, r.size)]
+    await segments.close()
+
+
+@pytest.mark.asyncio
+async def test_ahead_bytes_are_capped_at_a_quarter_of_the_cache(store: RecordingStore) -> None:
+    records, _all, _end = await put_segments(store, 8, seed=30, entries=6)
+    budget = 12 * max(r.size for r in records)  # small segments are still fetched whole; a quarter: about three
+    segments = PartitionSegments(store, BlockCache(budget), records, block_size=32 * KIB, read_ahead=1,
+                                 ahead_bytes=1 << 40)  # fmt: skip
+    assert all(segments.reader(r).whole for r in records)
+    await segments.read(records[0].last_offset, 1)
+    await segments.settle()
+    whole = [(r.object_key, 0, r.size) for r in records]
+    fetched = [g for g in store.ranges if g in whole]
+    assert fetched == whole[1 : 1 + len(fetched)]  # in order from the next segment on
+    assert 2 <= len(fetched) < len(records) - 1 and sum(n for _k, _s, n in fetched) <= budget // 4
     await segments.close()
 
 
