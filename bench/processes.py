@@ -218,16 +218,41 @@ def measure(setup: Setup, topic: str, partitions: int, producers: int, args: arg
     return out
 
 
+def projection(r: dict[str, Any]) -> str:
+    """Load-independent bounds from CPU per MB: on an otherwise idle machine no process gets more than one core
+    for its main thread and all of them share the machine's cores. An estimate: a process's threads outside the
+    event loop (librdkafka's, obstore's) may use a second core, and contention is not modelled."""
+    mb = r["produce_mb_s"]
+    if mb <= 0:
+        return "no projection (nothing produced)"
+    cores = os.cpu_count() or 1
+    costs = {**r["server_cpu"], **{f"producer-{i + 1}": c for i, c in enumerate(r["producer_cpu"])}}
+    per_mb = {n: c / mb for n, c in costs.items() if c > 0}  # core-seconds per MB
+    total = sum(per_mb.values())
+    busiest = max(per_mb, key=lambda n: per_mb[n])
+    one = 1 / per_mb[busiest]
+    machine_cap = cores / total
+    each = ", ".join(f"{n} {v * 1000:.1f}" for n, v in per_mb.items())
+    return (
+        f"CPU per MB produced: {total * 1000:.0f} core-ms in all ({each}); "
+        f"quiet-machine bound {min(one, machine_cap):.0f} MB/s = min({busiest} at one core {one:.0f}, "
+        f"{cores} cores shared {machine_cap:.0f})"
+    )
+
+
 def line(r: dict[str, Any]) -> str:
     def shares(d: dict[str, float]) -> str:
         return ", ".join(f"{n} {v:.0%}" for n, v in d.items())
 
+    ours = sum(r["server_cpu"].values()) + sum(r["producer_cpu"])
     text = (
         f"{r['setup']}, {r['producers']} producer process(es), leaders per broker {r['leaders']}: "
         f"produce {r['produce_mb_s']:.1f} MB/s; CPU: {shares(r['server_cpu'])}, "
         f"producers {' + '.join(f'{c:.0%}' for c in r['producer_cpu'])}; "
-        f"machine busy {r['machine_busy']:.0%} of {os.cpu_count()} cores; load {r['load']}"
+        f"machine busy {r['machine_busy']:.0%} of {os.cpu_count()} cores, of which this setup "
+        f"{ours:.0%} of one core; load {r['load']}"
     )
+    text += "\n    " + projection(r)
     if r.get("errors"):
         text += f"; {r['errors']} delivery errors, first: {r['first_error']}"
     if "consume_error" in r:
