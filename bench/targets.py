@@ -296,9 +296,14 @@ def rows(mock: dict[str, Any] | None, emb: dict[str, Any] | None, off: dict[str,
         mt = mock["tail"]["mb_per_s"] if mock else float("nan")
         recs = f"{emb['tail']['records']:,} records"
         mrecs = f"{mock['tail']['records']:,} records" if mock else ""
+        if mock and mock["tail"]["records"] < emb["tail"]["records"] // 2:
+            # librdkafka's mock keeps only its most recent records: a read that short is mostly start-up.
+            mrecs += ", all the mock kept: no ratio"
+            mt = float("nan")
         target = f"consume from the tail >= 1.5x today ({1.5 * TAIL_TODAY_MB_S:.0f} MB/s)"
         out.append(Row(target, f"{t:.0f} MB/s ({recs})",
-                       f"{mt:.0f} MB/s ({mrecs})" if mock else "-", f"{t / mt:.2f}x" if mock and mt > 0 else "-",
+                       f"{mock['tail']['mb_per_s']:.0f} MB/s ({mrecs})" if mock else "-",
+                       f"{t / mt:.2f}x" if mock and mt > 0 else "-",
                        yes(t >= 1.5 * TAIL_TODAY_MB_S)))  # fmt: skip
     if replay is not None:
         target = f"replay from segments >= 1.5x today ({1.5 * REPLAY_TODAY_MB_S:.0f} MB/s, moto)"
