@@ -16,6 +16,8 @@ from brokers.security.principal import ANONYMOUS, KafkaPrincipal
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
+    from brokers.security.authenticator import Authenticator
+    from brokers.security.listeners import ListenerSpec
 
 T = TypeVar("T")
 NO_THROTTLE = datetime.timedelta(0)
@@ -37,6 +39,10 @@ class RequestContext:
     """Produce only: to resolve once this request's entries are handed to the logs."""
     principal: KafkaPrincipal = ANONYMOUS
     """Who sent the request (set by the connection's authentication; ACLs and quotas use it)."""
+    auth: Authenticator | None = None
+    """The connection's authentication state (SaslHandshake / SaslAuthenticate use it)."""
+    listener: ListenerSpec | None = None
+    """The listener the request came in on (Metadata advertises it); None: the broker's only listener."""
 
     async def in_order(self) -> None:
         """Produce only: wait for the previous produce request on this connection to be appended."""

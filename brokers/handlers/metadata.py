@@ -18,6 +18,9 @@ whether or not auto-creation is on, as Kafka does; with auto-creation, so is one
 existing topic ('.' versus '_'; Kafka's auto-creation would answer LEADER_NOT_AVAILABLE and fail later).
 Nothing is created, and clients fail the send at once instead of retrying until a timeout.
 
+This broker is advertised at the listener the request came in on (``advertised.listeners``). Other brokers of
+a cluster are advertised at the address they registered (their first listener).
+
 A v10/v11 request naming a topic by id (null name, or a topic id) gets Kafka's error response for an
 InvalidRequestException (every topic INVALID_REQUEST): topic ids in Metadata requests exist from v12.
 """
@@ -77,7 +80,8 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
                 refused[name] = e
     routing = broker.routing
     key = (version, None if names is None else tuple(names), tuple(ids), broker.topics.generation,
-           broker.logs.generation, routing.node_id, routing.generation, id(routing), broker.logs.instance)
+           broker.logs.generation, routing.node_id, routing.generation, id(routing), broker.logs.instance,
+           ctx.listener)
     cached = _cache.get(key) if not refused else None
     if cached is not None:
         _cache.move_to_end(key)
@@ -144,8 +148,12 @@ def _encode(
         out.append(_I32.pack(0))  # throttle_time_ms
     brokers = routing.brokers()
     out.append(_count(len(brokers), flexible))
+    listener = ctx.listener
     for b in brokers:
-        out.append(_I32.pack(b.node_id) + _string(b.host, flexible) + _I32.pack(b.port))
+        host, port = b.host, b.port
+        if listener is not None and b.node_id == routing.node_id:  # the listener the client came in on
+            host, port = listener.advertised_host, listener.advertised_port
+        out.append(_I32.pack(b.node_id) + _string(host, flexible) + _I32.pack(port))
         if version >= 1:
             out.append(_string(b.rack, flexible))
         out.append(tags)
