@@ -44,6 +44,14 @@ class RequestContext:
     listener: ListenerSpec | None = None
     """The listener the request came in on (Metadata advertises it); None: the broker's only listener."""
 
+    def address(self, node_id: int, host: str, port: int) -> tuple[str, int]:
+        """Where a client of this request's listener reaches broker ``node_id`` (this broker: the listener's
+        advertised address; other brokers: the address they registered)."""
+        listener = self.listener
+        if listener is not None and node_id == self.broker.routing.node_id:
+            return listener.advertised_host, listener.advertised_port
+        return host, port
+
     async def in_order(self) -> None:
         """Produce only: wait for the previous produce request on this connection to be appended."""
         if self.after is not None and not self.after.done():

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -136,3 +139,17 @@ def create_user(bootstrap: str, user: str = USER, password: str = PASSWORD,
     ]
     for future in admin.alter_user_scram_credentials(upserts).values():
         future.result(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """One secure broker per test module, with the user alice (both SCRAM mechanisms) created."""
+    sb = start_secure_broker(tmp_path_factory.mktemp("secure"))
+    try:
+        create_user(sb.broker.bootstrap)
+        yield sb
+    finally:
+        sb.broker.close()
+        log = sb.broker.log_text()
+        assert PASSWORD not in log, "a password reached the broker's log"
+        assert "Traceback" not in log, log[log.find("Traceback") - 300 :][:3000]
