@@ -7,6 +7,7 @@ import logging
 from brokers.broker import Broker
 from brokers.config import ConfigError
 from brokers.security.listeners import check_security
+from brokers.security.tls import secret_file_warnings
 from brokers.server import KafkaServer
 
 log = logging.getLogger("tidelog")
@@ -17,6 +18,9 @@ class KafkaListeners:
 
     def __init__(self, broker: Broker) -> None:
         specs = check_security(broker.config)
+        if any(s.tls for s in specs):
+            for warning in secret_file_warnings(broker.config):
+                log.warning("%s", warning)
         if not broker.config.listeners:  # the plain --listen listener: no named listener, nothing to check
             self.servers = [KafkaServer(broker)]
         else:

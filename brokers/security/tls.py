@@ -110,6 +110,21 @@ class ReloadingContext:
             self._task = None
 
 
+def secret_file_warnings(config: BrokerConfig) -> list[str]:
+    """Warnings for files holding secrets that other users can read (the keystore holds the private key)."""
+    out = []
+    for key, path in (("ssl.keystore.location", config.ssl_keystore_location),):
+        if not path:
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & 0o044:
+            out.append(f"{key} {path} holds a private key and is readable by other users (chmod 600 it)")
+    return out
+
+
 def certificate_principal(der: bytes | None) -> KafkaPrincipal | None:
     """``User:<subject DN>`` of a peer certificate (DER), or None without one."""
     if not der:
