@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 
-from .security_fixtures import PASSWORD, USER, SecureBroker, secure_broker  # noqa: F401 - the fixture
+from .security_fixtures import PASSWORD, USER, SecureBroker
 
 
 def _sasl(sb: SecureBroker, mechanism: str, password: str = PASSWORD) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from brokers.cli.client import ClientError, Connection
 from brokers.handlers.base import make
 
 from .broker_process import tidelog_command
-from .security_fixtures import PASSWORD, USER, SecureBroker, make_certs, secure_broker, start_secure_broker  # noqa: F401
+from .security_fixtures import PASSWORD, USER, SecureBroker, make_certs, start_secure_broker
 
 SASL_HANDSHAKE, SASL_AUTHENTICATE, METADATA = 17, 36, 3
 
@@ -74,7 +74,7 @@ def test_failed_authentication_is_answered_then_closed(secure_broker: SecureBrok
     async def run() -> None:
         conn = await Connection.open("127.0.0.1", secure_broker.sasl_plaintext, request_timeout=10)
         try:
-            resp = await _plain_login(conn, password="wrong")
+            resp = await _plain_login(conn, password="wrong")  # noqa: S106 - a wrong password on purpose
             assert resp.error_code == ErrorCode.sasl_authentication_failed  # type: ignore[attr-defined]
             assert "Invalid username or password" in resp.error_message  # type: ignore[attr-defined]
             with pytest.raises(ClientError):
@@ -87,10 +87,10 @@ def test_failed_authentication_is_answered_then_closed(secure_broker: SecureBrok
 
 def test_scram_credential_errors(secure_broker: SecureBroker) -> None:
     admin = AdminClient({"bootstrap.servers": secure_broker.broker.bootstrap})
-    with pytest.raises(KafkaException, match="RESOURCE_NOT_FOUND|does not exist"):
+    with pytest.raises(KafkaException, match=r"RESOURCE_NOT_FOUND|does not exist"):
         admin.describe_user_scram_credentials(["nobody"])["nobody"].result(timeout=30)
     few = UserScramCredentialUpsertion("bob", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 10), b"pw")
-    with pytest.raises(KafkaException, match="UNACCEPTABLE_CREDENTIAL|Too few iterations"):
+    with pytest.raises(KafkaException, match=r"UNACCEPTABLE_CREDENTIAL|Too few iterations"):
         admin.alter_user_scram_credentials([few])["bob"].result(timeout=30)
     described = admin.describe_user_scram_credentials([USER])[USER].result(timeout=30)
     infos = {i.mechanism: i.iterations for i in described.scram_credential_infos}
@@ -98,7 +98,7 @@ def test_scram_credential_errors(secure_broker: SecureBroker) -> None:
 
 
 def _users(bootstrap: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*tidelog_command(), "users", *args, "--bootstrap", bootstrap], input=stdin,  # noqa: S603
+    return subprocess.run([*tidelog_command(), "users", *args, "--bootstrap", bootstrap], input=stdin,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -198,6 +198,6 @@ def test_bad_listener_configs_refused_at_start(tmp_path: Path, configs: list[str
     cmd = [*tidelog_command(), "run", "--data-dir", str(tmp_path / "d")]
     for c in configs:
         cmd += ["--config", c]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -9,7 +9,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from .security_fixtures import PASSWORD, USER, SecureBroker, secure_broker  # noqa: F401 - the fixture
+from .security_fixtures import PASSWORD, USER, SecureBroker
 
 POLL_S = 30.0
 
@@ -77,7 +77,7 @@ def test_mtls(secure_broker: SecureBroker) -> None:
 
 def test_wrong_password_is_an_authentication_error(secure_broker: SecureBroker) -> None:
     for mechanism in ("SCRAM-SHA-512", "PLAIN"):
-        error = _first_error(_sasl(secure_broker, mechanism, password="wrong"))
+        error = _first_error(_sasl(secure_broker, mechanism, password="wrong"))  # noqa: S106
         assert error.code() == KafkaError._AUTHENTICATION, error
         assert "SASL authentication error" in error.str() or "Authentication failed" in error.str(), error
 

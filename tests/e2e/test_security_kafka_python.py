@@ -11,7 +11,7 @@ import kafka
 import kafka.errors
 import pytest
 
-from .security_fixtures import PASSWORD, USER, SecureBroker, secure_broker  # noqa: F401 - the fixture
+from .security_fixtures import PASSWORD, USER, SecureBroker
 
 
 def _sasl(sb: SecureBroker, mechanism: str, password: str = PASSWORD) -> dict[str, Any]:

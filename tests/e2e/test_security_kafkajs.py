@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from .conftest import NODE_DIR
-from .security_fixtures import PASSWORD, USER, SecureBroker, secure_broker  # noqa: F401 - the fixture
+from .security_fixtures import PASSWORD, USER, SecureBroker
 
 
 def _run(node: str, tmp_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     path = tmp_path / f"cfg-{uuid.uuid4().hex[:6]}.json"
     path.write_text(json.dumps({"topic": f"sec-js-{uuid.uuid4().hex[:8]}", **cfg}))
-    res = subprocess.run([node, str(NODE_DIR / "security.js"), str(path)], capture_output=True, text=True,  # noqa: S603
+    res = subprocess.run([node, str(NODE_DIR / "security.js"), str(path)], capture_output=True, text=True,
                          timeout=120, cwd=NODE_DIR, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])

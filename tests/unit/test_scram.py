@@ -43,7 +43,9 @@ def test_rfc7677_example() -> None:
     exchange = ScramExchange("SCRAM-SHA-256", parse_client_first(CLIENT_FIRST), _rfc_credential())
     exchange.nonce = SERVER_NONCE  # the RFC's server nonce instead of a random one
     exchange.server_first = f"r={SERVER_NONCE},s={base64.b64encode(SALT).decode()},i=4096"
-    assert exchange.server_first == "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    assert exchange.server_first == (
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    )
     assert exchange.final(CLIENT_FINAL) == SERVER_FINAL
 
 
@@ -61,7 +63,9 @@ def test_wrong_proof_and_nonce_are_refused() -> None:
             exchange.final(garbage)
 
 
-@pytest.mark.parametrize("message", [b"", b"n", b"p=tls-unique,,n=u,r=x", b"n,,r=x", b"n,,n=u", b"\xff", b"n,,n=a=b,r=x"])
+@pytest.mark.parametrize(
+    "message", [b"", b"n", b"p=tls-unique,,n=u,r=x", b"n,,r=x", b"n,,n=u", b"\xff", b"n,,n=a=b,r=x"]
+)
 def test_malformed_client_first(message: bytes) -> None:
     with pytest.raises(ScramError):
         parse_client_first(message)
@@ -80,7 +84,7 @@ def test_stored_credential_keeps_no_password() -> None:
 
 @pytest.mark.parametrize("message", [b"", b"a\0b", b"\0\0pw", b"\0user\0", b"x\0user\0pw", b"\0\xff\0pw"])
 def test_plain_malformed(message: bytes) -> None:
-    with pytest.raises(ValueError, match="PLAIN|authorization id"):
+    with pytest.raises(ValueError, match=r"PLAIN|authorization id"):
         sasl_plain.parse(message)
 
 
