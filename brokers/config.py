@@ -313,6 +313,9 @@ class BrokerConfig:
     connections_max_reauth_ms: int = field(
         default=0, metadata={"key": "connections.max.reauth.ms", "parse": _non_negative}
     )
+    connection_failed_authentication_delay_ms: int = field(
+        default=100, metadata={"key": "connection.failed.authentication.delay.ms", "parse": _non_negative}
+    )  # Kafka's (KIP-306): a failed authentication's connection closes this long after its answer
     ssl_keystore_location: str = field(default="", metadata={"key": "ssl.keystore.location", "parse": str.strip})
     ssl_key_password: str = field(default="", metadata={"key": "ssl.key.password", "parse": str, "secret": True})
     ssl_truststore_location: str = field(

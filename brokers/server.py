@@ -262,7 +262,8 @@ class KafkaServer(Listener):
                 conn.written(request, loop.time())
                 if _auth_failed():
                     log.info("closing %s: SASL authentication failed", peer)
-                    writer.close()
+                    delay_s = self.broker.config.connection_failed_authentication_delay_ms / 1000
+                    await _flush_then_close(writer, self.limits.frame_timeout_s, delay_s)
                     return
         finally:
             conn.wake()  # the reader may be paused waiting for room: the connection is ending
@@ -385,6 +386,18 @@ def _auth_failed() -> bool:
     """Whether this connection's SASL exchange failed: it closes once that answer is written."""
     auth = connection_auth.current.get()
     return auth is not None and auth.closing
+
+
+async def _flush_then_close(writer: asyncio.StreamWriter, bound_s: float, delay_s: float) -> None:
+    """Close ``delay_s`` after the answer written last has left the process (waiting at most ``bound_s`` for
+    that): clients that see the close together with the answer may miss the answer (kafka-python does), and
+    the delay slows password guessing (Kafka's connection.failed.authentication.delay.ms)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while _write_buffer_size(writer) and loop.time() < deadline:  # noqa: ASYNC110 - no event for "flushed"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(delay_s)
+    writer.close()
 
 
 def _write_buffer_size(writer: asyncio.StreamWriter) -> int:
