@@ -200,7 +200,7 @@ async def _serve(
     server = listeners.primary
     admin = admin_server(broker, server, lambda: session.alive)
     membership = BrokerMembership(store, keys, session, host=config.advertised[0], port=config.advertised[1],
-                                  node_id=node_id)
+                                  node_id=node_id, listeners=listeners.advertised)
     started: list[object] = []
     try:
         await broker.start()  # topics, the offsets topic (created by the first broker), no partition loaded

@@ -28,6 +28,14 @@ class KafkaListeners:
         self._specs = specs
 
     @property
+    def advertised(self) -> tuple[tuple[str, str, int], ...]:
+        """(name, advertised host, port) of each named listener, for the cluster registration; () without
+        ``listeners`` (the registration's one address is all there is)."""
+        if not self.servers[0].listener:
+            return ()
+        return tuple((s.name, s.advertised_host, s.advertised_port) for s in self._specs)
+
+    @property
     def primary(self) -> KafkaServer:
         return self.servers[0]
 

@@ -16,6 +16,7 @@ from brokers.security.principal import ANONYMOUS, KafkaPrincipal
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
+    from brokers.routing import Endpoint
     from brokers.security.authenticator import Authenticator
     from brokers.security.listeners import ListenerSpec
 
@@ -44,13 +45,15 @@ class RequestContext:
     listener: ListenerSpec | None = None
     """The listener the request came in on (Metadata advertises it); None: the broker's only listener."""
 
-    def address(self, node_id: int, host: str, port: int) -> tuple[str, int]:
-        """Where a client of this request's listener reaches broker ``node_id`` (this broker: the listener's
-        advertised address; other brokers: the address they registered)."""
+    def address(self, endpoint: Endpoint) -> tuple[str, int]:
+        """Where a client of this request's listener reaches a broker: this broker at the listener's advertised
+        address, another at its registered listener of the same name (else its first address)."""
         listener = self.listener
-        if listener is not None and node_id == self.broker.routing.node_id:
+        if listener is None:
+            return endpoint.host, endpoint.port
+        if endpoint.node_id == self.broker.routing.node_id:
             return listener.advertised_host, listener.advertised_port
-        return host, port
+        return endpoint.on(listener.name)
 
     async def in_order(self) -> None:
         """Produce only: wait for the previous produce request on this connection to be appended."""

@@ -46,7 +46,7 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
             make(mod.DescribeClusterBroker, broker_id=b.node_id, host=host, port=port, rack=b.rack,
                  is_fenced=False)
             for b in brokers
-            for host, port in (ctx.address(b.node_id, b.host, b.port),)
+            for host, port in (ctx.address(b),)
         ),
         cluster_authorized_operations=operations,
     )

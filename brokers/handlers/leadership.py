@@ -49,7 +49,7 @@ class Hints:
             return ()
         out = []
         for _id, e in sorted(self._endpoints.items()):
-            host, port = (e.host, e.port) if ctx is None else ctx.address(e.node_id, e.host, e.port)
+            host, port = (e.host, e.port) if ctx is None else ctx.address(e)
             out.append(make(cls, node_id=e.node_id, host=host, port=port, rack=e.rack))
         return tuple(out)
 

@@ -18,8 +18,8 @@ whether or not auto-creation is on, as Kafka does; with auto-creation, so is one
 existing topic ('.' versus '_'; Kafka's auto-creation would answer LEADER_NOT_AVAILABLE and fail later).
 Nothing is created, and clients fail the send at once instead of retrying until a timeout.
 
-This broker is advertised at the listener the request came in on (``advertised.listeners``). Other brokers of
-a cluster are advertised at the address they registered (their first listener).
+Brokers are advertised at the listener the request came in on (``advertised.listeners``; each cluster broker
+registers all of its listeners); a broker without a listener of that name, at its first address.
 
 A v10/v11 request naming a topic by id (null name, or a topic id) gets Kafka's error response for an
 InvalidRequestException (every topic INVALID_REQUEST): topic ids in Metadata requests exist from v12.
@@ -148,11 +148,8 @@ def _encode(
         out.append(_I32.pack(0))  # throttle_time_ms
     brokers = routing.brokers()
     out.append(_count(len(brokers), flexible))
-    listener = ctx.listener
     for b in brokers:
-        host, port = b.host, b.port
-        if listener is not None and b.node_id == routing.node_id:  # the listener the client came in on
-            host, port = listener.advertised_host, listener.advertised_port
+        host, port = ctx.address(b)  # as reached through the listener the client came in on
         out.append(_I32.pack(b.node_id) + _string(host, flexible) + _I32.pack(port))
         if version >= 1:
             out.append(_string(b.rack, flexible))

@@ -86,3 +86,35 @@ def test_certificate_principal_is_kafka_spelling() -> None:
     assert certificate_principal(der) == KafkaPrincipal("User", "CN=alice,OU=eng,O=acme")
     assert certificate_principal(None) is None
     assert certificate_principal(b"junk") is None
+
+
+def test_broker_record_carries_listeners_and_endpoint_picks_by_name() -> None:
+    from brokers.routing import Endpoint
+    from metadata.models import BrokerRecord
+
+    record = BrokerRecord(2, "h", 9092, None, (("PLAINTEXT", "h", 9092), ("SASL_SSL", "kafka.example", 9094)))
+    assert BrokerRecord.decode(record.encode()) == record
+    old = BrokerRecord(3, "h", 1)  # a registration without listeners (an older broker) decodes as before
+    assert BrokerRecord.decode(old.encode()) == old and b"listeners" not in old.encode()
+    endpoint = Endpoint(2, "h", 9092, None, record.listeners)
+    assert endpoint.on("SASL_SSL") == ("kafka.example", 9094)
+    assert endpoint.on("SSL") == ("h", 9092)  # no listener of that name: the first address
+    assert endpoint.on(None) == ("h", 9092)
+
+
+def test_request_context_address_per_listener() -> None:
+    from types import SimpleNamespace
+
+    from brokers.handlers.base import RequestContext
+    from brokers.routing import Endpoint
+    from brokers.security.listeners import ListenerSpec
+
+    spec = ListenerSpec("SASL_SSL", "0.0.0.0", 9094, "SASL_SSL", "me.example", 19094)
+    broker = SimpleNamespace(routing=SimpleNamespace(node_id=1))
+    ctx = RequestContext(broker, 3, 12, 0, None, "peer", listener=spec)  # type: ignore[arg-type]
+    plain = RequestContext(broker, 3, 12, 0, None, "peer")  # type: ignore[arg-type]
+    me = Endpoint(1, "h1", 9092)
+    other = Endpoint(2, "h2", 9092, None, (("PLAINTEXT", "h2", 9092), ("SASL_SSL", "other.example", 29094)))
+    assert ctx.address(me) == ("me.example", 19094)
+    assert ctx.address(other) == ("other.example", 29094)
+    assert plain.address(other) == ("h2", 9092)
