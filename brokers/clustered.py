@@ -40,9 +40,9 @@ from brokers.cluster.membership import (
 from brokers.cluster.ownership import PartitionOwnership, Taken
 from brokers.cluster.routing import ClusterRouting
 from brokers.config import BrokerConfig, ConfigError, parse_hostport
+from brokers.kafka_listeners import KafkaListeners
 from brokers.observability import cluster_metrics
 from brokers.observability.health import admin_server
-from brokers.server import KafkaServer
 from metadata.api import MetadataError, MetadataStore
 from metadata.keys import Keys
 from metadata.open import open_store
@@ -196,10 +196,11 @@ async def _serve(
     broker.routing = routing
     broker.groups.routing = routing
     broker.transactions.routing = routing
-    server = KafkaServer(broker)
+    listeners = KafkaListeners(broker)
+    server = listeners.primary
     admin = admin_server(broker, server, lambda: session.alive)
     membership = BrokerMembership(store, keys, session, host=config.advertised[0], port=config.advertised[1],
-                                  node_id=node_id)
+                                  node_id=node_id, listeners=listeners.advertised)
     started: list[object] = []
     try:
         await broker.start()  # topics, the offsets topic (created by the first broker), no partition loaded
@@ -215,7 +216,7 @@ async def _serve(
                 await admin.start(admin_host, admin_port)
             except OSError as e:
                 raise ConfigError(f"admin.listen {config.admin_listen}: {e}") from None
-        port = await server.start(config.host, config.port)
+        port = (await listeners.start())[0]
         try:
             await membership.join()
         except DuplicateNodeId as e:
@@ -230,7 +231,7 @@ async def _serve(
         await _drain(node_id, keys, session, live, controller, follower, config.controlled_shutdown_timeout_ms)
     finally:
         await admin.stop()
-        await server.stop()
+        await listeners.stop()
         await follower.stop()
         if controller in started:
             await controller.stop()

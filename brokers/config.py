@@ -82,6 +82,13 @@ def _ledger_bytes(v: str) -> int:
     return n
 
 
+def _client_auth(v: str) -> str:
+    name = v.strip().lower()
+    if name not in ("required", "requested", "none"):  # Kafka's ssl.client.auth values
+        raise ValueError(f"{v!r} is not required, requested or none")
+    return name
+
+
 def _off_or_non_negative(v: str) -> int:
     n = int(v)
     if n < -1:
@@ -320,6 +327,27 @@ class BrokerConfig:
         default=2, metadata={"key": "transaction.version", "parse": _transaction_version}
     )  # the finalized transaction.version feature (ApiVersions); 2: KIP-890 part 2 offered to clients that ask
     admin_listen: str = field(default="", metadata={"key": "admin.listen", "parse": _listen_or_off})
+    # Security (brokers/security/, docs/operations.md "Security"): named listeners, TLS and SASL.
+    listeners: str = field(default="", metadata={"key": "listeners", "parse": str.strip})
+    advertised_listeners: str = field(default="", metadata={"key": "advertised.listeners", "parse": str.strip})
+    listener_security_protocol_map: str = field(
+        default="", metadata={"key": "listener.security.protocol.map", "parse": str.strip}
+    )
+    sasl_enabled_mechanisms: str = field(
+        default="SCRAM-SHA-256,SCRAM-SHA-512", metadata={"key": "sasl.enabled.mechanisms", "parse": str.strip}
+    )
+    connections_max_reauth_ms: int = field(
+        default=0, metadata={"key": "connections.max.reauth.ms", "parse": _non_negative}
+    )
+    connection_failed_authentication_delay_ms: int = field(
+        default=100, metadata={"key": "connection.failed.authentication.delay.ms", "parse": _non_negative}
+    )  # Kafka's (KIP-306): a failed authentication's connection closes this long after its answer
+    ssl_keystore_location: str = field(default="", metadata={"key": "ssl.keystore.location", "parse": str.strip})
+    ssl_key_password: str = field(default="", metadata={"key": "ssl.key.password", "parse": str, "secret": True})
+    ssl_truststore_location: str = field(
+        default="", metadata={"key": "ssl.truststore.location", "parse": str.strip}
+    )
+    ssl_client_auth: str = field(default="none", metadata={"key": "ssl.client.auth", "parse": _client_auth})
     # ACLs (brokers/security/authorizer.py): enforced only when an authorizer is configured, as in Kafka.
     authorizer_class_name: str = field(default="", metadata={"key": "authorizer.class.name", "parse": _authorizer})
     super_users: str = field(default="", metadata={"key": "super.users", "parse": _super_users})
@@ -362,15 +390,19 @@ class BrokerConfig:
         out = {
             "broker.id": str(self.node_id),
             "node.id": str(self.node_id),
-            "listeners": f"PLAINTEXT://{self.host}:{self.port}",
-            "advertised.listeners": "PLAINTEXT://{}:{}".format(*self.advertised),
             "log.dirs": self.data_dir,
         }
         for f in fields(self):
-            if "key" in f.metadata:
+            if "key" in f.metadata and not f.metadata.get("secret"):  # secrets are never reported
                 value = getattr(self, f.name)
                 out[f.metadata["key"]] = str(value).lower() if isinstance(value, bool) else str(value)
+        out["listeners"] = self.listeners or f"PLAINTEXT://{self.host}:{self.port}"
+        out["advertised.listeners"] = self.advertised_listeners or "PLAINTEXT://{}:{}".format(*self.advertised)
         return out
+
+    def secret_keys(self) -> frozenset[str]:
+        """Settings that hold secrets: never logged, reported as sensitive (no value) by DescribeConfigs."""
+        return frozenset(f.metadata["key"] for f in fields(self) if f.metadata.get("secret"))
 
 
 # Topic configs Kafka clients and tools set; the default value is what DescribeConfigs reports.

@@ -21,9 +21,9 @@ from pathlib import Path
 from brokers.bookie_liveness import BookieLiveness
 from brokers.broker import Broker
 from brokers.config import BrokerConfig, ConfigError, parse_hostport
+from brokers.kafka_listeners import KafkaListeners
 from brokers.local_bookies import STATE_FILE, LocalBookies, LocalBookiesError
 from brokers.observability.health import admin_server
-from brokers.server import KafkaServer
 from metadata.dirlock import DirectoryLocked, lock_directory
 from metadata.embedded import EmbeddedMetadataStore
 from metadata.keys import Keys
@@ -138,7 +138,8 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
         raise ConfigError(f"--object-store: {e}") from None
     bookies = _Bookies(config, data_dir, store)
     broker = Broker(config, store, bookies.ledgers, objects)
-    server = KafkaServer(broker)
+    listeners = KafkaListeners(broker)
+    server = listeners.primary
     admin = admin_server(broker, server)
     try:
         await bookies.start()
@@ -150,7 +151,7 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
             except OSError as e:
                 raise ConfigError(f"admin.listen {config.admin_listen}: {e}") from None
             log.info("admin HTTP (/metrics, /v1/offload, /healthz, /readyz) on %s:%d", admin_host, admin_port)
-        port = await server.start(config.host, config.port)
+        port = (await listeners.start())[0]
         log.info("listening on %s:%d (data in %s)", config.host, port, data_dir)
         if ready is not None:
             ready.set()
@@ -158,7 +159,7 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
         log.info("shutting down")
     finally:
         await admin.stop()
-        await server.stop()
+        await listeners.stop()
         await broker.stop()
         await bookies.stop()
         await objects.close()

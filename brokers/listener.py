@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 
 class Listener:
@@ -14,6 +15,8 @@ class Listener:
 
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+        """TLS for every connection (the handshake happens before ``_serve``), or None."""
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
@@ -28,7 +31,9 @@ class Listener:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._accept, host, port, limit=self.read_limit)
+        self._server = await asyncio.start_server(
+            self._accept, host, port, limit=self.read_limit, ssl=self.ssl_context
+        )
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
 

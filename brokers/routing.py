@@ -23,6 +23,16 @@ class Endpoint:
     host: str
     port: int
     rack: str | None = None
+    listeners: tuple[tuple[str, str, int], ...] = ()
+    """The broker's named listeners (name, advertised host, port); empty: only ``host:port``."""
+
+    def on(self, listener: str | None) -> tuple[str, int]:
+        """Where a client of the named listener reaches this broker (its first address if it has no such name)."""
+        if listener is not None:
+            for name, host, port in self.listeners:
+                if name == listener:
+                    return host, port
+        return self.host, self.port
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,12 @@ from brokers.memory import Trimmer
 from brokers.observability import requests as request_metrics
 from brokers.observability import traffic
 from brokers.response_memory import RequestMemory, ResponseMemory
+from brokers.security import connection as connection_auth
+from brokers.security.authenticator import AuthRefused
+from brokers.security.credentials import CredentialStore
+from brokers.security.listeners import ListenerSpec
+from brokers.security.principal import ANONYMOUS
+from brokers.security.tls import ReloadingContext, TlsFiles
 
 log = logging.getLogger(__name__)
 API_VERSIONS = 18
@@ -83,18 +89,36 @@ class KafkaServer(Listener):
 
     read_limit = _READ_CHUNK
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, listener: ListenerSpec | None = None) -> None:
         super().__init__()
         self.broker = broker
+        self.listener = listener
+        """None: the broker's only, PLAINTEXT, listener; else the named listener (TLS, SASL) it serves."""
+        self._credentials = CredentialStore(broker.store, broker.keys)
+        self._tls: ReloadingContext | None = None
+        if listener is not None and listener.tls:
+            self._tls = ReloadingContext(TlsFiles.of(broker.config, sasl=listener.sasl))
+            self.ssl_context = self._tls.context
         self.limits = ConnectionLimits.of(broker.config)
         self.response_memory = ResponseMemory(broker.config.fetch_response_memory_bytes)
         self._left_running: set[asyncio.Task[Any]] = set()  # requests of closed connections finishing
         self._trimmer = Trimmer()
 
+    async def start(self, host: str, port: int) -> int:
+        if self._tls is not None:
+            self._tls.start()
+        return await super().start(host, port)
+
+    async def stop(self) -> None:
+        if self._tls is not None:
+            await self._tls.stop()
+        await super().stop()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read frames while the connection has room (back-pressure), start each request once the requests
         before it allow (per-connection order), and close on EOF, errors, idleness or a stalled frame."""
         peer = "{}:{}".format(*writer.get_extra_info("peername", ("?", 0))[:2])
+        connection_auth.open_connection(self.broker.config, self.listener, self._credentials, writer)
         loop = asyncio.get_running_loop()
         decoder = FrameDecoder(self.broker.config.socket_request_max_bytes)
         conn = Connection(self.limits, self.response_memory, loop.time())
@@ -236,6 +260,11 @@ class KafkaServer(Listener):
                     request.response = None
                     await writer.drain()
                 conn.written(request, loop.time())
+                if _auth_failed():
+                    log.info("closing %s: SASL authentication failed", peer)
+                    delay_s = self.broker.config.connection_failed_authentication_delay_ms / 1000
+                    await _flush_then_close(writer, self.limits.frame_timeout_s, delay_s)
+                    return
         finally:
             conn.wake()  # the reader may be paused waiting for room: the connection is ending
 
@@ -299,6 +328,12 @@ class KafkaServer(Listener):
         except Exception:  # a bug in the check must not reach the write loop: same as a failing handler
             log.exception("checking API %d v%d from %s failed", head.api_key, head.api_version, peer)
             raise CloseConnection("internal error") from None
+        auth = connection_auth.current.get()
+        if auth is not None:
+            try:
+                auth.admit(head.api_key, asyncio.get_running_loop().time())
+            except AuthRefused as e:
+                raise CloseConnection(str(e)) from None
         read_header, read_body = _request_reader(head.api_key, head.api_version)
         try:
             header, used = read_header(frame, 0)
@@ -314,6 +349,9 @@ class KafkaServer(Listener):
             peer=peer,
             after=after,
             produced=produced,
+            principal=auth.principal if auth is not None else ANONYMOUS,
+            auth=auth,
+            listener=self.listener,
         )
         try:
             response = await spec.handle(ctx, request)
@@ -342,6 +380,24 @@ def _outcome_seen(task: asyncio.Task[Any]) -> None:
     e = task.exception()
     if e is not None and not isinstance(e, CloseConnection):
         log.error("a request of a closed connection failed", exc_info=e)
+
+
+def _auth_failed() -> bool:
+    """Whether this connection's SASL exchange failed: it closes once that answer is written."""
+    auth = connection_auth.current.get()
+    return auth is not None and auth.closing
+
+
+async def _flush_then_close(writer: asyncio.StreamWriter, bound_s: float, delay_s: float) -> None:
+    """Close ``delay_s`` after the answer written last has left the process (waiting at most ``bound_s`` for
+    that): clients that see the close together with the answer may miss the answer (kafka-python does), and
+    the delay slows password guessing (Kafka's connection.failed.authentication.delay.ms)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while _write_buffer_size(writer) and loop.time() < deadline:  # noqa: ASYNC110 - no event for "flushed"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(delay_s)
+    writer.close()
 
 
 def _write_buffer_size(writer: asyncio.StreamWriter) -> int:

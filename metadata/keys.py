@@ -18,12 +18,13 @@ Layout (one prefix per cluster)::
     /tidelog/{cluster}/config/broker/{broker_id}            one broker's dynamic broker configs
     /tidelog/{cluster}/cluster_id                           the cluster id reported to clients
     /tidelog/{cluster}/acls/{type}/{pattern}/{name}/{principal}/{host}/{operation}/{permission}   one ACL
+    /tidelog/{cluster}/scram/{user}/{mechanism}             a SCRAM credential (salt, iterations, keys)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +169,21 @@ class Keys:
         """One ACL binding (Kafka's integer codes; the texts percent-encoded, so a "/" in a name stays one part)."""
         texts = "/".join(quote(t, safe="") for t in (name, principal, host))
         return f"{self.acls_prefix()}{resource_type}/{pattern_type}/{texts}/{operation}/{permission}"
+
+    # --- security -----------------------------------------------------------------------------
+    def scram_prefix(self) -> str:
+        """SCRAM credentials (AlterUserScramCredentials); read by every broker when a client authenticates."""
+        return f"{self.root}scram/"
+
+    def scram_credential(self, user: str, mechanism: str) -> str:
+        """One user's credential for one mechanism; the user name is %-quoted (it may hold '/')."""
+        return f"{self.scram_prefix()}{quote(user, safe='')}/{mechanism}"
+
+    def scram_credential_id(self, key: str) -> tuple[str, str]:
+        """(user, mechanism) of a ``scram_credential`` key; ValueError otherwise."""
+        if not key.startswith(self.scram_prefix()):
+            raise ValueError(f"not a SCRAM credential key: {key!r}")
+        user, sep, mechanism = key[len(self.scram_prefix()) :].partition("/")
+        if not sep or not user or not mechanism:
+            raise ValueError(f"not a SCRAM credential key: {key!r}")
+        return unquote(user), mechanism

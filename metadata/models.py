@@ -332,14 +332,20 @@ class BrokerRecord:
     host: str
     port: int
     rack: str | None = None
+    listeners: tuple[tuple[str, str, int], ...] = ()
+    """Every named listener as (name, advertised host, advertised port); empty: only host and port."""
 
     def encode(self) -> bytes:
-        return _pack({"id": self.node_id, "host": self.host, "port": self.port, "rack": self.rack})
+        out: dict[str, object] = {"id": self.node_id, "host": self.host, "port": self.port, "rack": self.rack}
+        if self.listeners:
+            out["listeners"] = [list(item) for item in self.listeners]
+        return _pack(out)
 
     @classmethod
     def decode(cls, data: bytes) -> BrokerRecord:
         d = _unpack(data)
-        return cls(int(d["id"]), str(d["host"]), int(d["port"]), d.get("rack"))
+        listeners = tuple((str(n), str(h), int(p)) for n, h, p in d.get("listeners") or ())
+        return cls(int(d["id"]), str(d["host"]), int(d["port"]), d.get("rack"), listeners)
 
 
 @dataclass(frozen=True, slots=True)

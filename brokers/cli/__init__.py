@@ -38,13 +38,14 @@ def commands() -> tuple[ModuleType, ...]:
         run,
         topics,
         transactions,
+        users,
         verify,
     )
     from storage.bookie import cli as bookie_cli
 
     return (
         run, broker, topics, configs, produce, consume, groups, transactions, offload, cluster, bookie_cli, devcluster,
-        verify, acls,
+        users, verify, acls,
     )
 
 

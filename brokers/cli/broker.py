@@ -104,7 +104,9 @@ def build_config(args: argparse.Namespace) -> tuple[BrokerConfig, list[str]]:
         object_store=object_store, ledger_ensemble_size=e, ledger_write_quorum=qw, ledger_ack_quorum=qa,
         admin_listen=args.admin.strip(),
     )
-    config = config.with_overrides(args.config)
+    from brokers.cli.run import with_listeners
+
+    config = with_listeners(config.with_overrides(args.config))
     e, qw, qa = config.ledger_ensemble_size, config.ledger_write_quorum, config.ledger_ack_quorum
     if not e >= qw >= qa >= 1:
         raise ConfigError(

@@ -67,10 +67,25 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
         bookies=args.bookies, object_store=object_store, ledger_ensemble_size=ensemble,
         ledger_write_quorum=ensemble, ledger_ack_quorum=min(ensemble, 2), admin_listen=args.admin.strip(),
     )
-    config = config.with_overrides(args.config)
+    config = with_listeners(config.with_overrides(args.config))
     _check_quorums(config)
     _check_limits(config)
     return config
+
+
+def with_listeners(config: BrokerConfig) -> BrokerConfig:
+    """Check the security settings; with ``listeners`` set, the first listener replaces ``--listen`` (it is the
+    address registered for the broker)."""
+    from dataclasses import replace
+
+    from brokers.security.listeners import check_security
+
+    specs = check_security(config)
+    if not config.listeners:
+        return config
+    first = specs[0]
+    return replace(config, host=first.host, port=first.port, advertised_host=first.advertised_host,
+                   advertised_port=first.advertised_port)
 
 
 def _check_limits(config: BrokerConfig) -> None:
@@ -117,6 +132,10 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         check_listen(config.host, config.port, "--listen")
+        from brokers.security.listeners import listeners_of
+
+        for spec in listeners_of(config)[1:]:
+            check_listen(spec.host, spec.port, f"listener {spec.name}")
         if config.admin_listen:
             check_listen(*parse_hostport(config.admin_listen, "--admin"), "--admin")
     except ConfigError as e:

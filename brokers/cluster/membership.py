@@ -79,7 +79,9 @@ class BrokerMembership:
         port: int,
         rack: str | None = None,
         node_id: int | None = None,
+        listeners: tuple[tuple[str, str, int], ...] = (),
     ) -> None:
+        self._listeners = listeners
         self._store = store
         self._keys = keys
         self._session = session
@@ -97,7 +99,7 @@ class BrokerMembership:
         """Allocate a node id if none was given, then register (DuplicateNodeId if the id is taken)."""
         if self._node_id is None:
             self._node_id = await allocate_node_id(self._store, self._keys)
-        record = BrokerRecord(self._node_id, self._host, self._port, self._rack)
+        record = BrokerRecord(self._node_id, self._host, self._port, self._rack, self._listeners)
         try:
             await self._session.register(self._keys.broker(self._node_id), record.encode())
         except RegistrationConflict as e:

@@ -72,7 +72,7 @@ class ClusterRouting:
         endpoints = self._endpoints
         if endpoints is None:
             endpoints = tuple(
-                Endpoint(r.node_id, r.host, r.port, r.rack) for _, r in sorted(self._live.brokers.items())
+                Endpoint(r.node_id, r.host, r.port, r.rack, r.listeners) for _, r in sorted(self._live.brokers.items())
             )
             self._endpoints = endpoints
         return endpoints

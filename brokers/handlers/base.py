@@ -18,6 +18,9 @@ from brokers.security.principal import ANONYMOUS, KafkaPrincipal
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
+    from brokers.routing import Endpoint
+    from brokers.security.authenticator import Authenticator
+    from brokers.security.listeners import ListenerSpec
 
 T = TypeVar("T")
 NO_THROTTLE = datetime.timedelta(0)
@@ -39,6 +42,20 @@ class RequestContext:
     """Produce only: to resolve once this request's entries are handed to the logs."""
     principal: KafkaPrincipal = ANONYMOUS
     """Who sent the request (set by the connection's authentication; ACLs and quotas use it)."""
+    auth: Authenticator | None = None
+    """The connection's authentication state (SaslHandshake / SaslAuthenticate use it)."""
+    listener: ListenerSpec | None = None
+    """The listener the request came in on (Metadata advertises it); None: the broker's only listener."""
+
+    def address(self, endpoint: Endpoint) -> tuple[str, int]:
+        """Where a client of this request's listener reaches a broker: this broker at the listener's advertised
+        address, another at its registered listener of the same name (else its first address)."""
+        listener = self.listener
+        if listener is None:
+            return endpoint.host, endpoint.port
+        if endpoint.node_id == self.broker.routing.node_id:
+            return listener.advertised_host, listener.advertised_port
+        return endpoint.on(listener.name)
 
     def allowed(self, operation: AclOperation, resource_type: ResourceType, name: str) -> bool:
         """May this request's principal do ``operation`` on the resource (always, without an authorizer)?"""

@@ -38,9 +38,10 @@ async def handle(ctx: RequestContext, request: Any) -> Any:
         cluster_id=ctx.broker.cluster_id,
         controller_id=ctx.broker.routing.controller_id(),
         brokers=tuple(
-            make(mod.DescribeClusterBroker, broker_id=b.node_id, host=b.host, port=b.port, rack=b.rack,
+            make(mod.DescribeClusterBroker, broker_id=b.node_id, host=host, port=port, rack=b.rack,
                  is_fenced=False)
             for b in brokers
+            for host, port in (ctx.address(b),)
         ),
         cluster_authorized_operations=operations,
     )

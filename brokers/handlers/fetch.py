@@ -219,5 +219,5 @@ def _response(ctx: RequestContext, plan: list[tuple[Any, list[_Part]]], committe
         error_code=ErrorCode.none,
         session_id=0,
         responses=tuple(responses),
-        node_endpoints=hints.node_endpoints(mod),
+        node_endpoints=hints.node_endpoints(mod, ctx),
     )

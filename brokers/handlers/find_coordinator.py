@@ -40,7 +40,7 @@ def _answer(ctx: RequestContext, key_type: int, key: str) -> tuple[ErrorCode, st
         if endpoint is None:
             return (ErrorCode.coordinator_not_available, f"{OFFSETS_TOPIC} partition {partition} has no live leader",
                     -1, "", -1)
-        return ErrorCode.none, None, endpoint.node_id, endpoint.host, endpoint.port
+        return ErrorCode.none, None, endpoint.node_id, *ctx.address(endpoint)
     if key_type == TRANSACTION:
         txns = ctx.broker.transactions
         if not key:
@@ -49,7 +49,7 @@ def _answer(ctx: RequestContext, key_type: int, key: str) -> tuple[ErrorCode, st
         if endpoint is None:
             where = f"{TXN_TOPIC} partition {txns.partition_for(key)}" if txns.partitions else TXN_TOPIC
             return ErrorCode.coordinator_not_available, f"{where} has no live leader yet", -1, "", -1
-        return ErrorCode.none, None, endpoint.node_id, endpoint.host, endpoint.port
+        return ErrorCode.none, None, endpoint.node_id, *ctx.address(endpoint)
     return ErrorCode.invalid_request, f"unknown coordinator key type {key_type}", -1, "", -1
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from brokers.handlers.base import make
+from brokers.handlers.base import RequestContext, make
 from brokers.routing import Endpoint, Leader
 
 NO_EPOCH = -1
@@ -41,15 +41,17 @@ class Hints:
         if endpoint is not None:
             self._endpoints.setdefault(endpoint.node_id, endpoint)
 
-    def node_endpoints(self, mod: Any) -> tuple[Any, ...]:
-        """The response's ``node_endpoints`` (empty for versions without them: ``make`` drops the field)."""
+    def node_endpoints(self, mod: Any, ctx: RequestContext | None = None) -> tuple[Any, ...]:
+        """The response's ``node_endpoints`` (empty for versions without them: ``make`` drops the field), as
+        clients of ``ctx``'s listener reach them."""
         cls = getattr(mod, "NodeEndpoint", None)
         if cls is None:
             return ()
-        return tuple(
-            make(cls, node_id=e.node_id, host=e.host, port=e.port, rack=e.rack)
-            for _id, e in sorted(self._endpoints.items())
-        )
+        out = []
+        for _id, e in sorted(self._endpoints.items()):
+            host, port = (e.host, e.port) if ctx is None else ctx.address(e)
+            out.append(make(cls, node_id=e.node_id, host=host, port=port, rack=e.rack))
+        return tuple(out)
 
 
 def current_leader(mod: Any, leader: Leader | None) -> Any:

@@ -18,6 +18,9 @@ whether or not auto-creation is on, as Kafka does; with auto-creation, so is one
 existing topic ('.' versus '_'; Kafka's auto-creation would answer LEADER_NOT_AVAILABLE and fail later).
 Nothing is created, and clients fail the send at once instead of retrying until a timeout.
 
+Brokers are advertised at the listener the request came in on (``advertised.listeners``; each cluster broker
+registers all of its listeners); a broker without a listener of that name, at its first address.
+
 A v10/v11 request naming a topic by id (null name, or a topic id) gets Kafka's error response for an
 InvalidRequestException (every topic INVALID_REQUEST): topic ids in Metadata requests exist from v12.
 """
@@ -82,7 +85,8 @@ async def handle(ctx: RequestContext, request: Any) -> bytes:
                 refused[name] = e
     routing = broker.routing
     key = (version, None if names is None else tuple(names), tuple(ids), broker.topics.generation,
-           broker.logs.generation, routing.node_id, routing.generation, id(routing), broker.logs.instance)
+           broker.logs.generation, routing.node_id, routing.generation, id(routing), broker.logs.instance,
+           ctx.listener)
     cached = _cache.get(key) if not refused and not checked else None
     if cached is not None:
         _cache.move_to_end(key)
@@ -188,7 +192,8 @@ def _encode(
     brokers = routing.brokers()
     out.append(_count(len(brokers), flexible))
     for b in brokers:
-        out.append(_I32.pack(b.node_id) + _string(b.host, flexible) + _I32.pack(b.port))
+        host, port = ctx.address(b)  # as reached through the listener the client came in on
+        out.append(_I32.pack(b.node_id) + _string(host, flexible) + _I32.pack(port))
         if version >= 1:
             out.append(_string(b.rack, flexible))
         out.append(tags)

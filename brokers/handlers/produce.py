@@ -185,7 +185,7 @@ def _response(ctx: RequestContext, outcomes: list[tuple[str, list[tuple[int, _Ou
                 )
             )
         topics.append(make(mod.TopicProduceResponse, name=name, partition_responses=tuple(responses)))
-    endpoints = hints.node_endpoints(mod)
+    endpoints = hints.node_endpoints(mod, ctx)
     return make(mod.ProduceResponse, responses=tuple(topics), throttle_time=NO_THROTTLE, node_endpoints=endpoints)
 
 

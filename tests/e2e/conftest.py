@@ -5,6 +5,8 @@
 * ``broker_factory``  — function-scoped factory: ``broker_factory(configs={...})`` for custom configs;
                         every broker it made is stopped at teardown.
 * ``topic_factory``   — ``topic_factory(bootstrap, partitions=3) -> name`` (created via AdminClient).
+* ``secure_broker``   — module-scoped broker with PLAINTEXT, SASL_SSL, SSL (mTLS) and SASL_PLAINTEXT listeners
+                        and a SCRAM user (tests/e2e/security_fixtures.py).
 
 At teardown a test fails if its broker logged a Python traceback (set ``BROKER_TRACEBACKS_OK = True``
 in a module that provokes error paths on purpose), and a failed test's report carries the broker's output
@@ -26,6 +28,7 @@ from tests.moto_server import MotoServer
 
 from .broker_process import BrokerProcess
 from .helpers import create_topic
+from .security_fixtures import secure_broker  # noqa: F401 - the security tests' module fixture
 
 NODE_DIR = Path(__file__).parent / "node"
 

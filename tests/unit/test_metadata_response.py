@@ -59,7 +59,7 @@ def _ctx(version: int) -> Any:
         topics=_Topics(), logs=_Logs(), cluster_id="cluster-xyz", authorizer=AllowAll(),
     )
     broker.routing = SingleBroker(broker)  # type: ignore[arg-type]  # what it reads of a Broker is here
-    return SimpleNamespace(broker=broker, api_version=version)
+    return SimpleNamespace(broker=broker, api_version=version, listener=None, address=lambda b: (b.host, b.port))
 
 
 def _kio(version: int, names: list[str] | None, ids: list[uuid.UUID | None], refused: dict[str, TopicError]) -> bytes:
