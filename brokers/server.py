@@ -32,7 +32,7 @@ from brokers.handlers import api_versions
 from brokers.handlers.base import RequestContext
 from brokers.handlers.registry import HANDLERS
 from brokers.listener import Listener
-from brokers.memory import Trimmer
+from brokers.memory import IdleTrimmer, Trimmer
 from brokers.observability import requests as request_metrics
 from brokers.observability import traffic
 from brokers.response_memory import RequestMemory, ResponseMemory
@@ -90,6 +90,21 @@ class KafkaServer(Listener):
         self.response_memory = ResponseMemory(broker.config.fetch_response_memory_bytes)
         self._left_running: set[asyncio.Task[Any]] = set()  # requests of closed connections finishing
         self._trimmer = Trimmer()
+        self._idle_trim: asyncio.Task[None] | None = None  # brokers/memory.py IdleTrimmer, while listening
+
+    async def start(self, host: str, port: int) -> int:
+        bound = await super().start(host, port)
+        if self._idle_trim is None:
+            self._idle_trim = asyncio.create_task(IdleTrimmer().run(), name="idle-trim")
+        return bound
+
+    async def stop(self) -> None:
+        task, self._idle_trim = self._idle_trim, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await super().stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read frames while the connection has room (back-pressure), start each request once the requests

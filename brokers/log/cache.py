@@ -20,6 +20,11 @@ class TailCache:
         return len(self._firsts) - self._head
 
     @property
+    def memory_bytes(self) -> int:
+        """Bytes of batches held (at most the budget, or one entry larger than it)."""
+        return self._bytes
+
+    @property
     def first_offset(self) -> int | None:
         return self._firsts[self._head] if len(self) else None
 

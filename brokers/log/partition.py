@@ -28,7 +28,7 @@ from brokers.log.lookup import LedgerLookup, scan_ledger
 from brokers.log.producers import ActiveProducer, ProducerStateError, ProducerTable
 from brokers.log.tiered import TieredLog, Tiering
 from brokers.log.txn_state import MAX_INDEXED_ABORTS, MarkerFenced, TxnState
-from brokers.log.types import AppendResult, LogConfig, LogError, NotLeader, ReadResult
+from brokers.log.types import AppendResult, LogConfig, LogError, LogMemory, NotLeader, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
 from metadata.api import MetadataError, MetadataStore, VersionConflict
 from metadata.keys import Keys
@@ -135,6 +135,13 @@ class PartitionLog(LedgerWriting, TieredLog):
     def inflight(self) -> int:
         """Entries given offsets but not yet confirmed."""
         return len(self._inflight)
+
+    def memory(self) -> LogMemory:
+        """What this log holds in memory now (no I/O; for ``tidelog_partition_memory_bytes``)."""
+        return LogMemory(
+            self._cache.memory_bytes, self._inflight.memory_bytes,
+            self._producers.memory_bytes() + self._durable.memory_bytes(),
+        )  # fmt: skip
 
     def active_producers(self) -> tuple[ActiveProducer, ...]:
         """DescribeProducers: the idempotent producers this log remembers, as Kafka's leader reports them
