@@ -158,7 +158,10 @@ class IdleTrimmer:
             self._idle_for = 0.0
             return False
         self._idle_for += elapsed
-        return self._busy and self._idle_for >= self._idle_after
+        if not self._busy or self._idle_for < self._idle_after:
+            return False
+        self._busy = False  # one trim per busy period
+        return True
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,7 +171,6 @@ class IdleTrimmer:
             cpu, now = self._cpu(), loop.time()
             due = self.step(cpu - last_cpu, now - last_t)
             if due:
-                self._busy = False
                 free = await asyncio.to_thread(self._free)
                 if free is None or free >= TRIM_AFTER_BYTES:
                     started = time.perf_counter()
