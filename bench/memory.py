@@ -3,7 +3,9 @@
 Starts ``tidelog run`` (embedded, with ``--admin``) on 127.0.0.1 with a temporary data directory, then:
 
 1. full load: one confluent-kafka producer, 1 KiB records, acks=all, as fast as it can for --duration s;
-2. idle: no traffic for --idle seconds (the idle trimmer should give freed heap back).
+2. with --consume: one consumer reads everything from offset 0 (segments, then the tail), at most
+   --consume-limit seconds;
+3. idle: no traffic for --idle seconds (the idle trimmer should give freed heap back).
 
 The broker's RSS (VmRSS from /proc) is sampled every --interval seconds throughout. At the end of the load
 and at the end of the idle phase it reads ``/metrics``: ``tidelog_broker_memory_bytes{component}`` and the
@@ -26,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import EmbeddedBroker, free_port, machine, table
@@ -100,12 +102,34 @@ def produce(bootstrap: str, topic: str, partitions: int, size: int, duration: fl
     return n, time.perf_counter() - start
 
 
+def consume(bootstrap: str, topic: str, partitions: int, records: int, limit_s: float) -> tuple[int, int, float]:
+    """Read from offset 0 until ``records`` are read or ``limit_s`` passes: (records, bytes, seconds)."""
+    c = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"mem-{time.time_ns()}", "enable.auto.commit": False,
+        "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 10_485_760,
+    })  # fmt: skip
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    n = size = 0
+    start = time.perf_counter()
+    try:
+        while n < records and time.perf_counter() - start < limit_s:
+            for m in c.consume(10_000, 1.0):
+                if m.error() is None:
+                    n += 1
+                    size += len(m.value() or b"")
+    finally:
+        c.close()
+    return n, size, time.perf_counter() - start
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--record-size", type=int, default=1024)
     ap.add_argument("--duration", type=float, default=60.0, help="full-load seconds")
     ap.add_argument("--idle", type=float, default=30.0, help="idle seconds after the load")
+    ap.add_argument("--consume", action="store_true", help="read everything back from offset 0 after the load")
+    ap.add_argument("--consume-limit", type=float, default=60.0, help="max seconds of the consume phase")
     ap.add_argument("--interval", type=float, default=0.5, help="RSS sampling interval")
     ap.add_argument("--broker-config", action="append", default=[], metavar="K=V", help="--config for tidelog run")
     args = ap.parse_args()
@@ -120,11 +144,17 @@ def main() -> None:
         topic = f"mem-{int(time.time())}"
         create_topic(broker.bootstrap, topic, args.partitions)
         base_rss = rss_mib(pid)
-        sampler = Sampler(pid, args.interval, args.duration + args.idle + 180)
+        sampler = Sampler(pid, args.interval, args.duration + args.idle + args.consume_limit + 180)
         sampler.start()
         n, wall = produce(broker.bootstrap, topic, args.partitions, args.record_size, args.duration)
         load_components, load_parts, nparts = scrape(admin)
         load_rss = rss_mib(pid)
+        read = None
+        if args.consume:
+            sampler.phase = "read"
+            read = consume(broker.bootstrap, topic, args.partitions, n, args.consume_limit)
+            read_components, _, _ = scrape(admin)
+            read_rss = rss_mib(pid)
         sampler.phase = "idle"
         time.sleep(args.idle)
         idle_components, idle_parts, _ = scrape(admin)
@@ -146,6 +176,12 @@ def main() -> None:
         ("RSS before load", f"{base_rss:.1f} MiB"),
         ("RSS peak (VmHWM)", f"{peak:.1f} MiB (sampled during load: {load_peak:.1f} MiB)"),
         ("RSS end of load", f"{load_rss:.1f} MiB"),
+        *([] if read is None else [
+            ("read back", f"{read[0]:,} records, {read[1] / read[2] / MB:.1f} MB/s"),
+            ("RSS end of read", f"{read_rss:.1f} MiB; fetch responses "
+             f"{read_components.get('fetch_responses', 0) / MIB:.1f} MiB, tiered block cache "
+             f"{read_components.get('tiered_block_cache', 0) / MIB:.1f} MiB"),
+        ]),
         (f"RSS after {args.idle:.0f} s idle", f"{idle_rss:.1f} MiB"),
         ("partition memory, end of load", f"{load_parts / MIB:.1f} MiB over {nparts} partitions"),
         ("partition memory, idle", f"{idle_parts / MIB:.1f} MiB"),

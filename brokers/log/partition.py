@@ -21,7 +21,7 @@ from kio.schema.errors import ErrorCode
 from brokers.codec.batch import BatchHeader, assign_offsets, iter_headers
 from brokers.codec.batch_limits import take_batches
 from brokers.codec.control import build_marker
-from brokers.log.cache import TailCache
+from brokers.log.cache import TailBudget, TailCache
 from brokers.log.index import LedgerIndex
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup, scan_ledger
@@ -64,6 +64,8 @@ class PartitionLog(LedgerWriting, TieredLog):
         partition: int,
         config: LogConfig,
         tiering: Tiering | None = None,
+        *,
+        tail_budget: TailBudget | None = None,
     ) -> None:
         self.topic_id = topic_id
         self.partition = partition
@@ -92,7 +94,7 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._upgrade_at = 0.0
         self._next_offset = 0
         self._hw = 0
-        self._cache = TailCache(config.tail_cache_bytes)
+        self._cache = TailCache(config.tail_cache_bytes, tail_budget)
         self._lookup = LedgerLookup(ledgers)
         self._producers = ProducerTable()  # every appended batch (sequence checks)
         self._settle_until = 0.0  # time.monotonic() until which a sequence gap is retriable (ProducerTable.check)
@@ -493,6 +495,7 @@ class PartitionLog(LedgerWriting, TieredLog):
                     await self._close_writer()
             await self._lookup.readers.close()
             self._depose("the partition was closed on this broker")
+            self._cache.clear()  # its bytes leave the broker-wide tail budget
         await self._detach_tiers()
         task = self._repair_task
         if task is not None and not task.done():

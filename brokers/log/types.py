@@ -42,6 +42,8 @@ class LogConfig:
     write_quorum: int = 1
     ack_quorum: int = 1
     tail_cache_bytes: int = 32 * 1024 * 1024
+    tail_cache_total_bytes: int = 0
+    """Tail caches of all partitions together (brokers/log/cache.py TailBudget); 0: no broker-wide bound."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from brokers.log.cache import TailCache
+from brokers.log.cache import TailBudget, TailCache
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.producers import PRODUCER_BYTES, ProducerTable
 from brokers.log.types import LogMemory
@@ -89,3 +89,38 @@ def test_idle_trimmer_task_trims_in_a_thread_after_busy_then_idle() -> None:
     trimmer = asyncio.run(scenario())
     assert asked  # it looked at the free heap once idle after the busy period
     assert trimmer.trims == 0  # too little free heap to be worth a trim
+
+
+def test_tail_budget_bounds_every_cache_together_oldest_first() -> None:
+    budget = TailBudget(1000)
+    a, b = TailCache(800, budget), TailCache(800, budget)
+    a.add(0, 0, memoryview(bytes(300)))
+    b.add(0, 0, memoryview(bytes(300)))
+    a.add(1, 1, memoryview(bytes(300)))
+    assert (a.memory_bytes, b.memory_bytes, budget.used) == (600, 300, 900)
+    b.add(1, 1, memoryview(bytes(300)))  # 1200 > 1000: a's entry 0 (the oldest anywhere) goes
+    assert (a.memory_bytes, b.memory_bytes, budget.used) == (300, 600, 900)
+    assert a.read(0, 10_000, 10) is None and a.read(1, 10_000, 10) is not None
+    b.add(2, 2, memoryview(bytes(300)))  # next oldest: b's entry 0; a keeps its newest
+    assert (a.memory_bytes, b.memory_bytes, budget.used) == (300, 600, 900)
+    a.clear()  # a partition closed: its bytes leave the budget
+    assert budget.used == 600
+    b.truncate_after(2)
+    assert budget.used == b.memory_bytes == 300
+
+
+def test_tail_budget_keeps_its_eviction_order_bounded() -> None:
+    budget = TailBudget(10**9)  # never over: stale order records must still be dropped
+    cache = TailCache(1000, budget)
+    for i in range(20_000):
+        cache.add(i, i, memoryview(bytes(100)))
+    assert cache.memory_bytes == budget.used == 1000
+    assert len(budget._order) <= 2 * len(cache) + 1024 + 1
+
+
+def test_no_broker_wide_bound_when_zero() -> None:
+    budget = TailBudget(0)
+    caches = [TailCache(500, budget) for _ in range(4)]
+    for c in caches:
+        c.add(0, 0, memoryview(bytes(400)))
+    assert budget.used == 1600 and all(c.memory_bytes == 400 for c in caches)
