@@ -1,9 +1,11 @@
 """Memory figures of a real ``tidelog run --admin`` process (issue 15): ``tidelog_partition_memory_bytes`` per
 owned partition and ``tidelog_broker_memory_bytes{component}``.
 
-The broker runs with a 1 MiB tail cache per partition so the bound is reached with little data. The figures
-must be non-zero once a partition holds data, grow with the data up to the cache bound (plus one entry and
-producer state), agree with the component sums, and go away when the topic is deleted. Nothing here reads
+The broker runs with a 1 MiB tail cache per partition and 1.5 MiB for all partitions together, so the bounds
+are reached with little data. The figures must be non-zero once a partition holds data, grow with the data up
+to the cache bound (plus one entry and producer state), agree with the component sums, shrink for the
+partition with the oldest data when another one fills the broker-wide budget, and go away when the topic is
+deleted. Nothing here reads
 the process's heap or RSS (those depend on the whole process, not on what the test did).
 """
 
@@ -23,6 +25,7 @@ from .broker_process import BrokerProcess, free_port
 from .helpers import create_topic
 
 CACHE = 1024 * 1024
+TOTAL = 1536 * 1024
 TOPIC = "memory-a"
 OTHER = "memory-b"
 VALUE = 1000
@@ -59,10 +62,9 @@ def produce(bootstrap: str, topic: str, partition: int, count: int) -> None:
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerProcess, str]]:
     admin = f"127.0.0.1:{free_port()}"
-    proc = BrokerProcess(
-        tmp_path_factory.mktemp("memory") / "data",
-        extra_args=["--admin", admin, "--config", f"tail.cache.bytes.per.partition={CACHE}"],
-    ).start()
+    configs = [f"tail.cache.bytes.per.partition={CACHE}", f"tail.cache.total.bytes={TOTAL}"]
+    args = ["--admin", admin] + [arg for kv in configs for arg in ("--config", kv)]
+    proc = BrokerProcess(tmp_path_factory.mktemp("memory") / "data", extra_args=args).start()
     try:
         create_topic(proc.bootstrap, TOPIC, 2)
         create_topic(proc.bootstrap, OTHER, 1)
@@ -96,6 +98,12 @@ def test_partition_memory_grows_to_the_cache_bound_and_goes_on_delete(broker: tu
         components["tail_cache"] + components["inflight"] + components["producer_state"]
     )
     assert components["fetch_responses"] >= 0
+
+    produce(proc.bootstrap, TOPIC, 1, 1000)  # ~1 MB more elsewhere: over the broker-wide budget
+    parts, components = scrape(admin)
+    assert parts[(TOPIC, 1)] >= 900 * VALUE, parts  # the newest data stays
+    assert parts[(TOPIC, 0)] < big, parts  # partition 0's oldest entries made room
+    assert components["tail_cache"] <= TOTAL + 1_000_000, components  # the budget, plus at most one entry
 
     produce(proc.bootstrap, OTHER, 0, 100)
     admin_client = AdminClient({"bootstrap.servers": proc.bootstrap})
