@@ -156,7 +156,9 @@ def main() -> None:
             read_components, _, _ = scrape(admin)
             read_rss = rss_mib(pid)
         sampler.phase = "idle"
+        cpu0 = broker.cpu_seconds()
         time.sleep(args.idle)
+        idle_cpu = 100 * (broker.cpu_seconds() - cpu0) / args.idle
         idle_components, idle_parts, _ = scrape(admin)
         idle_rss = rss_mib(pid)
         sampler.stop_at = 0.0
@@ -182,7 +184,7 @@ def main() -> None:
              f"{read_components.get('fetch_responses', 0) / MIB:.1f} MiB, tiered block cache "
              f"{read_components.get('tiered_block_cache', 0) / MIB:.1f} MiB"),
         ]),
-        (f"RSS after {args.idle:.0f} s idle", f"{idle_rss:.1f} MiB"),
+        (f"RSS after {args.idle:.0f} s idle", f"{idle_rss:.1f} MiB (broker CPU while idle: {idle_cpu:.1f}% of a core)"),
         ("partition memory, end of load", f"{load_parts / MIB:.1f} MiB over {nparts} partitions"),
         ("partition memory, idle", f"{idle_parts / MIB:.1f} MiB"),
     ]

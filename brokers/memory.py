@@ -12,6 +12,14 @@ makes every buffer from 128 KiB up its own mapping, returned when freed, but cos
 3 ms of broker CPU per MB (each ~1 MB request frame and ledger entry is mapped, faulted in and unmapped):
 110.6 MB/s against 129.2 MB/s without it (docs/benchmarks.md).
 
+``limit_arenas`` (called before a broker process starts its event loop) caps glibc's malloc arenas at
+``ARENAS``. glibc gives threads their own arenas (up to 8 per core); the broker's threads (obstore's tokio
+runtime, ``to_thread`` workers) allocate object-store reads and journal reads there, and each of those arenas
+kept ~30 MiB resident that ``malloc_trim`` did not give back: after a full-load produce and a replay, RSS idled
+at 776-834 MiB with the default against 536 MiB with two arenas (docs/benchmarks.md, "Broker memory"). The
+GIL serializes Python anyway; the event loop keeps the main arena. ``MALLOC_ARENA_MAX`` in the environment
+wins.
+
 ``IdleTrimmer`` does the same when the broker goes idle after a busy period (its process CPU falls below
 ``IDLE_CPU_FRACTION`` of a core for ``IDLE_AFTER_S``) while glibc holds at least ``TRIM_AFTER_BYTES`` of free
 heap: the heap a full-load produce leaves behind (freed ledger entries, request frames, offload buffers) goes
@@ -28,6 +36,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +47,9 @@ log = logging.getLogger(__name__)
 TRIM_AFTER_BYTES = 16 * 1024 * 1024
 """A closing connection that held at least this much response memory at once triggers a trim."""
 TRIM_INTERVAL_S = 1.0
+ARENAS = 2
+M_ARENA_MAX = -8
+"""glibc's mallopt parameter number for the arena cap."""
 IDLE_AFTER_S = 2.0
 """How long the process must stay idle before the idle trimmer trims."""
 IDLE_CPU_FRACTION = 0.05
@@ -97,6 +109,21 @@ def heap() -> HeapFigures | None:
         return None
     info = fn()
     return HeapFigures(in_use=int(info.uordblks + info.hblkhd), free=int(info.fordblks))
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX)``) unless ``MALLOC_ARENA_MAX`` is set; call it before
+    threads start. False where glibc's mallopt is not there (or the environment decides)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
 
 
 def trim() -> bool:

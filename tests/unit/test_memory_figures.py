@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from brokers.log.cache import TailBudget, TailCache
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.producers import PRODUCER_BYTES, ProducerTable
 from brokers.log.types import LogMemory
-from brokers.memory import IDLE_AFTER_S, TRIM_AFTER_BYTES, IdleTrimmer
+from brokers.memory import IDLE_AFTER_S, TRIM_AFTER_BYTES, IdleTrimmer, limit_arenas
 from metadata.models import ProducerSnapshotEntry
 
 
@@ -124,3 +126,8 @@ def test_no_broker_wide_bound_when_zero() -> None:
     for c in caches:
         c.add(0, 0, memoryview(bytes(400)))
     assert budget.used == 1600 and all(c.memory_bytes == 400 for c in caches)
+
+
+def test_limit_arenas_leaves_an_operator_choice_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_arenas() is False  # the environment decides; nothing is changed in this process
