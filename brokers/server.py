@@ -90,12 +90,13 @@ class KafkaServer(Listener):
         self.response_memory = ResponseMemory(broker.config.fetch_response_memory_bytes)
         self._left_running: set[asyncio.Task[Any]] = set()  # requests of closed connections finishing
         self._trimmer = Trimmer()
-        self._idle_trim: asyncio.Task[None] | None = None  # brokers/memory.py IdleTrimmer, while listening
+        self.idle_trimmer = IdleTrimmer()
+        self._idle_trim: asyncio.Task[None] | None = None  # its task, while listening
 
     async def start(self, host: str, port: int) -> int:
         bound = await super().start(host, port)
         if self._idle_trim is None:
-            self._idle_trim = asyncio.create_task(IdleTrimmer().run(), name="idle-trim")
+            self._idle_trim = asyncio.create_task(self.idle_trimmer.run(), name="idle-trim")
         return bound
 
     async def stop(self) -> None:

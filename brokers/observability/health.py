@@ -42,6 +42,9 @@ def admin_server(broker: Broker, kafka: Listener, lease_alive: Callable[[], bool
     cluster_metrics.register()  # exported from the start (0), also before brokers/cluster/ first calls a hook
     lag = GroupLag(broker)
     server = AdminServer(lambda: collect(broker, lag), ready=readiness(kafka, lease_alive), on_stop=lag.close)
-    responses = kafka.response_memory if isinstance(kafka, KafkaServer) else None
-    server.register(MemoryCollector(lambda: collect_memory(broker, lambda: 0 if responses is None else responses.used)))
+    if isinstance(kafka, KafkaServer):
+        responses, trimmer = kafka.response_memory, kafka.idle_trimmer
+        server.register(MemoryCollector(lambda: collect_memory(broker, lambda: responses.used, lambda: trimmer.heap)))
+    else:
+        server.register(MemoryCollector(lambda: collect_memory(broker)))
     return server

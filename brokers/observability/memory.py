@@ -9,7 +9,9 @@ or moves away.
 ``producer_state``), the fetch responses held (``fetch_responses``, bounded by
 ``fetch.response.memory.bytes``), the tiered block cache (``tiered_block_cache``, bounded by
 ``tiered.block.cache.bytes``) and glibc's heap (``heap_in_use``, ``heap_free``: free chunks kept mapped, what
-the idle trimmer gives back). Resident memory itself is ``process_resident_memory_bytes``.
+the idle trimmer gives back) as of the idle trimmer's last check (reading it walks the heap under its locks,
+so a scrape never does; absent until the broker has been busy and gone idle once). Resident memory itself is
+``process_resident_memory_bytes``.
 """
 
 from __future__ import annotations
@@ -43,8 +45,12 @@ class MemoryFigures:
     components: tuple[tuple[str, int], ...]
 
 
-def collect_memory(broker: Broker, fetch_responses: Callable[[], int] = lambda: 0) -> MemoryFigures:
-    """The broker's memory figures now (no I/O; ``heap_*`` walk glibc's free lists)."""
+def collect_memory(
+    broker: Broker,
+    fetch_responses: Callable[[], int] = lambda: 0,
+    heap: Callable[[], heap_memory.HeapFigures | None] = lambda: None,
+) -> MemoryFigures:
+    """The broker's memory figures now (no I/O, no heap walk: ``heap`` gives the last figures taken)."""
     parts: list[PartitionMemory] = []
     for plog in broker.logs.all():
         topic = broker.topics.by_id(plog.topic_id)
@@ -57,9 +63,9 @@ def collect_memory(broker: Broker, fetch_responses: Callable[[], int] = lambda: 
         ("fetch_responses", fetch_responses()),
         ("tiered_block_cache", 0 if broker.tiering is None else broker.tiering.cache.size),
     ]
-    heap = heap_memory.heap()
-    if heap is not None:
-        components += [("heap_in_use", heap.in_use), ("heap_free", heap.free)]
+    figures = heap()
+    if figures is not None:
+        components += [("heap_in_use", figures.in_use), ("heap_free", figures.free)]
     return MemoryFigures(tuple(parts), tuple(components))
 
 

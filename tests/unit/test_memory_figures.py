@@ -12,7 +12,7 @@ from brokers.log.cache import TailBudget, TailCache
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.producers import PRODUCER_BYTES, ProducerTable
 from brokers.log.types import LogMemory
-from brokers.memory import IDLE_AFTER_S, TRIM_AFTER_BYTES, IdleTrimmer, limit_arenas
+from brokers.memory import IDLE_AFTER_S, TRIM_AFTER_BYTES, HeapFigures, IdleTrimmer, limit_arenas
 from metadata.models import ProducerSnapshotEntry
 
 
@@ -53,7 +53,7 @@ def test_producer_table_estimate_and_log_memory_total() -> None:
 
 
 def test_idle_trimmer_trims_once_after_a_busy_period_goes_idle() -> None:
-    trimmer = IdleTrimmer(free_bytes=lambda: TRIM_AFTER_BYTES)
+    trimmer = IdleTrimmer(heap_figures=lambda: HeapFigures(0, TRIM_AFTER_BYTES))
     assert not trimmer.step(0.0, 1.0)  # idle from the start: nothing to give back
     assert not trimmer.step(0.0, IDLE_AFTER_S * 2)
     assert not trimmer.step(0.9, 1.0)  # busy
@@ -69,12 +69,12 @@ def test_idle_trimmer_task_trims_in_a_thread_after_busy_then_idle() -> None:
     cpu = [0.0]
     asked: list[int] = []
 
-    def free() -> int:
+    def free() -> HeapFigures:
         asked.append(1)
-        return 0  # nothing worth trimming: the decision is made, trim() is not called
+        return HeapFigures(in_use=5, free=0)  # nothing worth trimming: the decision is made, trim() is not called
 
     async def scenario() -> IdleTrimmer:
-        trimmer = IdleTrimmer(cpu=lambda: cpu[0], free_bytes=free, check_s=0.01, idle_after_s=0.03)
+        trimmer = IdleTrimmer(cpu=lambda: cpu[0], heap_figures=free, check_s=0.01, idle_after_s=0.03)
         task = asyncio.create_task(trimmer.run())
         try:
             for _ in range(5):  # busy: a full core
@@ -91,6 +91,7 @@ def test_idle_trimmer_task_trims_in_a_thread_after_busy_then_idle() -> None:
     trimmer = asyncio.run(scenario())
     assert asked  # it looked at the free heap once idle after the busy period
     assert trimmer.trims == 0  # too little free heap to be worth a trim
+    assert trimmer.heap == HeapFigures(in_use=5, free=0)  # what the gauges export until the next idle check
 
 
 def test_tail_budget_bounds_every_cache_together_oldest_first() -> None:
