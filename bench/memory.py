@@ -122,6 +122,10 @@ def consume(bootstrap: str, topic: str, partitions: int, records: int, limit_s: 
     return n, size, time.perf_counter() - start
 
 
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / MIB:.1f} MiB"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--partitions", type=int, default=3)
@@ -189,8 +193,8 @@ def main() -> None:
         ("partition memory, idle", f"{idle_parts / MIB:.1f} MiB"),
     ]
     rows += [
-        (f"component {name}", f"load {v / MIB:.1f} MiB, idle {idle_components.get(name, 0) / MIB:.1f} MiB")
-        for name, v in sorted(load_components.items())
+        (f"component {name}", f"load {fmt(load_components.get(name))}, idle {fmt(idle_components.get(name))}")
+        for name in sorted(load_components.keys() | idle_components.keys())
     ]
     rows.append(("machine", machine()))
     rows.append(("load average (1, 5, 15 min)", " ".join(f"{x:.2f}" for x in os.getloadavg())))
