@@ -29,6 +29,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from brokers.listener import Listener
 from brokers.metrics import CONTENT_TYPE, BrokerFigures, SnapshotCollector, exposition, offload_status
@@ -193,6 +194,10 @@ class AdminServer(Listener):
         self._ready = ready
         self._on_stop = on_stop
         self._registry = _snapshot_registry(figures)
+
+    def register(self, collector: Collector) -> None:
+        """Serve ``collector``'s series too, beside the snapshot's (brokers/observability/memory.py)."""
+        self._registry.register(collector)
 
     async def stop(self) -> None:
         await super().stop()

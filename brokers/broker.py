@@ -86,6 +86,7 @@ class Broker:
                 write_quorum=config.ledger_write_quorum,
                 ack_quorum=config.ledger_ack_quorum,
                 tail_cache_bytes=config.tail_cache_bytes,
+                tail_cache_total_bytes=config.tail_cache_total_bytes,
             ),
             self.tiering,
         )

@@ -199,6 +199,10 @@ class BrokerConfig:
     tail_cache_bytes: int = field(
         default=32 * 1024 * 1024, metadata={"key": "tail.cache.bytes.per.partition", "parse": _positive}
     )
+    # Every partition's tail cache together (the oldest entries of any partition are evicted first); 0: no bound.
+    tail_cache_total_bytes: int = field(
+        default=256 * 1024 * 1024, metadata={"key": "tail.cache.total.bytes", "parse": _non_negative}
+    )
     bookies: int = 0  # `tidelog run --bookies N`: N local bookie processes; 0 = the in-process bookie
     ledger_ensemble_size: int = field(default=1, metadata={"key": "ledger.ensemble.size", "parse": _positive})
     ledger_write_quorum: int = field(default=1, metadata={"key": "ledger.write.quorum", "parse": _positive})

@@ -32,7 +32,7 @@ from brokers.handlers import api_versions
 from brokers.handlers.base import RequestContext
 from brokers.handlers.registry import HANDLERS
 from brokers.listener import Listener
-from brokers.memory import Trimmer
+from brokers.memory import IdleTrimmer, Trimmer
 from brokers.observability import requests as request_metrics
 from brokers.observability import traffic
 from brokers.response_memory import RequestMemory, ResponseMemory
@@ -103,6 +103,22 @@ class KafkaServer(Listener):
         self.response_memory = ResponseMemory(broker.config.fetch_response_memory_bytes)
         self._left_running: set[asyncio.Task[Any]] = set()  # requests of closed connections finishing
         self._trimmer = Trimmer()
+        self.idle_trimmer = IdleTrimmer()
+        self._idle_trim: asyncio.Task[None] | None = None  # its task, while listening
+
+    async def start(self, host: str, port: int) -> int:
+        bound = await super().start(host, port)
+        if self._idle_trim is None:
+            self._idle_trim = asyncio.create_task(self.idle_trimmer.run(), name="idle-trim")
+        return bound
+
+    async def stop(self) -> None:
+        task, self._idle_trim = self._idle_trim, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await super().stop()
 
     async def start(self, host: str, port: int) -> int:
         if self._tls is not None:

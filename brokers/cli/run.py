@@ -114,7 +114,10 @@ def _check_quorums(config: BrokerConfig) -> None:
 
 
 def run_async(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` on uvloop when it is there."""
+    """Run ``coro`` on uvloop when it is there, with glibc's malloc arenas capped (brokers/memory.py)."""
+    from brokers.memory import limit_arenas
+
+    limit_arenas()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable without it

@@ -59,6 +59,12 @@ class InflightEntries:
 
     def __init__(self) -> None:
         self._entries: deque[PendingEntry] = deque()
+        self._bytes = 0
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the unconfirmed entries (kept to be written again if their ledger fails)."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -71,12 +77,15 @@ class InflightEntries:
 
     def push(self, entry: PendingEntry) -> None:
         self._entries.append(entry)
+        self._bytes += len(entry.entry)
 
     def front(self) -> PendingEntry | None:
         return self._entries[0] if self._entries else None
 
     def pop_front(self) -> PendingEntry:
-        return self._entries.popleft()
+        entry = self._entries.popleft()
+        self._bytes -= len(entry.entry)
+        return entry
 
     def holding(self, offset: int) -> PendingEntry | None:
         """The entry whose offsets include ``offset``."""
@@ -89,3 +98,4 @@ class InflightEntries:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._bytes = 0

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 
+from brokers.log.cache import TailBudget
 from brokers.log.partition import LogConfig, NotLeader, PartitionLog, Tiering
 from metadata.api import MetadataStore
 from metadata.keys import Keys
@@ -26,6 +27,8 @@ class LogManager:
         self._ledgers = ledgers
         self.config = config
         self._logs: dict[tuple[str, int], PartitionLog] = {}
+        self.tail_budget = TailBudget(config.tail_cache_total_bytes)
+        """Bytes of every log's tail cache, bounded broker-wide (``tail.cache.total.bytes``)."""
         self._loading: dict[tuple[str, int], asyncio.Task[PartitionLog]] = {}
         self.generation = 0
         """Changes whenever a log is loaded or dropped (its epoch is then new)."""
@@ -75,7 +78,10 @@ class LogManager:
 
     async def _load(self, key: tuple[str, int]) -> PartitionLog:
         try:
-            plog = PartitionLog(self._store, self._keys, self._ledgers, key[0], key[1], self.config, self.tiering)
+            plog = PartitionLog(
+                self._store, self._keys, self._ledgers, key[0], key[1], self.config, self.tiering,
+                tail_budget=self.tail_budget,
+            )  # fmt: skip
             await plog.load()
             self._logs[key] = plog
             self._changed(key[0])

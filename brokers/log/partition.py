@@ -21,14 +21,14 @@ from kio.schema.errors import ErrorCode
 from brokers.codec.batch import BatchHeader, assign_offsets, iter_headers
 from brokers.codec.batch_limits import take_batches
 from brokers.codec.control import build_marker
-from brokers.log.cache import TailCache
+from brokers.log.cache import TailBudget, TailCache
 from brokers.log.index import LedgerIndex
 from brokers.log.inflight import InflightEntries, PendingEntry
 from brokers.log.lookup import LedgerLookup, scan_ledger
 from brokers.log.producers import ActiveProducer, ProducerStateError, ProducerTable
 from brokers.log.tiered import TieredLog, Tiering
 from brokers.log.txn_state import MAX_INDEXED_ABORTS, MarkerFenced, TxnState
-from brokers.log.types import AppendResult, LogConfig, LogError, NotLeader, ReadResult
+from brokers.log.types import AppendResult, LogConfig, LogError, LogMemory, NotLeader, ReadResult
 from brokers.log.writing import RETRY_MIN_S, LedgerWriting, unavailable_code
 from metadata.api import MetadataError, MetadataStore, VersionConflict
 from metadata.keys import Keys
@@ -64,6 +64,8 @@ class PartitionLog(LedgerWriting, TieredLog):
         partition: int,
         config: LogConfig,
         tiering: Tiering | None = None,
+        *,
+        tail_budget: TailBudget | None = None,
     ) -> None:
         self.topic_id = topic_id
         self.partition = partition
@@ -92,7 +94,7 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._upgrade_at = 0.0
         self._next_offset = 0
         self._hw = 0
-        self._cache = TailCache(config.tail_cache_bytes)
+        self._cache = TailCache(config.tail_cache_bytes, tail_budget)
         self._lookup = LedgerLookup(ledgers)
         self._producers = ProducerTable()  # every appended batch (sequence checks)
         self._settle_until = 0.0  # time.monotonic() until which a sequence gap is retriable (ProducerTable.check)
@@ -135,6 +137,13 @@ class PartitionLog(LedgerWriting, TieredLog):
     def inflight(self) -> int:
         """Entries given offsets but not yet confirmed."""
         return len(self._inflight)
+
+    def memory(self) -> LogMemory:
+        """What this log holds in memory now (no I/O; for ``tidelog_partition_memory_bytes``)."""
+        return LogMemory(
+            self._cache.memory_bytes, self._inflight.memory_bytes,
+            self._producers.memory_bytes() + self._durable.memory_bytes(),
+        )  # fmt: skip
 
     def active_producers(self) -> tuple[ActiveProducer, ...]:
         """DescribeProducers: the idempotent producers this log remembers, as Kafka's leader reports them
@@ -486,6 +495,7 @@ class PartitionLog(LedgerWriting, TieredLog):
                     await self._close_writer()
             await self._lookup.readers.close()
             self._depose("the partition was closed on this broker")
+            self._cache.clear()  # its bytes leave the broker-wide tail budget
         await self._detach_tiers()
         task = self._repair_task
         if task is not None and not task.done():

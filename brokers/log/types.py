@@ -9,7 +9,7 @@ from kio.schema.errors import ErrorCode
 from brokers.log.inflight import AppendResult
 from brokers.routing import Endpoint, Leader
 
-__all__ = ["AppendResult", "LogConfig", "LogError", "NotLeader", "ReadResult"]
+__all__ = ["AppendResult", "LogConfig", "LogError", "LogMemory", "NotLeader", "ReadResult"]
 
 
 class LogError(Exception):
@@ -42,6 +42,8 @@ class LogConfig:
     write_quorum: int = 1
     ack_quorum: int = 1
     tail_cache_bytes: int = 32 * 1024 * 1024
+    tail_cache_total_bytes: int = 0
+    """Tail caches of all partitions together (brokers/log/cache.py TailBudget); 0: no broker-wide bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +53,19 @@ class ReadResult:
     batches: list[memoryview]
     high_watermark: int
     log_start_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogMemory:
+    """What one partition log holds in memory, in bytes (brokers/observability/memory.py exports it)."""
+
+    tail_cache: int = 0
+    """Recent batches kept for tail reads (bounded by ``tail.cache.bytes.per.partition``)."""
+    inflight: int = 0
+    """Entries given offsets and not yet durable."""
+    producer_state: int = 0
+    """Idempotent-producer tables (append-side and durable; an estimate per producer)."""
+
+    @property
+    def total(self) -> int:
+        return self.tail_cache + self.inflight + self.producer_state

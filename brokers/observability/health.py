@@ -16,6 +16,8 @@ from brokers.listener import Listener
 from brokers.metrics import collect
 from brokers.observability import cluster_metrics, process
 from brokers.observability.groups import GroupLag
+from brokers.observability.memory import MemoryCollector, collect_memory
+from brokers.server import KafkaServer
 
 if TYPE_CHECKING:
     from brokers.broker import Broker
@@ -35,8 +37,14 @@ def readiness(kafka: Listener, lease_alive: Callable[[], bool] | None = None) ->
 
 
 def admin_server(broker: Broker, kafka: Listener, lease_alive: Callable[[], bool] | None = None) -> AdminServer:
-    """The admin HTTP server of ``broker``: its figures with consumer-group lag, and its readiness."""
+    """The admin HTTP server of ``broker``: its figures with consumer-group lag and memory, and its readiness."""
     process.install()
     cluster_metrics.register()  # exported from the start (0), also before brokers/cluster/ first calls a hook
     lag = GroupLag(broker)
-    return AdminServer(lambda: collect(broker, lag), ready=readiness(kafka, lease_alive), on_stop=lag.close)
+    server = AdminServer(lambda: collect(broker, lag), ready=readiness(kafka, lease_alive), on_stop=lag.close)
+    if isinstance(kafka, KafkaServer):
+        responses, trimmer = kafka.response_memory, kafka.idle_trimmer
+        server.register(MemoryCollector(lambda: collect_memory(broker, lambda: responses.used, lambda: trimmer.heap)))
+    else:
+        server.register(MemoryCollector(lambda: collect_memory(broker)))
+    return server
