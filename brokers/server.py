@@ -107,6 +107,8 @@ class KafkaServer(Listener):
         self._idle_trim: asyncio.Task[None] | None = None  # its task, while listening
 
     async def start(self, host: str, port: int) -> int:
+        if self._tls is not None:
+            self._tls.start()
         bound = await super().start(host, port)
         if self._idle_trim is None:
             self._idle_trim = asyncio.create_task(self.idle_trimmer.run(), name="idle-trim")
@@ -118,14 +120,6 @@ class KafkaServer(Listener):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await super().stop()
-
-    async def start(self, host: str, port: int) -> int:
-        if self._tls is not None:
-            self._tls.start()
-        return await super().start(host, port)
-
-    async def stop(self) -> None:
         if self._tls is not None:
             await self._tls.stop()
         await super().stop()
