@@ -89,7 +89,8 @@ def test_every_line_is_in_the_text_format_and_every_family_is_typed() -> None:
         "tidelog_offload_segments_total", "tidelog_offload_bytes_total", "tidelog_offload_retries_total",
         "tidelog_offload_reuploads_total", "tidelog_offload_orphans_deleted_total",
         "tidelog_offload_owner_bytes", "tidelog_offload_segments_from_owner_total",
-        "tidelog_offload_segments_from_bookies_total", "tidelog_storage_disk_full", "tidelog_tiered_read_failures_total",
+        "tidelog_offload_segments_from_bookies_total", "tidelog_storage_disk_full",
+        "tidelog_tiered_read_failures_total",
         "tidelog_consumer_group_committed_offset", "tidelog_consumer_group_lag",
     }  # fmt: skip
     assert set(families) == expected
