@@ -239,6 +239,7 @@ class Offloader:
         """Offload the partition's closed ledgers in offset order and finish half-done ones."""
         done: list[SegmentRecord] = []
         state = await self._retrying(topic_id, partition, self.access(topic_id, partition).current)
+        self.owner_bytes.retain(topic_id, partition, {r.ledger_id for r in state.ledgers})
         await self._track(topic_id, partition, state)
         for ref in state.ledgers:
             if not ref.closed:

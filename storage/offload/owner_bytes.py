@@ -107,6 +107,14 @@ class OwnerBytes:
         for ledger_id in [lid for lid, owner in self._spilled.items() if owner == (topic_id, partition)]:
             del self._spilled[ledger_id]
 
+    def retain(self, topic_id: str, partition: int, ledger_ids: set[int]) -> None:
+        """Forget the partition's ledgers not in ``ledger_ids`` (they left its log: DeleteRecords, retention)."""
+        gone = [lid for lid, k in self._kept.items() if (k.topic_id, k.partition) == (topic_id, partition)]
+        gone += [lid for lid, owner in self._spilled.items() if owner == (topic_id, partition)]
+        for ledger_id in gone:
+            if ledger_id not in ledger_ids:
+                self.drop(ledger_id)
+
     def _spill(self, ledger_id: int, topic_id: str, partition: int) -> None:
         kept = self._kept.pop(ledger_id, None)
         if kept is not None:

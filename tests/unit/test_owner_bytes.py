@@ -47,6 +47,11 @@ def test_the_budget_is_broker_wide_and_spills_the_ledger_that_overflows() -> Non
     owner.drop_partition("a", 0)
     assert owner.held == 40 and owner.bytes_of("b", 3) == 40
     assert OwnerBytes(0).add("t", 0, 1, 0, b"x") is False  # budget 0: never kept
+    owner.add("b", 3, 6, 0, b"d" * 10)
+    owner.add("c", 0, 7, 0, b"e" * 10)
+    owner.retain("b", 3, {6})  # ledger 5 left the log (DeleteRecords) before its offload
+    assert owner.entries(5, 0) is None and owner.entries(6, 0) is not None and owner.entries(7, 0) is not None
+    assert owner.held == 20
     with pytest.raises(ValueError, match="budget"):
         OwnerBytes(-1)
 
