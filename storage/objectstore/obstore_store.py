@@ -60,6 +60,8 @@ MULTIPART_THRESHOLD = 8 * 1024 * 1024
 """Overwriting puts of at least this many bytes use a multipart upload."""
 MULTIPART_PART_SIZE = 8 * 1024 * 1024
 """Part size of multipart uploads (S3's minimum is 5 MiB for every part but the last)."""
+STREAM_PARTS_IN_FLIGHT = 2
+"""Parts of a streamed multipart upload sent at once: a stream holds about this many parts in memory."""
 MAX_KEY_BYTES = 1024
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -164,8 +166,9 @@ class ObstoreObjectStore:
         """An overwriting multipart upload of the stream; an error of the stream itself propagates as it is."""
         try:
             await obstore.put_async(
-                self._store, key, chunks, mode="overwrite", use_multipart=True, chunk_size=MULTIPART_PART_SIZE
-            )
+                self._store, key, chunks, mode="overwrite", use_multipart=True, chunk_size=MULTIPART_PART_SIZE,
+                max_concurrency=STREAM_PARTS_IN_FLIGHT,
+            )  # fmt: skip
         except Exception as exc:
             if chunks.error is not None:
                 raise chunks.error from None
