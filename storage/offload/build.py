@@ -2,8 +2,9 @@
 
 The segment's bytes go to the object store as they are produced (``ObjectStore.put_stream``): the data
 section is the entries' own batches (views, no copy), hashed on the way (``StreamingSegmentWriter``), then
-index, snapshot and footer. Memory per upload is the object store's gathering bound (a few MiB) plus, on the
-bookie path, one run of ``read_entries`` entries.
+index, snapshot and footer. Memory per upload beyond the entries themselves: the object store's gathering
+bound (8 MiB) or, for a longer segment on S3, two 8 MiB multipart parts in flight; on the bookie path also
+one run of ``read_entries`` entries.
 
 Sources, in order of preference:
 
