@@ -29,7 +29,7 @@ from metadata.keys import Keys
 from metadata.models import BrokerRecord, PartitionState, TopicRecord, decode_int, encode_int
 from storage.ledger.api import LedgerClient, LedgerError, NoSuchLedger
 from storage.objectstore.api import ObjectStore
-from storage.offload.offloader import Offloader
+from storage.offload.offloader import OffloadConfig, Offloader
 from storage.offload.state import PartitionMoved
 from storage.segment.cache import BlockCache
 from storage.segment.format import partition_prefix
@@ -66,7 +66,13 @@ class Broker:
             self.tiering = Tiering(
                 objects,
                 BlockCache(config.tiered_block_cache_bytes),
-                Offloader(store, self.keys, ledgers, objects),
+                Offloader(
+                    store,
+                    self.keys,
+                    ledgers,
+                    objects,
+                    config=OffloadConfig(owner_bytes_max=config.offload_owner_bytes_max),
+                ),
                 offload=config.offload_enable,
                 high_water_bytes=config.offload_high_water_bytes,
             )

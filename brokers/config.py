@@ -251,6 +251,10 @@ class BrokerConfig:
     offload_high_water_bytes: int = field(
         default=4 * 1024**3, metadata={"key": "offload.bookie.high.water.bytes", "parse": _off_or_non_negative}
     )
+    # Confirmed entries kept so that offload builds segments from them, not from bookie reads (broker-wide).
+    offload_owner_bytes_max: int = field(
+        default=256 * 1024 * 1024, metadata={"key": "offload.owner.bytes.max", "parse": _non_negative}
+    )
     retention_check_interval_ms: int = field(
         default=300_000, metadata={"key": "log.retention.check.interval.ms", "parse": _positive}
     )

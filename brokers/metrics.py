@@ -51,6 +51,8 @@ class PartitionFigures:
     """How long the oldest closed ledger has waited for offload."""
     last_error: str | None = None
     """The partition's latest offload failure; None once an offload succeeds."""
+    owner_bytes: int = 0
+    """Confirmed entries of the partition kept in memory for offload (``offload.owner.bytes.max``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class BrokerFigures:
     high_water_bytes: int = -1
     """``offload.bookie.high.water.bytes`` (-1: off; it is also off when offload is)."""
     stats: OffloadStats = field(default_factory=OffloadStats)
+    owner_bytes: int = 0
+    """Confirmed entries kept in memory for offload, broker-wide."""
     disk_refusing: tuple[str, ...] = ()
     """Data directories of this process refusing writes for a full or failing disk (journal, metadata)."""
     tiered_read_failures: int = 0
@@ -97,6 +101,7 @@ def collect(broker: Broker, lag: GroupLag | None = None) -> BrokerFigures:
         topic = broker.topics.by_id(plog.topic_id)
         segments = plog.segments
         backlog = None if tiering is None else tiering.offloader.backlog(plog.topic_id, plog.partition)
+        key = (plog.topic_id, plog.partition)
         parts.append(
             PartitionFigures(
                 topic=plog.topic_id if topic is None else topic.name,
@@ -110,6 +115,7 @@ def collect(broker: Broker, lag: GroupLag | None = None) -> BrokerFigures:
                 backlog_bytes=0 if backlog is None else backlog.bytes,
                 lag_seconds=backlog.oldest_age_s if backlog is not None and offloading else 0.0,
                 last_error=None if backlog is None else backlog.last_error,
+                owner_bytes=0 if tiering is None else tiering.offloader.owner_bytes.bytes_of(*key),
             )
         )
     parts.sort(key=lambda p: (p.topic, p.partition))
@@ -127,6 +133,7 @@ def collect(broker: Broker, lag: GroupLag | None = None) -> BrokerFigures:
         held_bytes=tiering.held.bytes,
         high_water_bytes=tiering.high_water_bytes,
         stats=tiering.offloader.stats(),
+        owner_bytes=tiering.offloader.owner_bytes.held,
         groups=groups,
     )
 
@@ -192,6 +199,8 @@ def snapshot_families(figures: BrokerFigures) -> list[Metric]:
          "Seconds the oldest closed ledger of any partition has waited for offload."),
         ("tidelog_broker_offload_failing_partitions", figures.failing_partitions,
          "Partitions whose latest offload attempt failed."),
+        ("tidelog_offload_owner_bytes", figures.owner_bytes,
+         "Confirmed entries kept in memory so offload need not read them back from the bookies."),
         ("tidelog_offload_bookie_high_water_bytes", high_water,
          "Backlog bytes above which produce is refused with NOT_ENOUGH_REPLICAS (-1: off)."),
     ):  # fmt: skip
@@ -202,6 +211,10 @@ def snapshot_families(figures: BrokerFigures) -> list[Metric]:
         ("tidelog_offload_retries", stats.retries, "Offload steps retried after a retriable failure."),
         ("tidelog_offload_reuploads", stats.reuploads, "Segment objects written again (damaged or foreign)."),
         ("tidelog_offload_orphans_deleted", stats.orphans_deleted, "Orphan segment objects deleted by GC."),
+        ("tidelog_offload_segments_from_owner", stats.from_owner,
+         "Segments built from the entries this broker wrote (no bookie read)."),
+        ("tidelog_offload_segments_from_bookies", stats.from_bookies,
+         "Segments built from entries read back from the bookies (after a takeover or restart, or over budget)."),
         ("tidelog_tiered_read_failures", figures.tiered_read_failures,
          "Reads of offloaded data that failed for the client with KAFKA_STORAGE_ERROR (object store down)."),
     ):  # fmt: skip
@@ -272,6 +285,9 @@ def offload_status(figures: BrokerFigures, topic: str | None = None) -> dict[str
             "retries": stats.retries,
             "reuploads": stats.reuploads,
             "orphans_deleted": stats.orphans_deleted,
+            "segments_from_owner": stats.from_owner,
+            "segments_from_bookies": stats.from_bookies,
+            "owner_bytes": figures.owner_bytes,
         },
         "partitions": [
             {
@@ -281,6 +297,7 @@ def offload_status(figures: BrokerFigures, topic: str | None = None) -> dict[str
                 "bytes_waiting": p.backlog_bytes,
                 "oldest_age_s": p.lag_seconds,
                 "last_error": p.last_error,
+                "owner_bytes": p.owner_bytes,
                 "segments": p.segments,
                 "offloaded_bytes": p.tiered_bytes,
                 "ledgers": p.ledgers,

@@ -80,7 +80,10 @@ def object_store_request(operation: str) -> Callable[[Method[P, R]], Method[P, R
                 raise
             finally:
                 seconds.observe(time.perf_counter() - started)
-            size = _size(result) if operation != "put" else _size(args[2] if len(args) > 2 else kwargs.get("data"))
+            if operation == "put_stream":
+                size = result if isinstance(result, int) else 0
+            else:
+                size = _size(result) if operation != "put" else _size(args[2] if len(args) > 2 else kwargs.get("data"))
             if size:
                 moved.inc(size)
             return result

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from kio.schema.errors import ErrorCode
 
 from brokers.codec.batch import iter_headers
+from brokers.log.inflight import PendingEntry
 from brokers.log.lookup import LedgerLookup
 from brokers.log.types import LogError
 from metadata.api import Check, MetadataStore, Put, VersionConflict
@@ -153,6 +154,15 @@ class TieredLog:
         self._hold(ledger_id, length)
         if tiering.offload and not self._deposed:
             tiering.offloader.schedule(self.topic_id, self.partition)
+
+    def _entry_durable(self, pending: PendingEntry) -> None:
+        """An entry is confirmed in its ledger: keep its bytes (the same buffer, no copy) so the ledger's
+        segment is built from them rather than read back from the bookies (within the owner-bytes budget)."""
+        tiering = self._tiering
+        if tiering is not None and tiering.offload and not self._deposed:
+            tiering.offloader.owner_bytes.add(
+                self.topic_id, self.partition, pending.ledger_id, pending.entry_id, pending.entry
+            )
 
     def _hold(self, ledger_id: int, length: int) -> None:
         if self._tiering is not None and ledger_id not in self._held:

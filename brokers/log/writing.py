@@ -93,6 +93,8 @@ class LedgerWriting:
 
         def _ledger_closed(self, ledger_id: int, length: int) -> None: ...  # tiered.py: offload it
 
+        def _entry_durable(self, pending: PendingEntry) -> None: ...  # tiered.py: keep its bytes for offload
+
     def _snapshot(self, state: PartitionState) -> PartitionState:
         """``state`` with the durable producer and transaction state as of now: written whenever a ledger is
         closed or opened, so a load replays only the ledgers after it (idempotence and transactions alike)."""
@@ -170,6 +172,7 @@ class LedgerWriting:
             offset += head.record_span
         self._durable_txns.apply(log_entry.batches_of(pending.entry), pending.headers, pending.first)
         self._cache.add(pending.first, pending.last, log_entry.batches_of(pending.entry))
+        self._entry_durable(pending)
         self._hw = pending.last + 1
         pending.answer(self._state.log_start_offset)
         self._wake()

@@ -6,7 +6,7 @@ tests/contract runs against each.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +38,14 @@ class ObjectStore(Protocol):
 
     async def put(self, key: str, data: bytes | memoryview, if_absent: bool = True) -> None:
         """Store ``data``; with ``if_absent`` raise ObjectExists when the key is taken."""
+        ...
+
+    async def put_stream(
+        self, key: str, chunks: AsyncIterable[bytes | memoryview], if_absent: bool = True
+    ) -> int:
+        """Store the concatenation of ``chunks`` without holding it whole (a bounded amount is buffered);
+        returns its size. Same create-only rule as ``put``: the object appears whole or not at all, and
+        when ``chunks`` raises, nothing is stored and that exception propagates."""
         ...
 
     async def get(self, key: str) -> bytes:

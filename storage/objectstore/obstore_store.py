@@ -19,7 +19,7 @@ Semantics every backend shares:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 import obstore
@@ -60,6 +60,8 @@ MULTIPART_THRESHOLD = 8 * 1024 * 1024
 """Overwriting puts of at least this many bytes use a multipart upload."""
 MULTIPART_PART_SIZE = 8 * 1024 * 1024
 """Part size of multipart uploads (S3's minimum is 5 MiB for every part but the last)."""
+STREAM_PARTS_IN_FLIGHT = 2
+"""Parts of a streamed multipart upload sent at once: a stream holds about this many parts in memory."""
 MAX_KEY_BYTES = 1024
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -124,6 +126,57 @@ class ObstoreObjectStore:
         validate_key(key)
         self._check_open()
         await self._write(key, _byte_view(data), if_absent)
+
+    @object_store_request("put_stream")
+    async def put_stream(
+        self, key: str, chunks: AsyncIterable[bytes | memoryview], if_absent: bool = True
+    ) -> int:
+        """Store the concatenation of ``chunks``. Up to ``MULTIPART_THRESHOLD`` bytes are gathered first: a
+        shorter stream is one ``put``; a longer one goes to ``_write_stream`` (multipart) with the rest
+        still streaming."""
+        validate_key(key)
+        self._check_open()
+        source = aiter(chunks)
+        head: list[bytes | memoryview] = []
+        size = 0
+        async for chunk in source:
+            view = _byte_view(chunk)
+            head.append(view)
+            size += view.nbytes if isinstance(view, memoryview) else len(view)
+            if size >= MULTIPART_THRESHOLD:
+                break
+        else:
+            await self._write(key, b"".join(head), if_absent)
+            return size
+        counted = ChunkStream(head, source)
+        await self._write_stream(key, counted, if_absent)
+        return counted.size
+
+    async def _write_stream(self, key: str, chunks: ChunkStream, if_absent: bool) -> None:
+        """Write a stream of at least ``MULTIPART_THRESHOLD`` bytes. Here: an overwrite is a multipart
+        upload; a create-only write is gathered and put whole (obstore cannot make a multipart upload
+        conditional; backends that can do better override this)."""
+        if if_absent:
+            parts = [chunk async for chunk in chunks]
+            await self._write(key, b"".join(parts), True)
+            return
+        await self._multipart(key, chunks)
+
+    async def _multipart(self, key: str, chunks: ChunkStream) -> None:
+        """An overwriting multipart upload of the stream; an error of the stream itself propagates as it is."""
+        try:
+            await obstore.put_async(
+                self._store, key, chunks, mode="overwrite", use_multipart=True, chunk_size=MULTIPART_PART_SIZE,
+                max_concurrency=STREAM_PARTS_IN_FLIGHT,
+            )  # fmt: skip
+        except Exception as exc:
+            if chunks.error is not None:
+                raise chunks.error from None
+            if isinstance(exc, FileNotFoundError):
+                raise ObjectStoreError(f"{self!r}: put {key!r}: {_first_line(exc)}") from exc
+            self._raise(exc, key, "put")
+        if chunks.error is not None:
+            raise chunks.error
 
     @object_store_request("get")
     async def get(self, key: str) -> bytes:
@@ -292,6 +345,34 @@ class ObstoreObjectStore:
         if await self.head(key) is None:
             raise ObjectNotFound(key)
         return b""
+
+
+class ChunkStream:
+    """An async iterator over gathered chunks then the rest of a stream, counting bytes and keeping the
+    stream's own exception (obstore wraps what an iterator raises in its own error)."""
+
+    def __init__(self, head: list[bytes | memoryview], rest: AsyncIterator[bytes | memoryview]) -> None:
+        self._head = head
+        self._rest = rest
+        self.size = sum(len(memoryview(c)) for c in head)
+        self.error: BaseException | None = None
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> bytes | memoryview:
+        if self._head:
+            return self._head.pop(0)
+        try:
+            chunk = await anext(self._rest)
+        except StopAsyncIteration:
+            raise
+        except BaseException as exc:
+            self.error = exc
+            raise
+        view = _byte_view(chunk)
+        self.size += len(memoryview(view))
+        return view
 
 
 class MemoryObjectStore(ObstoreObjectStore):

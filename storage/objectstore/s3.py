@@ -10,6 +10,11 @@ multipart: obstore cannot make a multipart upload conditional, so the bytes go u
 ``KEY`` does not exist (obstore's ``copy_if_not_exists="multipart"``: UploadPartCopy, then
 CompleteMultipartUpload with ``If-None-Match: *``), then the staging key is deleted. A crash leaves a staging
 object under the partition's prefix, which orphan GC deletes.
+
+Streamed puts (``put_stream``, how segments are uploaded) of at least 8 MiB take the same staging path
+whatever ``multipart_threshold`` says: S3 has no create-only multipart upload that obstore 0.12 can drive
+(``mode="create"`` makes obstore buffer the whole stream for one PUT), and a streamed segment must not be
+held whole. The cost is one server-side copy per segment (UploadPartCopy), no bytes through the broker.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from obstore.exceptions import AlreadyExistsError, PreconditionError
 from obstore.store import S3Store
 
 from storage.objectstore.api import ObjectExists, ObjectStoreError, ObjectStoreUnavailable
-from storage.objectstore.obstore_store import ObstoreObjectStore
+from storage.objectstore.obstore_store import ChunkStream, ObstoreObjectStore
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config, S3CredentialProvider
@@ -138,7 +143,32 @@ class S3ObjectStore(ObstoreObjectStore):
             await super()._write(key, data, if_absent)
             return
         staging = f"{key}.upload-{secrets.token_hex(8)}"
-        await super()._write(staging, data, False)  # multipart: an overwrite of at least MULTIPART_THRESHOLD
+        try:
+            await super()._write(staging, data, False)  # multipart: an overwrite of at least MULTIPART_THRESHOLD
+        except BaseException:
+            with contextlib.suppress(ObjectStoreError):
+                await self.delete([staging])
+            raise
+        await self._publish(staging, key)
+
+    async def _write_stream(self, key: str, chunks: ChunkStream, if_absent: bool) -> None:
+        """A stream of at least MULTIPART_THRESHOLD bytes: a multipart upload (parts of MULTIPART_PART_SIZE,
+        so at most a few parts are in memory); create-only goes to a staging key first, then the
+        conditional copy (obstore cannot make the multipart upload itself conditional)."""
+        if not if_absent:
+            await self._multipart(key, chunks)
+            return
+        staging = f"{key}.upload-{secrets.token_hex(8)}"
+        try:
+            await self._multipart(staging, chunks)
+        except BaseException:
+            with contextlib.suppress(ObjectStoreError):
+                await self.delete([staging])
+            raise
+        await self._publish(staging, key)
+
+    async def _publish(self, staging: str, key: str) -> None:
+        """Copy ``staging`` to ``key`` only if ``key`` does not exist; delete ``staging`` either way."""
         try:
             await obstore.copy_async(self._store, staging, key, overwrite=False)
         except (AlreadyExistsError, PreconditionError) as exc:

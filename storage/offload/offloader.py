@@ -4,11 +4,13 @@ Steps for one ledger (design §7), each safe to crash after:
 
 1. **intent** — ``keys.offload_intent(topic, p, ledger)`` records the object name before anything is
    uploaded (create-only put). The name is fixed: ``{cluster}/topics/{topic}/{p}/{base:020d}-{ledger}.seg``.
-2. **build** — the ledger (CLOSED; opened with ``recover=False``) is read in runs of entries; each entry's
-   CRC-32C and batch framing is checked and its batches are copied into one buffer (SegmentWriter).
-3. **upload** — create-only put. If the object exists already (an earlier attempt), it counts as done when
-   it is a valid segment of the same ledger and offsets; a damaged one (a crash mid-upload on a store
-   without atomic puts) is deleted and written again.
+2. **build** and 3. **upload**, streamed (``build.py``) — the entries come from the owner's bytes
+   (``OwnerBytes``: what this broker confirmed into the ledger, cut at its last entry id) or else from the
+   ledger (CLOSED; opened with ``recover=False``) read in runs; each entry's CRC-32C and batch framing is
+   checked and its batches go to a create-only ``put_stream`` as they come, never gathered into one
+   buffer. If the object exists already (an earlier attempt), it counts as done when it is a valid segment
+   of the same ledger and offsets; a damaged one (a crash mid-upload on a store without atomic puts) is
+   deleted and written again.
 4. **commit** — one atomic metadata commit: the segment key is created, the intent deleted (both checked),
    and the ledger marked ``offloaded`` in the partition state (compare-and-swap).
 5. **delete** — the ledger is deleted from the bookies, then its ref dropped from the partition state (the
@@ -36,14 +38,24 @@ from storage.entry import BookieUnavailable
 from storage.ledger.api import LedgerClient, LedgerState, NoSuchLedger, NotEnoughBookies
 from storage.objectstore.api import ObjectExists, ObjectNotFound, ObjectStore, ObjectStoreUnavailable
 from storage.offload.backlog import BacklogTracker, OffloadBacklog
+from storage.offload.build import (
+    BuildError,
+    BuildSpec,
+    EntrySource,
+    SegmentStream,
+    Streamed,
+    bookie_entries,
+    owner_entries,
+    owner_source,
+    upload_stream,
+)
 from storage.offload.gc import collect_orphans
+from storage.offload.owner_bytes import DEFAULT_BUDGET_BYTES, OwnerBytes
 from storage.offload.state import PartitionStateAccess, StoreStateAccess
 from storage.segment.catalog import list_segments
 from storage.segment.format import (
     DEFAULT_INDEX_INTERVAL,
     CorruptSegment,
-    SegmentFooter,
-    SegmentWriter,
     object_key,
     parse_snapshot,
     parse_tail,
@@ -72,15 +84,16 @@ class OffloadError(Exception):
 class OffloadConfig:
     """Knobs of the offloader. ``max_attempts`` None retries retriable failures until cancelled.
 
-    ``concurrency`` segments are built and uploaded at once, each in a reusable arena (kept while it is no
-    bigger than ``arena_max_bytes``): memory stays at about ``concurrency`` ledgers however many partitions
-    wait, and the kernel does not fault in and zero a fresh ledger-sized buffer per segment.
+    ``concurrency`` segments are built and uploaded at once, each streamed (a few MiB in memory, plus a run of
+    ``read_entries`` entries when read from the bookies). ``owner_bytes_max`` bounds the confirmed entries
+    kept for offload from the owner's bytes, broker-wide (``offload.owner.bytes.max``; 0: always read the
+    bookies).
     """
 
     read_entries: int = 32
     index_interval: int = DEFAULT_INDEX_INTERVAL
     concurrency: int = 1
-    arena_max_bytes: int = 256 * 1024 * 1024
+    owner_bytes_max: int = DEFAULT_BUDGET_BYTES
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 10.0
     max_attempts: int | None = None
@@ -93,6 +106,10 @@ class OffloadStats:
     retries: int = 0
     reuploads: int = 0
     orphans_deleted: int = 0
+    from_owner: int = 0
+    """Segments built from the owner's bytes (no bookie read)."""
+    from_bookies: int = 0
+    """Segments built from entries read back from the bookies."""
 
 
 class Offloader:
@@ -124,7 +141,8 @@ class Offloader:
         self._backlog = BacklogTracker()
         self._stats = OffloadStats()
         self._slots = asyncio.Semaphore(max(1, self._config.concurrency))
-        self._arenas: list[bytearray] = []
+        self.owner_bytes = OwnerBytes(self._config.owner_bytes_max)
+        """Entries the partition logs confirmed, kept for offload (``PartitionLog`` adds, offload drops)."""
 
     # --- wiring ----------------------------------------------------------------------------------
     def attach(
@@ -147,6 +165,7 @@ class Offloader:
         self._listeners.pop((topic_id, partition), None)
         self._snapshots.pop((topic_id, partition), None)
         self._backlog.forget(topic_id, partition)
+        self.owner_bytes.drop_partition(topic_id, partition)
         task = self._tasks.get((topic_id, partition))
         if task is not None:
             task.cancel()
@@ -220,6 +239,7 @@ class Offloader:
         """Offload the partition's closed ledgers in offset order and finish half-done ones."""
         done: list[SegmentRecord] = []
         state = await self._retrying(topic_id, partition, self.access(topic_id, partition).current)
+        self.owner_bytes.retain(topic_id, partition, {r.ledger_id for r in state.ledgers})
         await self._track(topic_id, partition, state)
         for ref in state.ledgers:
             if not ref.closed:
@@ -301,15 +321,9 @@ class Offloader:
         self._step("intent")
 
         async with self._slots:
-            arena = self._arenas.pop() if self._arenas else bytearray()
-            data, writer = await self._build(topic_id, partition, current, arena, _aborted_in(state, current))
-            self._step("built")
-            try:
-                footer = await self._upload(intent.object_key, data, current)
-            finally:
-                data.release()
-                if len(arena) <= self._config.arena_max_bytes and _resizable(arena):
-                    self._arenas.append(arena)
+            streamed = await self._stream(topic_id, partition, current, intent.object_key, _aborted_in(state, current))
+        footer, writer = streamed.footer, streamed.writer
+        self._step("built")
         self._step("uploaded")
 
         record = SegmentRecord(
@@ -331,13 +345,15 @@ class Offloader:
         if listener is not None:
             listener(record)
         self._snapshots[(topic_id, partition)] = (record.last_offset, writer.snapshot())
+        owner = streamed.source == "owner"
         self._stats = replace(
-            self._stats, segments=self._stats.segments + 1, bytes=self._stats.bytes + record.size
-        )
+            self._stats, segments=self._stats.segments + 1, bytes=self._stats.bytes + record.size,
+            from_owner=self._stats.from_owner + owner, from_bookies=self._stats.from_bookies + (not owner),
+        )  # fmt: skip
         log.info(
-            "offloaded ledger %d of %s/%d: offsets %d..%d, %d bytes -> %s",
-            current.ledger_id, topic_id, partition, record.base_offset, record.last_offset, record.size,
-            record.object_key,
+            "offloaded ledger %d of %s/%d (from the %s): offsets %d..%d, %d bytes -> %s",
+            current.ledger_id, topic_id, partition, streamed.source, record.base_offset, record.last_offset,
+            record.size, record.object_key,
         )  # fmt: skip
         await self._finish(topic_id, partition, current)
         return record
@@ -358,44 +374,28 @@ class Offloader:
         self._step("committed")
         await self._finish(topic_id, partition, ref)
 
-    async def _build(
-        self,
-        topic_id: str,
-        partition: int,
-        ref: LedgerRef,
-        arena: bytearray,
-        aborted: tuple[tuple[int, int, int], ...] = (),
-    ) -> tuple[memoryview, SegmentWriter]:
-        """The segment object of a closed ledger (its entries checked against its ref), built in ``arena``, with
-        ``aborted`` as its aborted-transaction index."""
-        reader = await self._ledgers.open_ledger(ref.ledger_id, recover=False)
+    async def _stream(
+        self, topic_id: str, partition: int, ref: LedgerRef, key: str, aborted: tuple[tuple[int, int, int], ...]
+    ) -> Streamed:
+        """Build the segment of a closed ledger (its entries checked against its ref) and stream it to ``key``:
+        from the owner's bytes when this broker has them all, else from the bookies."""
+        producers = await self._base_snapshot(topic_id, partition, ref.first_offset)
+        spec = BuildSpec(ref, producers, aborted, self._config.index_interval, self._config.read_entries)
+        kept = await owner_source(self._ledgers, self.owner_bytes, ref)
+        if kept is not None:
+            try:
+                streamed = await self._upload(key, spec, owner_entries(kept), "owner")
+            except BuildError as exc:
+                log.warning("ledger %d of %s/%d: the owner's bytes do not make its segment (%s); reading the "
+                            "bookies", ref.ledger_id, topic_id, partition, exc)  # fmt: skip
+            else:
+                self.owner_bytes.drop(ref.ledger_id)
+                return streamed
+            self.owner_bytes.drop(ref.ledger_id)
         try:
-            info = reader.info
-            if info.state is not LedgerState.CLOSED:
-                raise OffloadError(f"ledger {ref.ledger_id} is {info.state.value}, not CLOSED")
-            if info.last_entry_id < 0:
-                raise OffloadError(f"ledger {ref.ledger_id} has no entries; its ref says offsets "
-                                   f"{ref.first_offset}..{ref.last_offset}")  # fmt: skip
-            producers = await self._base_snapshot(topic_id, partition, ref.first_offset)
-            writer = SegmentWriter(
-                ref.first_offset, ref.ledger_id, producers=producers, aborted=aborted,
-                index_interval=self._config.index_interval, buffer=arena,
-            )  # fmt: skip
-            run = max(1, self._config.read_entries)
-            for first in range(0, info.last_entry_id + 1, run):
-                entries = await reader.read(first, min(info.last_entry_id, first + run - 1))
-                # CRC-32C checks and copies of megabytes: in a thread (both release the GIL), off the loop
-                await asyncio.to_thread(_append_all, writer, entries)
-        except CorruptSegment as exc:
+            return await self._upload(key, spec, bookie_entries(self._ledgers, ref, spec.read_entries), "bookies")
+        except BuildError as exc:
             raise OffloadError(str(exc)) from exc
-        finally:
-            await reader.close()
-        if (writer.first_batch_offset, writer.last_offset) != (ref.first_offset, ref.last_offset):
-            raise OffloadError(
-                f"ledger {ref.ledger_id} holds offsets {writer.first_batch_offset}..{writer.last_offset}, "
-                f"its ref says {ref.first_offset}..{ref.last_offset}"
-            )
-        return await asyncio.to_thread(writer.finish), writer
 
     async def _base_snapshot(
         self, topic_id: str, partition: int, first_offset: int
@@ -422,33 +422,35 @@ class Offloader:
                 break
         return ()
 
-    async def _upload(self, key: str, view: memoryview, ref: LedgerRef) -> SegmentFooter:
-        """Create the object; an existing valid segment of the same ledger counts as done."""
-        ours = SegmentFooter.parse(view, len(view))
+    async def _upload(self, key: str, spec: BuildSpec, entries: EntrySource, source: str) -> Streamed:
+        """Create the object from a stream; an existing valid segment of the same ledger counts as done."""
+        stream = SegmentStream(spec, entries)
         try:
-            await self._objects.put(key, view, if_absent=True)
-            return ours
+            return Streamed(await upload_stream(self._objects, key, stream), stream.writer, source)
         except ObjectExists:
-            pass
+            if stream.footer is None:
+                raise
+            ours = stream.footer
         try:
             theirs = await asyncio.to_thread(verify_object, await self._objects.get(key))
             if (theirs.ledger_id, theirs.base_offset, theirs.last_offset, theirs.data_length) == (
                 ours.ledger_id, ours.base_offset, ours.last_offset, ours.data_length
             ):
-                return theirs
+                return Streamed(theirs, stream.writer, source)
             reason = "a segment of other offsets"
         except ObjectNotFound:
             reason = "nothing (deleted meanwhile)"
         except CorruptSegment as exc:
             reason = f"a damaged object ({exc})"
-        log.warning("segment object %s for ledger %d holds %s; writing it again", key, ref.ledger_id, reason)
+        log.warning("segment object %s for ledger %d holds %s; writing it again", key, spec.ref.ledger_id, reason)
         self._stats = replace(self._stats, reuploads=self._stats.reuploads + 1)
         await self._objects.delete([key])
-        await self._objects.put(key, view, if_absent=True)
-        return ours
+        again = SegmentStream(spec, entries)
+        return Streamed(await upload_stream(self._objects, key, again), again.writer, source)
 
     async def _finish(self, topic_id: str, partition: int, ref: LedgerRef) -> None:
         """Delete an offloaded ledger from the bookies, then drop its ref (unless it is the last)."""
+        self.owner_bytes.drop(ref.ledger_id)
         try:
             await self._ledgers.delete_ledger(ref.ledger_id)
         except NoSuchLedger:
@@ -459,6 +461,7 @@ class Offloader:
 
     async def _abandon(self, topic_id: str, partition: int, ledger_id: int) -> None:
         """The ledger left the log before it was offloaded: remove its intent and any object it made."""
+        self.owner_bytes.drop(ledger_id)
         intent_key = self._keys.offload_intent(topic_id, partition, ledger_id)
         got = await self._store.get(intent_key)
         if got is None:
@@ -477,21 +480,6 @@ class Offloader:
         )
         self._stats = replace(self._stats, orphans_deleted=self._stats.orphans_deleted + len(deleted))
         return deleted
-
-
-def _resizable(arena: bytearray) -> bool:
-    """False while a view of ``arena`` is still alive somewhere (reusing it then would corrupt that view)."""
-    try:
-        arena.append(0)
-    except BufferError:
-        return False
-    arena.pop()
-    return True
-
-
-def _append_all(writer: SegmentWriter, entries: list[bytes]) -> None:
-    for entry in entries:
-        writer.append_entry(entry)
 
 
 def _aborted_in(state: PartitionState, ref: LedgerRef) -> tuple[tuple[int, int, int], ...]:

@@ -305,9 +305,7 @@ class SegmentWriter:
             raise RuntimeError("segment already finished")
         start = self._pos
         end = start + len(batches)
-        if end > len(self._buf):
-            self._buf.extend(bytes(max(end - len(self._buf), len(self._buf) // 2)))
-        self._buf[start:end] = batches
+        self._place(batches, start, end)
         for frame in frames:
             position = start + frame.position
             if position - self._last_sample >= self._interval:
@@ -323,12 +321,18 @@ class SegmentWriter:
                 self._first_batch_offset = frames[0].base_offset
             self._last_offset = frames[-1].last_offset
 
-    def finish(self) -> memoryview:
-        """The complete object: a view of the writer's buffer, extended in place with index, snapshot, footer."""
+    def _place(self, batches: memoryview, start: int, end: int) -> None:
+        """Put the data bytes ``[start, end)`` of the object (here: copied into the buffer)."""
+        if end > len(self._buf):
+            self._buf.extend(bytes(max(end - len(self._buf), len(self._buf) // 2)))
+        self._buf[start:end] = batches
+
+    def _tail(self) -> bytes:
+        """Index, snapshot and footer without its checksum: the object's bytes after the data but the last 8."""
         if self._finished:
             raise RuntimeError("segment already finished")
         self._finished = True
-        buf, pos = self._buf, self._pos
+        pos = self._pos
         producers = [e.to_list() for e in self._producers.snapshot()]
         flags = TXN_INDEX if self._aborted else 0  # without aborted transactions: the layout older readers know
         section: Any = {"producers": producers, "aborted": [list(t) for t in self._aborted]} if flags else producers
@@ -339,7 +343,12 @@ class SegmentWriter:
             pos + len(self._index), len(snapshot), self._batches, self._ledger_id,
             xxhash.xxh64_intdigest(meta), 0, FORMAT_VERSION, flags,
         )  # fmt: skip
-        tail = meta + footer.pack_without_checksum()
+        return meta + footer.pack_without_checksum()
+
+    def finish(self) -> memoryview:
+        """The complete object: a view of the writer's buffer, extended in place with index, snapshot, footer."""
+        tail = self._tail()
+        buf, pos = self._buf, self._pos
         size = pos + len(tail) + 8
         if not self._lent:
             del buf[size:]  # an own buffer is trimmed; a lent arena keeps its capacity
@@ -354,3 +363,43 @@ class SegmentWriter:
     def snapshot(self) -> tuple[ProducerSnapshotEntry, ...]:
         """The producer state after everything appended so far."""
         return self._producers.snapshot()
+
+
+class StreamingSegmentWriter(SegmentWriter):
+    """A SegmentWriter that copies nothing: each appended entry's batches are handed out as they come
+    (``take_chunks``) and hashed on the way, so a segment is uploaded in pieces and never held whole.
+
+    The bytes it hands out, in order, are exactly the object ``SegmentWriter.finish`` would build from the
+    same entries. The chunks are views of the entries given: keep those alive and unchanged until uploaded.
+    """
+
+    def __init__(
+        self,
+        base_offset: int,
+        ledger_id: int,
+        *,
+        producers: Iterable[ProducerSnapshotEntry] = (),
+        aborted: Iterable[tuple[int, int, int]] = (),
+        index_interval: int = DEFAULT_INDEX_INTERVAL,
+    ) -> None:
+        super().__init__(
+            base_offset, ledger_id, producers=producers, aborted=aborted, index_interval=index_interval,
+            buffer=bytearray(),
+        )  # fmt: skip
+        self._hasher = xxhash.xxh64()
+        self._chunks: list[memoryview] = []
+
+    def _place(self, batches: memoryview, start: int, end: int) -> None:
+        self._hasher.update(batches)
+        self._chunks.append(batches)
+
+    def take_chunks(self) -> list[memoryview]:
+        """The data bytes appended since the last call, in order."""
+        chunks, self._chunks = self._chunks, []
+        return chunks
+
+    def finish_tail(self) -> bytes:
+        """The object's last bytes (index, snapshot, footer with the checksum of the whole object)."""
+        tail = self._tail()
+        self._hasher.update(tail)
+        return tail + self._hasher.intdigest().to_bytes(8, "big")

@@ -140,6 +140,64 @@ async def test_large_create_only_put_conflicts_keeps_the_first_and_leaves_nothin
     assert await store.list("large/") == [ObjectMeta("large/seg", len(first))]  # no staging object left
 
 
+# -- put_stream ---------------------------------------------------------------------------------------
+
+
+async def _chunks(data: bytes, sizes: list[int], fail: Exception | None = None) -> AsyncIterator[bytes | memoryview]:
+    """``data`` in chunks of the given sizes (cycled; memoryview slices and bytes), then ``fail`` if given."""
+    view = memoryview(data)
+    pos = 0
+    i = 0
+    while pos < len(data):
+        size = sizes[i % len(sizes)]
+        piece = view[pos : pos + size]
+        yield piece if i % 2 else bytes(piece)
+        pos += size
+        i += 1
+        await asyncio.sleep(0)
+    if fail is not None:
+        raise fail
+
+
+class _StreamBroke(Exception):
+    pass
+
+
+@pytest.mark.asyncio
+async def test_put_stream_small_and_large_round_trip(store: ObjectStore) -> None:
+    small = os.urandom(3000)
+    assert await store.put_stream("stream/small", _chunks(small, [1000, 7, 1993])) == len(small)
+    large = os.urandom(10 * MIB + 12345)  # over the gathering bound: the multipart / file streaming path
+    assert await store.put_stream("stream/large", _chunks(large, [MIB + 17, 300_000, 5])) == len(large)
+    assert await store.put_stream("stream/empty", _chunks(b"", [1])) == 0
+    assert await store.get("stream/small") == small
+    assert await store.get("stream/large") == large
+    assert await store.get("stream/empty") == b""
+    assert await store.list("stream/") == [
+        ObjectMeta("stream/empty", 0), ObjectMeta("stream/large", len(large)), ObjectMeta("stream/small", len(small))
+    ]  # no staging object left  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_put_stream_is_create_only_and_keeps_the_first_object(store: ObjectStore) -> None:
+    first = os.urandom(9 * MIB)
+    await store.put_stream("once/seg", _chunks(first, [2 * MIB]))
+    for other in (os.urandom(9 * MIB), b"short"):
+        with pytest.raises(ObjectExists):
+            await store.put_stream("once/seg", _chunks(other, [MIB]))
+    assert await store.get("once/seg") == first
+    assert [m.key for m in await store.list("once/")] == ["once/seg"]
+
+
+@pytest.mark.asyncio
+async def test_put_stream_that_fails_stores_nothing_and_raises_the_streams_error(store: ObjectStore) -> None:
+    for size in (100, 9 * MIB):  # failing before and after the gathering bound
+        with pytest.raises(_StreamBroke):
+            await store.put_stream("broken/seg", _chunks(os.urandom(size), [MIB], fail=_StreamBroke("bad entry")))
+        assert await store.head("broken/seg") is None
+        assert await store.list("broken/") == []
+
+
 # -- get_range ----------------------------------------------------------------------------------------
 
 
@@ -340,6 +398,22 @@ async def test_s3_large_create_is_a_multipart_upload_then_a_conditional_copy(mot
     assert [m.key for m in await store.list("")] == ["below", "create"]  # no staging object left
     # Concurrent large creates of one key are not tested: moto checks If-None-Match on concurrent
     # CompleteMultipartUpload calls before either lands (all three of a race "won" here); S3 arbitrates them.
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_s3_long_put_stream_is_a_multipart_upload_then_a_conditional_copy(moto: MotoServer) -> None:
+    prefix = f"mps-{uuid.uuid4().hex}"
+    store = open_object_store(moto.s3_url(BUCKET, prefix))  # default multipart_threshold: 128 MiB
+    data = os.urandom(10 * MIB)
+    await store.put_stream("create", _chunks(data, [MIB]))
+    await store.put_stream("short", _chunks(data[: MIB], [MIB // 4]))
+    create = moto.head_object(BUCKET, f"{prefix}/create")
+    short = moto.head_object(BUCKET, f"{prefix}/short")
+    assert create is not None and short is not None
+    assert "-" in create["etag"]  # streamed in parts, completed by the conditional copy
+    assert "-" not in short["etag"]  # under the gathering bound: one conditional PUT
+    assert [m.key for m in await store.list("")] == ["create", "short"]
     await store.close()
 
 

@@ -30,7 +30,10 @@ FIGURES = BrokerFigures(
     ),
     held_bytes=131_772,
     high_water_bytes=4 * 1024**3,
-    stats=OffloadStats(segments=5, bytes=409_000, retries=3, reuploads=1, orphans_deleted=2),
+    stats=OffloadStats(
+        segments=5, bytes=409_000, retries=3, reuploads=1, orphans_deleted=2, from_owner=4, from_bookies=1
+    ),
+    owner_bytes=2048,
 )  # fmt: skip
 
 
@@ -85,7 +88,9 @@ def test_every_line_is_in_the_text_format_and_every_family_is_typed() -> None:
         "tidelog_broker_offload_failing_partitions", "tidelog_offload_bookie_high_water_bytes",
         "tidelog_offload_segments_total", "tidelog_offload_bytes_total", "tidelog_offload_retries_total",
         "tidelog_offload_reuploads_total", "tidelog_offload_orphans_deleted_total",
-        "tidelog_storage_disk_full", "tidelog_tiered_read_failures_total",
+        "tidelog_offload_owner_bytes", "tidelog_offload_segments_from_owner_total",
+        "tidelog_offload_segments_from_bookies_total", "tidelog_storage_disk_full",
+        "tidelog_tiered_read_failures_total",
         "tidelog_consumer_group_committed_offset", "tidelog_consumer_group_lag",
     }  # fmt: skip
     assert set(families) == expected
@@ -167,13 +172,14 @@ def test_offload_status_json_per_partition_and_totals() -> None:
     assert status["totals"] == {
         "ledgers_waiting": 3, "bytes_waiting": 131_772, "oldest_age_s": 12.5, "failing_partitions": 1,
         "high_water_bytes": 4 * 1024**3, "segments_offloaded": 5, "bytes_offloaded": 409_000, "retries": 3,
-        "reuploads": 1, "orphans_deleted": 2,
+        "reuploads": 1, "orphans_deleted": 2, "segments_from_owner": 4, "segments_from_bookies": 1,
+        "owner_bytes": 2048,
     }  # fmt: skip
     first = status["partitions"][0]
     assert first == {
         "topic": "events", "partition": 0, "ledgers_waiting": 2, "bytes_waiting": 131_072, "oldest_age_s": 12.5,
         "last_error": "ObjectStoreUnavailable('connect refused')", "segments": 4, "offloaded_bytes": 400_000,
-        "ledgers": 3, "log_start_offset": 10, "high_watermark": 5000,
+        "ledgers": 3, "log_start_offset": 10, "high_watermark": 5000, "owner_bytes": 0,
     }  # fmt: skip
     only = offload_status(FIGURES, topic=ODD)
     assert [(p["topic"], p["partition"]) for p in only["partitions"]] == [(ODD, 0)]

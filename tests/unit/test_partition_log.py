@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterable
 from dataclasses import replace
 
 import pytest
@@ -364,6 +365,11 @@ class _FlakyStore(MemoryObjectStore):
         if self.down:
             raise ObjectStoreUnavailable("object store down (test)")
         await super().put(key, data, if_absent)
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes | memoryview], if_absent: bool = True) -> int:
+        if self.down:
+            raise ObjectStoreUnavailable("object store down (test)")
+        return await super().put_stream(key, chunks, if_absent)
 
     async def get_range(self, key: str, start: int, length: int) -> bytes | memoryview:
         if self.down:
