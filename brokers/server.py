@@ -35,6 +35,7 @@ from brokers.listener import Listener
 from brokers.memory import Trimmer
 from brokers.observability import requests as request_metrics
 from brokers.observability import traffic
+from brokers.observability.loop_lag import LoopLagSampler
 from brokers.response_memory import RequestMemory, ResponseMemory
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,16 @@ class KafkaServer(Listener):
         self.response_memory = ResponseMemory(broker.config.fetch_response_memory_bytes)
         self._left_running: set[asyncio.Task[Any]] = set()  # requests of closed connections finishing
         self._trimmer = Trimmer()
+        self.loop_lag = LoopLagSampler()  # runs while the listener does (tidelog_event_loop_lag_*)
+
+    async def start(self, host: str, port: int) -> int:
+        port = await super().start(host, port)
+        self.loop_lag.start()
+        return port
+
+    async def stop(self) -> None:
+        await self.loop_lag.stop()
+        await super().stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read frames while the connection has room (back-pressure), start each request once the requests
