@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 1.0
 UPGRADE_CHECK_S = 1.0  # how often a ledger on a smaller ensemble checks for enough live bookies
+SPARE_AT = 0.75
+"""Once the open ledger holds this fraction of ``rollover_bytes`` (or is this fraction of ``rollover_ms``
+old), the next ledger is created in the background, so a rollover only closes one ledger and records the
+switch: appends wait for that under the partition lock, not for a ledger creation too."""
 
 
 def unavailable_code(error: BaseException | None) -> ErrorCode:
@@ -87,6 +91,8 @@ class LedgerWriting:
     _aborts_at_roll: int  # ``_txns.aborts`` when the current ledger started
     _waiters: set[asyncio.Future[None]]
     _deposed: bool
+    _spare: tuple[LedgerWriter, bool] | None  # the next ledger, created ahead of rollover (and whether full)
+    _spare_task: asyncio.Task[None] | None
     ledger_switches: int
 
     if TYPE_CHECKING:
@@ -322,6 +328,11 @@ class LedgerWriting:
                 or self._txns.aborts - self._aborts_at_roll >= ABORTS_PER_LEDGER  # their index moves on offload
             ):
                 await self._roll()
+            elif (
+                writer.length >= SPARE_AT * config.rollover_bytes
+                or (now - self._writer_opened) * 1000 >= SPARE_AT * config.rollover_ms
+            ):
+                self._prepare_spare()
             elif self._degraded and now >= self._upgrade_at:
                 self._upgrade_at = now + UPGRADE_CHECK_S
                 full = await self._full_ledger_if_possible()
@@ -362,6 +373,10 @@ class LedgerWriting:
         if prepared is not None:
             await self._start_ledger(prepared, True)
             return
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await self._start_ledger(*spare)
+            return
         config = self._config
         try:
             writer, full = await create_on_live_bookies(
@@ -371,6 +386,45 @@ class LedgerWriting:
             self._give_up_for_now(e)
             raise LogError(unavailable_code(e), f"cannot open a ledger: {e}") from e
         await self._start_ledger(writer, full)
+
+    def _prepare_spare(self) -> None:
+        """Create the next ledger in the background, unless one is there or on its way."""
+        if self._spare is None and (self._spare_task is None or self._spare_task.done()) and not self._deposed:
+            self._spare_task = asyncio.get_running_loop().create_task(self._create_spare())
+
+    async def _create_spare(self) -> None:
+        config = self._config
+        try:
+            spare = await create_on_live_bookies(
+                self._ledgers, config.ensemble_size, config.write_quorum, config.ack_quorum
+            )
+        except Exception as e:  # the rollover creates one itself (and reports what fails then)
+            log.debug("%s/%d: no spare ledger for now: %r", self.topic_id, self.partition, e)
+            return
+        if self._spare is not None or self._deposed:
+            await self._discard(spare[0])
+            return
+        self._spare = spare
+
+    async def _drop_spare(self) -> None:
+        """Close and delete the spare ledger, if any (the partition is closing here)."""
+        task = self._spare_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await self._discard(spare[0])
+
+    async def _discard(self, writer: LedgerWriter) -> None:
+        """An unused (empty) ledger: closed and deleted; best effort."""
+        try:
+            await writer.close()
+            await self._ledgers.delete_ledger(writer.ledger_id)
+        except Exception as e:
+            log.info("%s/%d: could not delete unused ledger %d: %r", self.topic_id, self.partition,
+                     writer.ledger_id, e)  # fmt: skip
 
     async def _start_ledger(self, writer: LedgerWriter, full: bool) -> None:
         """Record ``writer``'s ledger as the log's tail; in-flight entries (if any) start it."""

@@ -6,6 +6,10 @@ A sampler task sleeps ``interval`` again and again; the time it wakes past its d
 exported as a histogram (``tidelog_event_loop_lag_seconds``), the largest lag of the last few seconds
 (``tidelog_event_loop_lag_recent_max_seconds``) and the largest since start
 (``tidelog_event_loop_lag_max_seconds``).
+
+A lag has two causes: the loop was busy (a long callback), or the process did not get a CPU (a loaded
+machine). The loop thread's CPU time over the same sleep tells them apart: the part of a lag the thread
+spent running is the loop's own stall (``tidelog_event_loop_busy_recent_max_seconds``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ LAG = Histogram(
 LAG_MAX = Gauge("tidelog_event_loop_lag_max_seconds", "The largest event-loop lag since the process started.")
 LAG_RECENT_MAX = Gauge(
     "tidelog_event_loop_lag_recent_max_seconds", "The largest event-loop lag over the last 5 to 6 seconds."
+)
+BUSY_RECENT_MAX = Gauge(
+    "tidelog_event_loop_busy_recent_max_seconds",
+    "The largest event-loop lag over the last 5 to 6 seconds during which the loop's thread was running "
+    "(not waiting for a CPU).",
 )
 
 
@@ -68,6 +77,7 @@ class LoopLagSampler:
             raise ValueError(f"interval must be positive, got {interval}")
         self.interval = interval
         self.window = LagWindow()
+        self.busy = LagWindow()  # the part of each lag the loop's thread was on a CPU
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -82,18 +92,22 @@ class LoopLagSampler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def observe(self, lag: float, now: float) -> None:
-        """Record one sample (also used by tests)."""
+    def observe(self, lag: float, now: float, cpu: float | None = None) -> None:
+        """Record one sample (also used by tests): ``lag`` past the deadline, and ``cpu`` seconds the loop's
+        thread ran over the whole sleep (None: unknown, the whole lag counts as busy)."""
         lag = max(0.0, lag)
+        busy = lag if cpu is None else min(lag, max(0.0, cpu - self.interval))
         self.samples += 1
         self.window.add(now, lag)
+        self.busy.add(now, busy)
         LAG.observe(lag)
         LAG_MAX.set(self.window.overall)
         LAG_RECENT_MAX.set(self.window.recent_max(now))
+        BUSY_RECENT_MAX.set(self.busy.recent_max(now))
 
     async def _run(self) -> None:
         while True:
-            before = time.perf_counter()
+            before, cpu_before = time.perf_counter(), time.thread_time()
             await asyncio.sleep(self.interval)
             now = time.perf_counter()
-            self.observe(now - before - self.interval, time.monotonic())
+            self.observe(now - before - self.interval, time.monotonic(), time.thread_time() - cpu_before)

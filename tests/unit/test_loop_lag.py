@@ -42,7 +42,9 @@ async def test_sampler_sees_a_blocked_loop() -> None:
     sampler.start()
     try:
         await asyncio.sleep(0.05)  # a few undisturbed samples first
-        time.sleep(0.08)  # block the event loop: the sampler's timer runs about 80 ms late
+        end = time.thread_time() + 0.08
+        while time.thread_time() < end:  # 80 ms of CPU in one callback: the sampler's timer runs that late
+            pass
         await asyncio.sleep(0.05)
     finally:
         await sampler.stop()
@@ -50,8 +52,17 @@ async def test_sampler_sees_a_blocked_loop() -> None:
     assert 0.07 <= sampler.window.overall < 1.0
     assert sample("tidelog_event_loop_lag_max_seconds") >= 0.07
     assert sample("tidelog_event_loop_lag_recent_max_seconds") >= 0.07
+    assert 0.05 <= sampler.busy.overall <= sampler.window.overall  # the loop's thread was running meanwhile
     added = sample("tidelog_event_loop_lag_seconds_count") - count_before
     assert added == sampler.samples
     # At least the one blocked sample landed above the 20 ms bucket.
     assert added - (sample(over_20ms, le="0.02") - fast_before) >= 1
     await sampler.stop()  # stopping twice is harmless
+
+
+def test_a_lag_without_cpu_is_not_the_loops_own_stall() -> None:
+    sampler = LoopLagSampler(0.01)
+    sampler.observe(0.2, 50.0, cpu=0.012)  # 200 ms late but ran only 12 ms: the process waited for a CPU
+    sampler.observe(0.1, 50.5, cpu=0.105)  # 100 ms late, running 95 ms of it: the loop was busy
+    assert sampler.window.overall == pytest.approx(0.2)
+    assert sampler.busy.recent_max(50.5) == pytest.approx(0.095)
