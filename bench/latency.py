@@ -40,6 +40,7 @@ from produce_consume import create_topic
 
 MOCKCLUSTER = Path("/work/shared/tools/mockcluster.py")
 RECORD = 1024
+SCRAPED = ("tidelog_event_loop_lag", "tidelog_event_loop_busy", "tidelog_gc_pause", "tidelog_ledger_rollover")
 PARTITIONS = 3
 
 
@@ -89,7 +90,7 @@ class Scraper:
         out: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                if s.name.startswith(("tidelog_event_loop_lag", "tidelog_event_loop_busy", "tidelog_gc_pause")):
+                if s.name.startswith(SCRAPED):
                     key = s.name + "".join(f",{k}={v}" for k, v in sorted(s.labels.items()))
                     out[key] = s.value
         return out
@@ -122,6 +123,11 @@ class Scraper:
             "lag_max_ms": 1000 * recent_max("tidelog_event_loop_lag_recent_max_seconds"),
             "busy_max_ms": 1000 * recent_max("tidelog_event_loop_busy_recent_max_seconds"),
             "lag_over_20ms": diff(count) - diff(le20),
+            **{
+                f"roll_{p}_{what}": diff(f"tidelog_ledger_rollover_seconds_{what},prepared={p}")
+                for p in ("true", "false")
+                for what in ("count", "sum")
+            },
             "gc2": diff("tidelog_gc_pause_seconds_count,generation=2"),
             "gc_ms": 1000 * sum(diff(f"tidelog_gc_pause_seconds_sum,generation={g}") for g in range(3)),
             "gc_over_20ms": sum(
@@ -279,6 +285,11 @@ def main() -> None:
                                f"{s['lag_over_20ms']:.0f} samples > 20 ms; "
                                f"GC {s['gc_ms']:.0f} ms total, {s['gc2']:.0f} gen-2, {s['gc_over_20ms']:.0f} > 25 ms"
                                if "lag_max_ms" in s else "")  # fmt: skip
+                        for p in ("true", "false"):
+                            n = s.get(f"roll_{p}_count", 0.0)
+                            if n:
+                                lag += (f"; {n:.0f} rollovers prepared={p}, mean "
+                                        f"{1000 * s[f'roll_{p}_sum'] / n:.1f} ms")  # fmt: skip
                         print(f"[{len(results) - 1}] {name}: p50 {s['p50']:.2f} p99 {s['p99']:.2f} "
                               f"p99.9 {s['p999']:.2f} max {s['max']:.1f} ms; {s['stalls']:.0f} stalls > "
                               f"{args.stall_ms:.0f} ms of {s['acked']:,.0f}; errors {s['errors']:.0f}{lag}; "

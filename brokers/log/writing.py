@@ -35,6 +35,7 @@ from brokers.log.lookup import LedgerLookup
 from brokers.log.producers import ProducerTable
 from brokers.log.txn_state import ABORTS_PER_LEDGER, TxnState
 from brokers.log.types import LogConfig, LogError
+from brokers.observability import rollover
 from metadata.api import MetadataError, MetadataStore, VersionConflict
 from metadata.models import LedgerRef, PartitionState
 from storage import log_entry
@@ -356,6 +357,7 @@ class LedgerWriting:
     async def _roll(self, prepared: LedgerWriter | None = None) -> None:
         """Close the current ledger (if any) and start a new one (``prepared``, or one created now on the
         live bookies), recording both by compare-and-swap."""
+        started = time.perf_counter()
         try:
             await self._close_writer()
         except BaseException:
@@ -376,6 +378,7 @@ class LedgerWriting:
         spare, self._spare = self._spare, None
         if spare is not None:
             await self._start_ledger(*spare)
+            rollover.observe(time.perf_counter() - started, True)
             return
         config = self._config
         try:
@@ -386,6 +389,8 @@ class LedgerWriting:
             self._give_up_for_now(e)
             raise LogError(unavailable_code(e), f"cannot open a ledger: {e}") from e
         await self._start_ledger(writer, full)
+        if self._hw > 0:  # not the first ledger of the log
+            rollover.observe(time.perf_counter() - started, False)
 
     def _prepare_spare(self) -> None:
         """Create the next ledger in the background, unless one is there or on its way."""
