@@ -358,13 +358,19 @@ class LedgerWriting:
         """Close the current ledger (if any) and start a new one (``prepared``, or one created now on the
         live bookies), recording both by compare-and-swap."""
         started = time.perf_counter()
+        spare, self._spare = (self._spare, None) if prepared is None else (None, self._spare)
         try:
-            await self._close_writer()
+            await self._close_writer(spare)
         except BaseException:
             if prepared is not None:  # not to be used now: close it rather than leave an open ledger behind
                 with contextlib.suppress(Exception):
                     await prepared.close()
+            self._keep_spare(spare)
             raise
+        if spare is not None and self._writer is spare[0]:  # closed and switched in one metadata write
+            rollover.observe(time.perf_counter() - started, True)
+            return
+        self._keep_spare(spare)
         if self._failed is not None:  # an entry failed while the ledger closed: replace it as after any failure
             if prepared is not None:
                 with contextlib.suppress(LedgerError):
@@ -376,9 +382,12 @@ class LedgerWriting:
             await self._start_ledger(prepared, True)
             return
         spare, self._spare = self._spare, None
-        if spare is not None:
-            await self._start_ledger(*spare)
-            rollover.observe(time.perf_counter() - started, True)
+        if spare is not None:  # there was no open ledger to close (the first append, or after an age roll)
+            try:
+                await self._start_ledger(*spare)
+            except BaseException:
+                self._keep_spare(spare)
+                raise
             return
         config = self._config
         try:
@@ -391,6 +400,15 @@ class LedgerWriting:
         await self._start_ledger(writer, full)
         if self._hw > 0:  # not the first ledger of the log
             rollover.observe(time.perf_counter() - started, False)
+
+    def _keep_spare(self, spare: tuple[LedgerWriter, bool] | None) -> None:
+        """A spare the rollover did not start stays for the next one (or is dropped if one came meanwhile)."""
+        if spare is None:
+            return
+        if self._spare is None and not self._deposed:
+            self._spare = spare
+        else:
+            asyncio.get_running_loop().create_task(self._discard(spare[0]))
 
     def _prepare_spare(self) -> None:
         """Create the next ledger in the background, unless one is there or on its way."""
@@ -431,12 +449,19 @@ class LedgerWriting:
             log.info("%s/%d: could not delete unused ledger %d: %r", self.topic_id, self.partition,
                      writer.ledger_id, e)  # fmt: skip
 
-    async def _start_ledger(self, writer: LedgerWriter, full: bool) -> None:
-        """Record ``writer``'s ledger as the log's tail; in-flight entries (if any) start it."""
+    def _next_ref(self, writer: LedgerWriter) -> LedgerRef:
+        """The log's next ledger; in-flight entries (if any) start it."""
         front = self._inflight.front()
-        first = front.first if front is not None else self._next_offset
-        ledgers = (*self._state.ledgers, LedgerRef(writer.ledger_id, first))
+        return LedgerRef(writer.ledger_id, front.first if front is not None else self._next_offset)
+
+    async def _start_ledger(self, writer: LedgerWriter, full: bool) -> None:
+        """Record ``writer``'s ledger as the log's tail."""
+        ledgers = (*self._state.ledgers, self._next_ref(writer))
         await self._commit_state(self._snapshot(replace(self._state, ledgers=ledgers)))
+        self._started(writer, full)
+
+    def _started(self, writer: LedgerWriter, full: bool) -> None:
+        """``writer``'s ledger is recorded as the tail: write to it from now on."""
         self._lookup.indexes[writer.ledger_id] = LedgerIndex()
         self._writer = writer
         self._writer_opened = time.monotonic()
@@ -445,9 +470,11 @@ class LedgerWriting:
         self._degraded = not full
         self._upgrade_at = self._writer_opened + UPGRADE_CHECK_S
 
-    async def _close_writer(self) -> None:
+    async def _close_writer(self, following: tuple[LedgerWriter, bool] | None = None) -> None:
         """Close the current ledger cleanly. If an entry failed meanwhile the writer stays current and
-        ``_failed`` is set: the caller replaces the ledger (closing it by recovery)."""
+        ``_failed`` is set: the caller replaces the ledger (closing it by recovery). ``following``: a ledger
+        created ahead, recorded as the next one in the same metadata write (one write per rollover instead
+        of two); it is the writer afterwards, unless there was no current ledger to close."""
         writer = self._writer
         if writer is None:
             return
@@ -468,10 +495,14 @@ class LedgerWriting:
         ledgers = list(self._state.ledgers)
         index = self._lookup.indexes[writer.ledger_id]
         ledgers[-1] = replace(ledgers[-1], last_offset=self._hw - 1, max_timestamp=index.max_timestamp, closed=True)
+        if following is not None:
+            ledgers.append(self._next_ref(following[0]))
         # Recorded before the writer is dropped: if the store is unreachable, the next roll closes the same
         # (already closed, so at once) writer and records it again, rather than opening a ledger after one
         # the state still shows open.
         await self._commit_state(self._snapshot(replace(self._state, ledgers=tuple(ledgers))))
         self._writer = None
         self._ledger_closed(writer.ledger_id, writer.length)
+        if following is not None:
+            self._started(*following)
 
