@@ -147,11 +147,6 @@ class KafkaServer(Listener):
                     last_other = request.task
                 conn.add(request)
                 await answers.put(request)
-                if frames:
-                    # More frames of this connection are queued: let the loop run this request's first step
-                    # and other connections' events before starting the next, so a client that pipelines many
-                    # requests (or one big read of them) cannot hold the loop for all of them at once.
-                    await asyncio.sleep(0)
         except FrameError as e:
             log.warning("closing %s: %s", peer, e)
             flush = True
