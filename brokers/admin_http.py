@@ -168,6 +168,13 @@ def encode_response(response: Response, *, head_only: bool = False) -> bytes:
     return head if head_only else head + response.body
 
 
+def _path(target: str) -> str | None:
+    try:
+        return urlsplit(target).path
+    except ValueError:
+        return None
+
+
 def _snapshot_registry(figures: Callable[[], BrokerFigures]) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(figures))
@@ -236,6 +243,14 @@ class AdminServer(Listener):
             return None, False
         method, target = head
         try:
+            if method in ("GET", "HEAD") and _path(target) == "/metrics":
+                # The broker's figures are taken here, on the event loop (in memory, quick); rendering them and
+                # the process registry as text (tens of ms on a busy broker) runs in a thread, so a scrape
+                # does not stall every Kafka connection for that long.
+                snapshot = self._figures()
+                registry = _snapshot_registry(lambda: snapshot)
+                answer = await asyncio.to_thread(route, method, target, lambda: snapshot, self._ready, registry)
+                return answer, method == "HEAD"
             return route(method, target, self._figures, self._ready, self._registry), method == "HEAD"
         except Exception:
             log.exception("admin request %s %s failed", method, target[:200])

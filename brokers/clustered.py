@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 
 from brokers.broker import Broker
+from brokers.cli.startup import settle_gc
 from brokers.cluster.controller import Controller
 from brokers.cluster.follower import Follower, Takeover
 from brokers.cluster.handover import OwnersView
@@ -225,6 +226,7 @@ async def _serve(
         await follower.start()
         log.info("broker %d listening on %s:%d (cluster %s, advertised %s:%d)", node_id, config.host, port,
                  broker.cluster_id, *config.advertised)
+        settle_gc()
         if ready is not None:
             ready.set()
         await stop.wait()

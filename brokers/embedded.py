@@ -20,6 +20,7 @@ from pathlib import Path
 
 from brokers.bookie_liveness import BookieLiveness
 from brokers.broker import Broker
+from brokers.cli.startup import settle_gc
 from brokers.config import BrokerConfig, ConfigError, parse_hostport
 from brokers.kafka_listeners import KafkaListeners
 from brokers.local_bookies import STATE_FILE, LocalBookies, LocalBookiesError
@@ -153,6 +154,7 @@ async def run_embedded(config: BrokerConfig, ready: asyncio.Event | None = None)
             log.info("admin HTTP (/metrics, /v1/offload, /healthz, /readyz) on %s:%d", admin_host, admin_port)
         port = (await listeners.start())[0]
         log.info("listening on %s:%d (data in %s)", config.host, port, data_dir)
+        settle_gc()
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -35,6 +35,7 @@ from brokers.listener import Listener
 from brokers.memory import IdleTrimmer, Trimmer
 from brokers.observability import requests as request_metrics
 from brokers.observability import traffic
+from brokers.observability.loop_lag import LoopLagSampler
 from brokers.response_memory import RequestMemory, ResponseMemory
 from brokers.security import connection as connection_auth
 from brokers.security.authenticator import AuthRefused
@@ -84,6 +85,10 @@ def encode_body_buffers(body: Any) -> list[bytes | bytearray | memoryview]:
     return chain.buffers()
 
 
+_process_tasks_owner: KafkaServer | None = None
+"""The listener running the per-process tasks (loop-lag sampler, idle trimmer), while one does."""
+
+
 class KafkaServer(Listener):
     """Accepts Kafka clients on one listener."""
 
@@ -105,16 +110,26 @@ class KafkaServer(Listener):
         self._trimmer = Trimmer()
         self.idle_trimmer = IdleTrimmer()
         self._idle_trim: asyncio.Task[None] | None = None  # its task, while listening
+        self.loop_lag = LoopLagSampler()  # runs while the listener does (tidelog_event_loop_lag_*)
 
     async def start(self, host: str, port: int) -> int:
+        global _process_tasks_owner  # one listener per process runs them
         if self._tls is not None:
             self._tls.start()
         bound = await super().start(host, port)
-        if self._idle_trim is None:
+        if _process_tasks_owner is None:
+            # The loop-lag sampler and the idle trimmer are per process: with several listeners
+            # (PLAINTEXT and SASL_SSL, say) only the first one started runs them.
+            _process_tasks_owner = self
+            self.loop_lag.start()
             self._idle_trim = asyncio.create_task(self.idle_trimmer.run(), name="idle-trim")
         return bound
 
     async def stop(self) -> None:
+        global _process_tasks_owner
+        if _process_tasks_owner is self:
+            _process_tasks_owner = None
+            await self.loop_lag.stop()
         task, self._idle_trim = self._idle_trim, None
         if task is not None:
             task.cancel()

@@ -105,6 +105,8 @@ class PartitionLog(LedgerWriting, TieredLog):
         self._aborts_at_roll = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._deposed = False
+        self._spare: tuple[LedgerWriter, bool] | None = None
+        self._spare_task: asyncio.Task[None] | None = None
         self.ledger_switches = 0
         """How many times a failed ledger was replaced (observability, tests)."""
 
@@ -496,6 +498,7 @@ class PartitionLog(LedgerWriting, TieredLog):
             await self._lookup.readers.close()
             self._depose("the partition was closed on this broker")
             self._cache.clear()  # its bytes leave the broker-wide tail budget
+            await self._drop_spare()
         await self._detach_tiers()
         task = self._repair_task
         if task is not None and not task.done():

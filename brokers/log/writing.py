@@ -35,6 +35,7 @@ from brokers.log.lookup import LedgerLookup
 from brokers.log.producers import ProducerTable
 from brokers.log.txn_state import ABORTS_PER_LEDGER, TxnState
 from brokers.log.types import LogConfig, LogError
+from brokers.observability import rollover
 from metadata.api import MetadataError, MetadataStore, VersionConflict
 from metadata.models import LedgerRef, PartitionState
 from storage import log_entry
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 1.0
 UPGRADE_CHECK_S = 1.0  # how often a ledger on a smaller ensemble checks for enough live bookies
+SPARE_AT = 0.75
+"""Once the open ledger holds this fraction of ``rollover_bytes`` (or is this fraction of ``rollover_ms``
+old), the next ledger is created in the background, so a rollover only closes one ledger and records the
+switch: appends wait for that under the partition lock, not for a ledger creation too."""
 
 
 def unavailable_code(error: BaseException | None) -> ErrorCode:
@@ -87,6 +92,8 @@ class LedgerWriting:
     _aborts_at_roll: int  # ``_txns.aborts`` when the current ledger started
     _waiters: set[asyncio.Future[None]]
     _deposed: bool
+    _spare: tuple[LedgerWriter, bool] | None  # the next ledger, created ahead of rollover (and whether full)
+    _spare_task: asyncio.Task[None] | None
     ledger_switches: int
 
     if TYPE_CHECKING:
@@ -325,6 +332,11 @@ class LedgerWriting:
                 or self._txns.aborts - self._aborts_at_roll >= ABORTS_PER_LEDGER  # their index moves on offload
             ):
                 await self._roll()
+            elif (
+                writer.length >= SPARE_AT * config.rollover_bytes
+                or (now - self._writer_opened) * 1000 >= SPARE_AT * config.rollover_ms
+            ):
+                self._prepare_spare()
             elif self._degraded and now >= self._upgrade_at:
                 self._upgrade_at = now + UPGRADE_CHECK_S
                 full = await self._full_ledger_if_possible()
@@ -348,13 +360,20 @@ class LedgerWriting:
     async def _roll(self, prepared: LedgerWriter | None = None) -> None:
         """Close the current ledger (if any) and start a new one (``prepared``, or one created now on the
         live bookies), recording both by compare-and-swap."""
+        started = time.perf_counter()
+        spare, self._spare = (self._spare, None) if prepared is None else (None, self._spare)
         try:
-            await self._close_writer()
+            await self._close_writer(spare)
         except BaseException:
             if prepared is not None:  # not to be used now: close it rather than leave an open ledger behind
                 with contextlib.suppress(Exception):
                     await prepared.close()
+            self._keep_spare(spare)
             raise
+        if spare is not None and self._writer is spare[0]:  # closed and switched in one metadata write
+            rollover.observe(time.perf_counter() - started, True)
+            return
+        self._keep_spare(spare)
         if self._failed is not None:  # an entry failed while the ledger closed: replace it as after any failure
             if prepared is not None:
                 with contextlib.suppress(LedgerError):
@@ -365,6 +384,14 @@ class LedgerWriting:
         if prepared is not None:
             await self._start_ledger(prepared, True)
             return
+        spare, self._spare = self._spare, None
+        if spare is not None:  # there was no open ledger to close (the first append, or after an age roll)
+            try:
+                await self._start_ledger(*spare)
+            except BaseException:
+                self._keep_spare(spare)
+                raise
+            return
         config = self._config
         try:
             writer, full = await create_on_live_bookies(
@@ -374,13 +401,70 @@ class LedgerWriting:
             self._give_up_for_now(e)
             raise LogError(unavailable_code(e), f"cannot open a ledger: {e}") from e
         await self._start_ledger(writer, full)
+        if self._hw > 0:  # not the first ledger of the log
+            rollover.observe(time.perf_counter() - started, False)
+
+    def _keep_spare(self, spare: tuple[LedgerWriter, bool] | None) -> None:
+        """A spare the rollover did not start stays for the next one (or is dropped if one came meanwhile)."""
+        if spare is None:
+            return
+        if self._spare is None and not self._deposed:
+            self._spare = spare
+        else:
+            asyncio.get_running_loop().create_task(self._discard(spare[0]))
+
+    def _prepare_spare(self) -> None:
+        """Create the next ledger in the background, unless one is there or on its way."""
+        if self._spare is None and (self._spare_task is None or self._spare_task.done()) and not self._deposed:
+            self._spare_task = asyncio.get_running_loop().create_task(self._create_spare())
+
+    async def _create_spare(self) -> None:
+        config = self._config
+        try:
+            spare = await create_on_live_bookies(
+                self._ledgers, config.ensemble_size, config.write_quorum, config.ack_quorum
+            )
+        except Exception as e:  # the rollover creates one itself (and reports what fails then)
+            log.debug("%s/%d: no spare ledger for now: %r", self.topic_id, self.partition, e)
+            return
+        if self._spare is not None or self._deposed:
+            await self._discard(spare[0])
+            return
+        self._spare = spare
+
+    async def _drop_spare(self) -> None:
+        """Close and delete the spare ledger, if any (the partition is closing here)."""
+        task = self._spare_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await self._discard(spare[0])
+
+    async def _discard(self, writer: LedgerWriter) -> None:
+        """An unused (empty) ledger: closed and deleted; best effort."""
+        try:
+            await writer.close()
+            await self._ledgers.delete_ledger(writer.ledger_id)
+        except Exception as e:
+            log.info("%s/%d: could not delete unused ledger %d: %r", self.topic_id, self.partition,
+                     writer.ledger_id, e)  # fmt: skip
+
+    def _next_ref(self, writer: LedgerWriter) -> LedgerRef:
+        """The log's next ledger; in-flight entries (if any) start it."""
+        front = self._inflight.front()
+        return LedgerRef(writer.ledger_id, front.first if front is not None else self._next_offset)
 
     async def _start_ledger(self, writer: LedgerWriter, full: bool) -> None:
-        """Record ``writer``'s ledger as the log's tail; in-flight entries (if any) start it."""
-        front = self._inflight.front()
-        first = front.first if front is not None else self._next_offset
-        ledgers = (*self._state.ledgers, LedgerRef(writer.ledger_id, first))
+        """Record ``writer``'s ledger as the log's tail."""
+        ledgers = (*self._state.ledgers, self._next_ref(writer))
         await self._commit_state(self._snapshot(replace(self._state, ledgers=ledgers)))
+        self._started(writer, full)
+
+    def _started(self, writer: LedgerWriter, full: bool) -> None:
+        """``writer``'s ledger is recorded as the tail: write to it from now on."""
         self._lookup.indexes[writer.ledger_id] = LedgerIndex()
         self._writer = writer
         self._writer_opened = time.monotonic()
@@ -389,9 +473,11 @@ class LedgerWriting:
         self._degraded = not full
         self._upgrade_at = self._writer_opened + UPGRADE_CHECK_S
 
-    async def _close_writer(self) -> None:
+    async def _close_writer(self, following: tuple[LedgerWriter, bool] | None = None) -> None:
         """Close the current ledger cleanly. If an entry failed meanwhile the writer stays current and
-        ``_failed`` is set: the caller replaces the ledger (closing it by recovery)."""
+        ``_failed`` is set: the caller replaces the ledger (closing it by recovery). ``following``: a ledger
+        created ahead, recorded as the next one in the same metadata write (one write per rollover instead
+        of two); it is the writer afterwards, unless there was no current ledger to close."""
         writer = self._writer
         if writer is None:
             return
@@ -412,10 +498,14 @@ class LedgerWriting:
         ledgers = list(self._state.ledgers)
         index = self._lookup.indexes[writer.ledger_id]
         ledgers[-1] = replace(ledgers[-1], last_offset=self._hw - 1, max_timestamp=index.max_timestamp, closed=True)
+        if following is not None:
+            ledgers.append(self._next_ref(following[0]))
         # Recorded before the writer is dropped: if the store is unreachable, the next roll closes the same
         # (already closed, so at once) writer and records it again, rather than opening a ledger after one
         # the state still shows open.
         await self._commit_state(self._snapshot(replace(self._state, ledgers=tuple(ledgers))))
         self._writer = None
         self._ledger_closed(writer.ledger_id, writer.length)
+        if following is not None:
+            self._started(*following)
 

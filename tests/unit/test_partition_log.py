@@ -541,3 +541,38 @@ async def test_a_roll_the_metadata_store_refuses_is_a_retriable_error(store: Emb
     assert stored is not None
     ledgers = PartitionState.decode(stored.value).ledgers
     assert all(r.closed for r in ledgers[:-1]) and len(ledgers) >= 2
+
+
+@pytest.mark.asyncio
+async def test_the_next_ledger_is_created_ahead_and_used_at_rollover(store: EmbeddedMetadataStore) -> None:
+    """Past 75% of rollover_bytes the next ledger is created in the background; the rollover starts it
+    (no creation under the lock), offsets stay contiguous, and closing the log deletes an unused spare."""
+    ledgers = MemoryLedgerClient()
+    plog = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(rollover_bytes=1000))
+    await plog.load()
+    first = plog.ledgers[-1].ledger_id if plog.ledgers else None
+    bases = []
+    spares_used = 0
+    for i in range(40):
+        spare = plog._spare  # the ledger created ahead, if any, before this append
+        bases.append(await _append(plog, make_batch(2, base_ts=1000 + i)))
+        await asyncio.sleep(0)  # let a spare being created finish
+        await asyncio.sleep(0)
+        if spare is not None and plog.ledgers[-1].ledger_id == spare[0].ledger_id:
+            spares_used += 1
+    assert bases == list(range(0, 80, 2))
+    assert first is None or plog.ledgers[0].ledger_id == first
+    assert len(plog.ledgers) > 5
+    assert spares_used >= len(plog.ledgers) - 2  # every rollover after the first used a prepared ledger
+    # A spare exists now or is on its way: closing the log closes and deletes it, so no empty ledger is left.
+    for _ in range(3):
+        await asyncio.sleep(0)
+    spare = plog._spare
+    await plog.close()
+    named = {ref.ledger_id for ref in plog.ledgers}
+    assert set(ledgers._ledgers) == named
+    if spare is not None:
+        assert spare[0].ledger_id not in ledgers._ledgers
+    again = PartitionLog(store, KEYS, ledgers, "tid", 0, LogConfig(rollover_bytes=1000))
+    await again.load()
+    assert again.high_watermark == 80
