@@ -16,13 +16,19 @@ import builtins
 import contextlib
 import logging
 import math
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import aetcd
+# gRPC's fork handlers (pthread_atfork) are for processes that fork and keep using gRPC in the child. Ours fork
+# only to exec (bookies, brokers, etcd with a preexec_fn), and a fork while gRPC threads run its handlers
+# crashed the child before exec (SIGSEGV in a test that starts etcd members beside a live client).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+import aetcd  # after the environment is set: gRPC reads it when it loads
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
