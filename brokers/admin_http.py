@@ -23,12 +23,13 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from brokers.listener import Listener
@@ -181,6 +182,16 @@ def _snapshot_registry(figures: Callable[[], BrokerFigures]) -> CollectorRegistr
     return registry
 
 
+class _Taken:
+    """Metric families collected already (on the event loop), served as they are from a rendering thread."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
 class AdminServer(Listener):
     """Serves ``/metrics``, ``/v1/offload``, ``/healthz`` and ``/readyz`` from a figures source
     (``metrics.collect`` of the broker) and a readiness check; ``on_stop`` is awaited by ``stop``."""
@@ -201,10 +212,12 @@ class AdminServer(Listener):
         self._ready = ready
         self._on_stop = on_stop
         self._registry = _snapshot_registry(figures)
+        self._extra: list[Collector] = []
 
     def register(self, collector: Collector) -> None:
         """Serve ``collector``'s series too, beside the snapshot's (brokers/observability/memory.py)."""
         self._registry.register(collector)
+        self._extra.append(collector)
 
     async def stop(self) -> None:
         await super().stop()
@@ -249,6 +262,9 @@ class AdminServer(Listener):
                 # does not stall every Kafka connection for that long.
                 snapshot = self._figures()
                 registry = _snapshot_registry(lambda: snapshot)
+                taken = [family for collector in self._extra for family in collector.collect()]
+                if taken:
+                    registry.register(_Taken(taken))
                 answer = await asyncio.to_thread(route, method, target, lambda: snapshot, self._ready, registry)
                 return answer, method == "HEAD"
             return route(method, target, self._figures, self._ready, self._registry), method == "HEAD"

@@ -51,7 +51,7 @@ from storage.offload.build import (
 )
 from storage.offload.gc import collect_orphans
 from storage.offload.owner_bytes import DEFAULT_BUDGET_BYTES, OwnerBytes
-from storage.offload.state import PartitionStateAccess, StoreStateAccess
+from storage.offload.state import PartitionMoved, PartitionStateAccess, StoreStateAccess
 from storage.segment.catalog import list_segments
 from storage.segment.format import (
     DEFAULT_INDEX_INTERVAL,
@@ -212,6 +212,9 @@ class Offloader:
                 await self.offload_pending(topic_id, partition)
             except asyncio.CancelledError:
                 raise
+            except PartitionMoved as exc:  # the partition left this broker meanwhile: its new owner offloads
+                log.info("offload of %s/%d stopped: %s", topic_id, partition, exc)
+                return
             except Exception as exc:
                 log.exception("offload of %s/%d stopped", topic_id, partition)
                 self._backlog.failed(topic_id, partition, repr(exc))
