@@ -27,14 +27,21 @@ OFFSETS_TOPIC = "__consumer_offsets"
 
 @contextmanager
 def running_cluster(
-    directory: Path, *, brokers: int = 3, bookies: int = 3, session_timeout_ms: int | None = None
+    directory: Path,
+    *,
+    brokers: int = 3,
+    bookies: int = 3,
+    session_timeout_ms: int | None = None,
+    configs: dict[str, str] | None = None,
 ) -> Iterator[DevCluster]:
-    """A started DevCluster, stopped on exit; on an exception the tail of every broker's log is printed.
+    """A started DevCluster (every broker given ``configs``), stopped on exit; on an exception the tail of
+    every broker's log is printed.
 
     After a clean exit the brokers' and bookies' logs must hold no Python traceback (an unexpected exception
     path), as tests/e2e/conftest.py asks of the single broker.
     """
     args = ["--config", f"broker.session.timeout.ms={session_timeout_ms}"] if session_timeout_ms else []
+    args += [a for k, v in (configs or {}).items() for a in ("--config", f"{k}={v}")]
     dev = DevCluster(directory, brokers=brokers, bookies=bookies, broker_args=args)
     dev.start()
     try:

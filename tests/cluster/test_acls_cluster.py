@@ -25,7 +25,7 @@ from tests.e2e.helpers import create_topic
 from tests.e2e.test_acls import OPEN, create, delete, every_acl_of, produce_error, topic_acl
 from tests.etcd_server import etcd_available
 
-from .harness import assert_no_tracebacks, leaders, print_logs
+from .harness import leaders, running_cluster
 
 pytestmark = [
     pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)"),
@@ -39,17 +39,8 @@ WAIT = 60.0  # hang guard only
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    args = [a for k, v in OPEN.items() for a in ("--config", f"{k}={v}")]
-    dev = DevCluster(tmp_path_factory.mktemp("acls-cluster"), brokers=3, bookies=3, broker_args=args)
-    dev.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("acls-cluster"), configs=OPEN) as dev:
         yield dev
-    except BaseException:
-        print_logs(dev)
-        dev.stop()
-        raise
-    dev.stop()
-    assert_no_tracebacks(dev)
 
 
 async def _principals_on(bootstrap: str, node: int, topic: str) -> list[str]:

@@ -36,7 +36,7 @@ from tests.e2e.test_dynamic_configs import (
 )
 from tests.etcd_server import etcd_available
 
-from .harness import assert_no_tracebacks, leaders, print_logs
+from .harness import leaders, running_cluster
 
 pytestmark = [
     pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)"),
@@ -51,17 +51,8 @@ WAIT = 60.0  # hang guard only
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    args = [a for k, v in RETENTION.items() for a in ("--config", f"{k}={v}")]
-    dev = DevCluster(tmp_path_factory.mktemp("configs-cluster"), brokers=3, bookies=3, broker_args=args)
-    dev.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("configs-cluster"), configs=RETENTION) as dev:
         yield dev
-    except BaseException:
-        print_logs(dev)
-        dev.stop()
-        raise
-    dev.stop()
-    assert_no_tracebacks(dev)
 
 
 def wait_seen(bootstrap: str, node: int, resource_type: int, name: str, key: str, want: tuple[str, str]) -> None:

@@ -55,7 +55,7 @@ from tests.e2e.test_transactions_clients import (
 )
 from tests.etcd_server import etcd_available
 
-from .harness import assert_no_tracebacks, leaders, print_logs, wait_balanced
+from .harness import leaders, running_cluster, wait_balanced
 from .moving import leader, move
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
@@ -66,17 +66,8 @@ TXN_STATE = "__transaction_state"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    args = [a for k, v in SMALL.items() for a in ("--config", f"{k}={v}")]
-    dev = DevCluster(tmp_path_factory.mktemp("txn-cluster"), brokers=3, bookies=3, broker_args=args)
-    dev.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("txn-cluster"), configs=SMALL) as dev:
         yield dev
-    except BaseException:
-        print_logs(dev)
-        dev.stop()
-        raise
-    dev.stop()
-    assert_no_tracebacks(dev)
 
 
 def spanning_topic(cluster: DevCluster, prefix: str) -> str:

@@ -34,7 +34,7 @@ from tests.e2e.broker_process import tidelog_command
 from tests.e2e.helpers import create_topic
 from tests.etcd_server import etcd_available
 
-from .harness import assert_no_tracebacks, leaders, print_logs
+from .harness import leaders, running_cluster
 from .moving import leader, move
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed (make system-deps)")
@@ -49,17 +49,8 @@ WAIT_S = 60.0  # a hang guard for polling, never a timing assertion
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    args = [a for k, v in CONFIGS.items() for a in ("--config", f"{k}={v}")]
-    dev = DevCluster(tmp_path_factory.mktemp("txo-cluster"), brokers=3, bookies=3, broker_args=args)
-    dev.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("txo-cluster"), configs=CONFIGS) as dev:
         yield dev
-    except BaseException:
-        print_logs(dev)
-        dev.stop()
-        raise
-    dev.stop()
-    assert_no_tracebacks(dev)
 
 
 def _stable_fetch(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int, ErrorCode]]:

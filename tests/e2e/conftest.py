@@ -91,6 +91,18 @@ def broker_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[C
 
 
 @pytest.fixture
+def finish() -> Iterator[list[BrokerProcess]]:
+    """Brokers to stop at teardown (their output is shown when the test fails); a broker that logged a
+    traceback fails the test."""
+    brokers: list[BrokerProcess] = []
+    yield brokers
+    for broker in brokers:
+        broker.close()
+        print(f"--- tidelog output ({broker.log_path}) ---\n{broker.log_tail(200)}")
+        assert "Traceback" not in broker.log_text(), broker.log_tail(200)
+
+
+@pytest.fixture
 def topic_factory() -> Callable[..., str]:
     def make(bootstrap: str, partitions: int = 3, prefix: str = "e2e", configs: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -14,11 +14,9 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from storage.objectstore import open_object_store
 from storage.segment.format import verify_object
@@ -61,16 +59,6 @@ def partition(got: dict[str, Any], topic: str) -> dict[str, Any]:
 def records(n: int, salt: int) -> list[Rec]:
     now = int(time.time() * 1000)
     return [Rec(0, f"k{i}".encode(), bytes([(i + salt) % 251]) * VALUE, (), now) for i in range(n)]
-
-
-@pytest.fixture
-def finish() -> Iterator[list[BrokerProcess]]:
-    brokers: list[BrokerProcess] = []
-    yield brokers
-    for broker in brokers:
-        broker.close()
-        print(f"--- tidelog output ({broker.log_path}) ---\n{broker.log_tail(200)}")
-        assert "Traceback" not in broker.log_text(), broker.log_tail(200)
 
 
 def test_segments_from_owner_bytes_then_from_the_bookies_after_a_kill(

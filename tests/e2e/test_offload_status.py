@@ -20,10 +20,8 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.moto_server import MotoServer
 
@@ -107,18 +105,6 @@ def raw_http(port: int, data: bytes) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
-
-
-@pytest.fixture
-def finish() -> Iterator[list[BrokerProcess]]:
-    """Brokers to stop at teardown (their output is shown when the test fails); a broker that logged a
-    traceback fails the test."""
-    brokers: list[BrokerProcess] = []
-    yield brokers
-    for broker in brokers:
-        broker.close()
-        print(f"--- tidelog output ({broker.log_path}) ---\n{broker.log_tail(200)}")
-        assert "Traceback" not in broker.log_text(), broker.log_tail(200)
 
 
 def test_offloaded_figures_and_bad_http_input_local_store(broker_factory: Callable[..., BrokerProcess]) -> None:
