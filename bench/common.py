@@ -29,6 +29,26 @@ def tidelog_command() -> list[str]:
     raise SystemExit("no `tidelog` console script found; run `make venv` first")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds process ``pid`` has used so far (Linux /proc); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """One memory line of /proc/PID/status (VmRSS, VmHWM, ...), MiB; NaN once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
 class EmbeddedBroker:
     """``tidelog run`` as a subprocess; output goes to ``<data_dir>/../tidelog-bench.log``."""
 
@@ -75,26 +95,11 @@ class EmbeddedBroker:
 
     def cpu_seconds(self) -> float:
         """user+system CPU seconds the broker process has used so far (Linux /proc)."""
-        if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            return 0.0
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return 0.0 if self.proc is None else process_cpu_seconds(self.proc.pid)
 
     def peak_rss_mb(self) -> float:
         """The broker process's peak resident memory so far (VmHWM), MiB."""
-        if self.proc is None:
-            return float("nan")
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except FileNotFoundError:
-            pass
-        return float("nan")
+        return float("nan") if self.proc is None else process_memory_mib(self.proc.pid, "VmHWM")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -105,6 +110,65 @@ class EmbeddedBroker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+MOCK_SCRIPT = Path(os.environ.get("TIDELOG_MOCKCLUSTER", "/work/shared/tools/mockcluster.py"))
+"""librdkafka's mock cluster (the C in-memory broker inside confluent-kafka's wheel), run as a subprocess."""
+
+
+class MockCluster:
+    """librdkafka's mock cluster (one broker) as a subprocess with the bench topic pre-created (it has no
+    CreateTopics of its own); the same ``cpu_seconds`` as EmbeddedBroker. Also a context manager."""
+
+    def __init__(self, script: Path, topic: str, partitions: int) -> None:
+        self.script = script
+        self.topic = topic
+        self.partitions = partitions
+        self.proc: subprocess.Popen[str] | None = None
+        self.bootstrap = ""
+
+    def start(self, timeout: float = 30.0) -> MockCluster:
+        if not self.script.exists():
+            raise FileNotFoundError(self.script)
+        cmd = [sys.executable, str(self.script), "--topic", f"{self.topic}:{self.partitions}:1", "--timeout", "7200"]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("bootstrap.servers="):
+                self.bootstrap = line.split("=", 1)[1].strip().split(",")[0]
+                return self
+        self.stop()
+        raise SystemExit(f"{self.script} did not print bootstrap.servers")
+
+    def cpu_seconds(self) -> float:
+        return 0.0 if self.proc is None else process_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> MockCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def machine() -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,38 +33,13 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EmbeddedBroker, free_port, machine, percentile
+from common import MOCK_SCRIPT, EmbeddedBroker, MockCluster, free_port, machine, percentile
 from plot import line_chart
 from produce_consume import create_topic
 
-MOCKCLUSTER = Path("/work/shared/tools/mockcluster.py")
 RECORD = 1024
 SCRAPED = ("tidelog_event_loop_lag", "tidelog_event_loop_busy", "tidelog_gc_pause", "tidelog_ledger_rollover")
 PARTITIONS = 3
-
-
-class Mock:
-    """The librdkafka mock cluster as a subprocess."""
-
-    def __init__(self, topic: str) -> None:
-        self.file = Path(tempfile.mkstemp(prefix="mock-bootstrap-")[1])
-        self.file.write_text("")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(MOCKCLUSTER), "--topic", f"{topic}:{PARTITIONS}:1", "--bootstrap-file",
-             str(self.file), "--timeout", "7200"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not self.file.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not self.file.read_text():
-            raise SystemExit("mock cluster did not start")
-        self.bootstrap = self.file.read_text().split(",")[0]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        self.file.unlink(missing_ok=True)
 
 
 class Scraper:
@@ -258,7 +232,7 @@ def main() -> None:
             broker = mock = None
             scraper = Scraper(None)
             if target == "mock":
-                mock = Mock(topic)
+                mock = MockCluster(MOCK_SCRIPT, topic, PARTITIONS).start()
                 bootstrap = mock.bootstrap
             else:
                 admin = free_port()

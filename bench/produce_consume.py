@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,63 +41,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EmbeddedBroker, machine, percentile, table
+from common import MOCK_SCRIPT, EmbeddedBroker, MockCluster, machine, percentile, table
 
 MB = 1_000_000
-MOCK_SCRIPT = Path("/work/shared/tools/mockcluster.py")
-
-
-class MockCluster:
-    """librdkafka's mock cluster (one broker) as a subprocess; the same ``cpu_seconds`` as EmbeddedBroker."""
-
-    def __init__(self, script: Path, topic: str, partitions: int) -> None:
-        self.script = script
-        self.topic = topic
-        self.partitions = partitions
-        self.proc: subprocess.Popen[str] | None = None
-        self.bootstrap = ""
-
-    def start(self, timeout: float = 30.0) -> MockCluster:
-        cmd = [sys.executable, str(self.script), "--topic", f"{self.topic}:{self.partitions}:1", "--timeout", "3600"]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("bootstrap.servers="):
-                self.bootstrap = line.split("=", 1)[1].strip().split(",")[0]
-                return self
-        self.stop()
-        raise SystemExit(f"{self.script} did not print bootstrap.servers")
-
-    def cpu_seconds(self) -> float:
-        if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})

@@ -46,11 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import EmbeddedBroker, machine  # noqa: E402
+from common import MOCK_SCRIPT, EmbeddedBroker, MockCluster, machine, process_memory_mib  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: E402
 from produce_consume import create_topic, produce  # noqa: E402
 
-MOCK = Path(os.environ.get("TIDELOG_MOCKCLUSTER", "/work/shared/tools/mockcluster.py"))
 PARTITIONS = 3
 RECORD = 1024
 TAIL_TODAY_MB_S = 250.0  # docs/benchmarks.md: tail consume 250-320 MB/s before issue 15
@@ -86,49 +85,6 @@ def note(msg: str) -> None:
 
 def yes(ok: bool) -> str:
     return "yes" if ok else "NO"
-
-
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return float("nan")
-
-
-class MockCluster:
-    """mockcluster.py as a subprocess with the bench topic pre-created (the mock has no CreateTopics of its own)."""
-
-    def __init__(self, topic: str, partitions: int) -> None:
-        self.topic, self.partitions = topic, partitions
-        self.proc: subprocess.Popen[str] | None = None
-        self.bootstrap = ""
-
-    def __enter__(self) -> MockCluster:
-        if not MOCK.exists():
-            raise FileNotFoundError(MOCK)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(MOCK), "--topic", f"{self.topic}:{self.partitions}:1", "--timeout", "3600"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # the script prints this line first, then nothing
-        if not line.startswith("bootstrap.servers="):
-            self.__exit__()
-            raise RuntimeError(f"mock cluster: unexpected first line {line!r}")
-        self.bootstrap = line.split("=", 1)[1].strip()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def consume_tail(bootstrap: str, topic: str, tail_records: int, limit_s: float = 60.0) -> dict[str, float]:
@@ -190,7 +146,7 @@ def phases(
 
 def mock_figures(args: argparse.Namespace) -> dict[str, Any]:
     topic = "targets"
-    with MockCluster(topic, PARTITIONS) as mock:
+    with MockCluster(MOCK_SCRIPT, topic, PARTITIONS) as mock:
         return phases(mock.bootstrap, topic, None, args, stall=False, name="mock cluster")
 
 
@@ -213,7 +169,7 @@ def tidelog_figures(
             if not full_only:
                 note(f"{name}: idle {args.idle:.0f} s")
                 time.sleep(args.idle)
-                out["idle_rss_mib"] = rss_mib(broker.proc.pid)
+                out["idle_rss_mib"] = process_memory_mib(broker.proc.pid)
             return out
         finally:
             broker.stop()
