@@ -31,21 +31,11 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EmbeddedBroker, free_port, machine, table
+from common import EmbeddedBroker, free_port, machine, process_memory_mib, table
 from produce_consume import create_topic
 
 MB = 1_000_000
 MIB = 1024 * 1024
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return float("nan")
 
 
 def scrape(admin: str) -> tuple[dict[str, float], float, int]:
@@ -75,7 +65,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while time.monotonic() < self.stop_at:
-            self.samples.append((time.monotonic() - self._t0, rss_mib(self.pid), self.phase))
+            self.samples.append((time.monotonic() - self._t0, process_memory_mib(self.pid), self.phase))
             time.sleep(self.interval)
 
 
@@ -147,24 +137,24 @@ def main() -> None:
     try:
         topic = f"mem-{int(time.time())}"
         create_topic(broker.bootstrap, topic, args.partitions)
-        base_rss = rss_mib(pid)
+        base_rss = process_memory_mib(pid)
         sampler = Sampler(pid, args.interval, args.duration + args.idle + args.consume_limit + 180)
         sampler.start()
         n, wall = produce(broker.bootstrap, topic, args.partitions, args.record_size, args.duration)
         load_components, load_parts, nparts = scrape(admin)
-        load_rss = rss_mib(pid)
+        load_rss = process_memory_mib(pid)
         read = None
         if args.consume:
             sampler.phase = "read"
             read = consume(broker.bootstrap, topic, args.partitions, n, args.consume_limit)
             read_components, _, _ = scrape(admin)
-            read_rss = rss_mib(pid)
+            read_rss = process_memory_mib(pid)
         sampler.phase = "idle"
         cpu0 = broker.cpu_seconds()
         time.sleep(args.idle)
         idle_cpu = 100 * (broker.cpu_seconds() - cpu0) / args.idle
         idle_components, idle_parts, _ = scrape(admin)
-        idle_rss = rss_mib(pid)
+        idle_rss = process_memory_mib(pid)
         sampler.stop_at = 0.0
         sampler.join(5)
         peak = broker.peak_rss_mb()

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import EmbeddedBroker, machine  # noqa: E402
+from common import EmbeddedBroker, machine, process_cpu_seconds  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
@@ -44,18 +44,11 @@ from brokers.devcluster import DevCluster  # noqa: E402
 from tests.e2e.helpers import create_topic  # noqa: E402
 
 MB = 1_000_000
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu(pid: int | None) -> float:
-    """user+system CPU seconds of ``pid`` so far (0 if it is gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """user+system CPU seconds of ``pid`` so far (0 if it is gone or not started)."""
+    return 0.0 if pid is None else process_cpu_seconds(pid)
 
 
 def machine_busy() -> tuple[float, float]:
